@@ -1,0 +1,63 @@
+import logging
+import time
+import uuid
+
+from django.conf import settings
+
+from .errors import json_error
+
+API_PREFIXES = ("/api/", "/internal/")
+request_logger = logging.getLogger("api.request")
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES) or path in ("/api", "/internal")
+
+
+class ApiBodyLimitMiddleware:
+    """Refuses API bodies above API_MAX_BODY_BYTES with 413 before anything reads them."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if is_api_path(request.path):
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                return json_error(400, "validation_error", "Content-Length is not a number.")
+            if length > settings.API_MAX_BODY_BYTES:
+                return json_error(
+                    413,
+                    "request_too_large",
+                    f"The request body exceeds {settings.API_MAX_BODY_BYTES} bytes.",
+                    {"max_bytes": settings.API_MAX_BODY_BYTES},
+                )
+        return self.get_response(request)
+
+
+class RequestLogMiddleware:
+    """One structured log line per request, with an id that is also returned as X-Request-ID."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request_id = request.META.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex
+        request.request_id = request_id[:64]
+        started = time.perf_counter()
+        response = self.get_response(request)
+        response["X-Request-ID"] = request.request_id
+        user = getattr(request, "user", None)
+        request_logger.info(
+            "request",
+            extra={
+                "request_id": request.request_id,
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "client": getattr(user, "client_name", None),
+            },
+        )
+        return response

@@ -1,0 +1,19 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config.api.views import api_not_found, health
+
+handler404 = "config.api.views.not_found"
+handler500 = "config.api.views.server_error"
+
+urlpatterns = [
+    re_path(r"^health/?$", health, name="health"),
+    path("admin/", admin.site.urls),
+    re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="api-schema"),
+    re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/", include("connect.urls")),
+    path("internal/", include("points.urls")),
+    # Anything else under the API answers in the API's error format, never an HTML page.
+    re_path(r"^(api|internal)(/.*)?$", api_not_found),
+]

@@ -1,0 +1,216 @@
+"""The points ledger (double-entry) and the service clients that call the APIs.
+
+Money-like invariants, each held by the database as well as by the code:
+- every Transaction's Entries sum to zero (PostgreSQL constraint trigger, checked at commit);
+- Entries are never updated or deleted (PostgreSQL trigger); a correction is a new Transaction;
+- a user Account never has ``balance - held < 0`` nor ``held < 0`` (CHECK constraints);
+- an operation's (source, external_id) is used once, forever (unique constraint).
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
+
+SCOPES = (
+    "events:write",
+    "events:read",
+    "points:credit",
+    "points:debit",
+    "points:hold",
+    "points:read",
+)
+
+
+class ServiceClient(models.Model):
+    """A calling service. Its name is the ``source_service`` it may post events as."""
+
+    name = models.CharField(max_length=100, unique=True)
+    scopes = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="e.g. events:write, events:write:referral. (prefix-limited), events:read, "
+        "points:credit, points:debit, points:hold, points:read",
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ServiceClientKeyManager(APIKeyManager):
+    def get_usable_keys(self):
+        return super().get_usable_keys().select_related("client").filter(client__is_active=True)
+
+
+class ServiceClientKey(AbstractAPIKey):
+    """A hashed API key of a client; shown once at creation, revocable, several may coexist (rotation)."""
+
+    client = models.ForeignKey(ServiceClient, on_delete=models.CASCADE, related_name="keys")
+
+    objects = ServiceClientKeyManager()
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+
+class Account(models.Model):
+    class Kind(models.TextChoices):
+        USER = "user", "User"
+        SYSTEM = "system", "System"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.USER)
+    user_id = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    code = models.CharField(max_length=50, null=True, blank=True, unique=True, help_text="Name of a system account.")
+    # Cached sums of this account's entries, kept for user accounts only: system accounts take the
+    # other side of every operation, and a running total there would serialise all writers on one row.
+    balance = models.BigIntegerField(default=0)
+    held = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind="system") | (Q(held__gte=0) & Q(balance__gte=F("held"))),
+                name="points_account_available_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=(Q(kind="user") & Q(user_id__isnull=False) & Q(code__isnull=True))
+                | (Q(kind="system") & Q(code__isnull=False) & Q(user_id__isnull=True)),
+                name="points_account_kind_identity",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.user_id if self.kind == self.Kind.USER else f"[{self.code}]"
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+class SystemAccount(models.TextChoices):
+    ISSUED = "points_issued", "Points issued"
+    SPENT = "points_spent", "Points spent"
+    ADJUSTMENTS = "adjustments", "Manual adjustments"
+
+
+class Hold(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        CAPTURED = "captured", "Captured"
+        RELEASED = "released", "Released"
+        EXPIRED = "expired", "Expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds")
+    source = models.CharField(max_length=100, help_text="The client that placed the hold.")
+    amount = models.BigIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    expires_at = models.DateTimeField()
+    captured_amount = models.BigIntegerField(default=0)
+    released_amount = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["expires_at"], condition=Q(status="active"), name="points_hold_active_expiry"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="points_hold_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(captured_amount__gte=0)
+                & Q(released_amount__gte=0)
+                & Q(amount__gte=F("captured_amount") + F("released_amount")),
+                name="points_hold_settlement_within_amount",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.id} ({self.amount}, {self.status})"
+
+    def is_active_at(self, moment) -> bool:
+        return self.status == self.Status.ACTIVE and self.expires_at > moment
+
+
+class Transaction(models.Model):
+    class Kind(models.TextChoices):
+        CREDIT = "credit", "Credit"
+        DEBIT = "debit", "Debit"
+        HOLD = "hold", "Hold"
+        CAPTURE = "capture", "Capture"
+        RELEASE = "release", "Release"
+        ADJUSTMENT = "adjustment", "Adjustment"
+        EXPIRY = "expiry", "Expiry"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    # Idempotency namespace: the calling client's name ("staff" / "system" for internal writers).
+    source = models.CharField(max_length=100)
+    external_id = models.CharField(max_length=200)
+    request_hash = models.CharField(max_length=64)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="transactions")
+    amount = models.BigIntegerField()
+    reason = models.CharField(max_length=200, blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    hold = models.ForeignKey(Hold, on_delete=models.PROTECT, null=True, blank=True, related_name="transactions")
+    # The user's account right after this transaction: the original result of a replay, and the
+    # running balance of a statement.
+    balance_after = models.BigIntegerField(null=True)
+    held_after = models.BigIntegerField(null=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "external_id"], name="points_txn_idempotency"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="points_txn_amount_not_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["account", "-created_at"], name="points_txn_account_recent"),
+            models.Index(fields=["kind", "-created_at"], name="points_txn_kind_recent"),
+            models.Index(fields=["external_id"], name="points_txn_external_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} ({self.external_id})"
+
+    @property
+    def available_after(self) -> int | None:
+        if self.balance_after is None or self.held_after is None:
+            return None
+        return self.balance_after - self.held_after
+
+
+class Entry(models.Model):
+    """One leg of a transaction. ``part`` says whether it moves the account's available or held points."""
+
+    class Part(models.TextChoices):
+        AVAILABLE = "available", "Available"
+        HELD = "held", "Held"
+
+    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    part = models.CharField(max_length=10, choices=Part.choices, default=Part.AVAILABLE)
+    amount = models.BigIntegerField()
+
+    class Meta:
+        verbose_name_plural = "entries"
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount=0), name="points_entry_amount_nonzero"),
+        ]
+        indexes = [models.Index(fields=["account", "part"], name="points_entry_account_part")]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.part} {self.amount:+d}"

@@ -1,0 +1,381 @@
+"""Ledger writes: credit, debit, hold, capture, release, adjustment and hold expiry.
+
+Every operation runs in one database transaction and follows the same steps:
+1. claim ``(source, external_id)`` by inserting the Transaction row (a unique constraint; a
+   concurrent duplicate waits on the index, then replays or conflicts);
+2. change the user's cached balance with one guarded ``UPDATE ... RETURNING`` — the guard keeps
+   ``available`` from going below zero under any interleaving, without a read-then-write race;
+3. write the balanced entries and stamp the balance after the operation on the Transaction.
+A refusal raises, which rolls everything back, so it consumes neither points nor the external_id.
+"""
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models.signals import post_migrate
+from django.dispatch import receiver
+from django.utils import timezone
+
+from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, NotFound
+from .models import Account, Entry, Hold, SystemAccount, Transaction
+
+MAX_AMOUNT = 10**12
+STAFF_SOURCE = "staff"
+SYSTEM_SOURCE = "system"
+
+Kind = Transaction.Kind
+Part = Entry.Part
+
+
+@dataclass(frozen=True)
+class LedgerResult:
+    transaction: Transaction
+    replayed: bool
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def request_hash(operation: str, **fields) -> str:
+    """A stable fingerprint of a request, so a replay can be told from a conflicting reuse."""
+    canonical = json.dumps({"op": operation, **fields}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_system_account_ids: dict[str, int] = {}
+
+
+def system_account_id(code: str) -> int:
+    account_id = _system_account_ids.get(code)
+    if account_id is None:
+        account, _ = Account.objects.get_or_create(code=code, defaults={"kind": Account.Kind.SYSTEM, "user_id": None})
+        account_id = _system_account_ids[code] = account.pk
+    return account_id
+
+
+@receiver(post_migrate)
+def _system_accounts_ensure(sender, **kwargs):
+    """System accounts exist after every migrate or flush; forget ids cached before a flush."""
+    if getattr(sender, "name", None) != "points":
+        return
+    _system_account_ids.clear()
+    using = kwargs.get("using", "default")
+    for code in SystemAccount.values:
+        Account.objects.using(using).get_or_create(code=code, defaults={"kind": Account.Kind.SYSTEM})
+
+
+def _user_account(user_id: str) -> Account:
+    account, _ = Account.objects.get_or_create(user_id=user_id, defaults={"kind": Account.Kind.USER})
+    return account
+
+
+def _claim(*, source: str, external_id: str, fingerprint: str, **fields) -> tuple[Transaction, bool]:
+    """Insert the operation's Transaction, or return the one already stored under this key.
+
+    Returns ``(transaction, replayed)``; raises IdempotencyConflict when the stored one differs.
+    """
+    try:
+        with transaction.atomic():
+            txn = Transaction.objects.create(source=source, external_id=external_id, request_hash=fingerprint, **fields)
+            return txn, False
+    except IntegrityError:
+        existing = (
+            Transaction.objects.select_related("account", "hold").filter(source=source, external_id=external_id).first()
+        )
+        if existing is None:
+            raise
+    if existing.request_hash != fingerprint:
+        raise IdempotencyConflict(details={"external_id": external_id})
+    return existing, True
+
+
+_APPLY_SQL = """
+    UPDATE {table}
+       SET balance = balance + %s, held = held + %s
+     WHERE id = %s AND held + %s >= 0 AND (balance + %s) - (held + %s) >= 0
+ RETURNING balance, held
+"""
+
+
+def _account_apply(account_id: int, *, balance_delta: int, held_delta: int) -> tuple[int, int] | None:
+    """Atomically move the cached totals; None when that would leave available or held below zero."""
+    sql = _APPLY_SQL.format(table=connection.ops.quote_name(Account._meta.db_table))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [balance_delta, held_delta, account_id, held_delta, balance_delta, held_delta])
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def _post(txn: Transaction, legs: list[tuple[int, str, int]], *, balance: int, held: int, hold=None):
+    """Write the entries (account id, part, amount) and stamp the balance after the operation."""
+    assert sum(amount for _, _, amount in legs) == 0, "unbalanced transaction"
+    Entry.objects.bulk_create(
+        Entry(transaction=txn, account_id=account_id, part=part, amount=amount)
+        for account_id, part, amount in legs
+        if amount
+    )
+    txn.balance_after, txn.held_after = balance, held
+    update = {"balance_after": balance, "held_after": held}
+    if hold is not None:
+        txn.hold = hold
+        update["hold"] = hold
+    Transaction.objects.filter(pk=txn.pk).update(**update)
+
+
+def _apply_or_refuse(account: Account, *, balance_delta: int, held_delta: int) -> tuple[int, int]:
+    totals = _account_apply(account.pk, balance_delta=balance_delta, held_delta=held_delta)
+    if totals is None:
+        current = Account.objects.filter(pk=account.pk).values("balance", "held").first() or {
+            "balance": 0,
+            "held": 0,
+        }
+        raise InsufficientFunds(
+            details={
+                "available": current["balance"] - current["held"],
+                "requested": abs(balance_delta - held_delta) if held_delta else -balance_delta,
+            }
+        )
+    return totals
+
+
+# --- operations ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def account_credit(
+    *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
+) -> LedgerResult:
+    metadata = metadata or {}
+    fingerprint = request_hash("credit", user_id=user_id, amount=amount, reason=reason, metadata=metadata)
+    account = _user_account(user_id)
+    txn, replayed = _claim(
+        source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.CREDIT,
+        account=account, amount=amount, reason=reason, metadata=metadata,
+    )  # fmt: skip
+    if replayed:
+        return LedgerResult(txn, True)
+    balance, held = _apply_or_refuse(account, balance_delta=amount, held_delta=0)
+    _post(
+        txn,
+        [(account.pk, Part.AVAILABLE, amount), (system_account_id(SystemAccount.ISSUED), Part.AVAILABLE, -amount)],
+        balance=balance,
+        held=held,
+    )
+    return LedgerResult(txn, False)
+
+
+@transaction.atomic
+def account_debit(
+    *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
+) -> LedgerResult:
+    metadata = metadata or {}
+    fingerprint = request_hash("debit", user_id=user_id, amount=amount, reason=reason, metadata=metadata)
+    account = _user_account(user_id)
+    txn, replayed = _claim(
+        source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.DEBIT,
+        account=account, amount=amount, reason=reason, metadata=metadata,
+    )  # fmt: skip
+    if replayed:
+        return LedgerResult(txn, True)
+    balance, held = _apply_or_refuse(account, balance_delta=-amount, held_delta=0)
+    _post(
+        txn,
+        [(account.pk, Part.AVAILABLE, -amount), (system_account_id(SystemAccount.SPENT), Part.AVAILABLE, amount)],
+        balance=balance,
+        held=held,
+    )
+    return LedgerResult(txn, False)
+
+
+@transaction.atomic
+def hold_create(
+    *,
+    source: str,
+    external_id: str,
+    user_id: str,
+    amount: int,
+    reason: str = "",
+    metadata: dict | None = None,
+    expires_in: int | None = None,
+) -> LedgerResult:
+    """Reserve ``amount`` of the user's available points until captured, released or expired."""
+    metadata = metadata or {}
+    fingerprint = request_hash(
+        "hold", user_id=user_id, amount=amount, reason=reason, metadata=metadata, expires_in=expires_in
+    )
+    account = _user_account(user_id)
+    txn, replayed = _claim(
+        source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.HOLD,
+        account=account, amount=amount, reason=reason, metadata=metadata,
+    )  # fmt: skip
+    if replayed:
+        return LedgerResult(txn, True)
+    balance, held = _apply_or_refuse(account, balance_delta=0, held_delta=amount)
+    seconds = expires_in if expires_in is not None else settings.POINTS_DEFAULT_HOLD_SECONDS
+    hold = Hold.objects.create(
+        account=account,
+        source=source,
+        amount=amount,
+        expires_at=txn.created_at + timedelta(seconds=seconds),
+        created_at=txn.created_at,
+    )
+    _post(
+        txn,
+        [(account.pk, Part.AVAILABLE, -amount), (account.pk, Part.HELD, amount)],
+        balance=balance,
+        held=held,
+        hold=hold,
+    )
+    return LedgerResult(txn, False)
+
+
+def _hold_for(source: str, hold_id) -> Hold:
+    """A hold is settled only by the client that placed it; anyone else is told it does not exist."""
+    try:
+        hold_uuid = uuid.UUID(str(hold_id))
+    except ValueError:
+        raise NotFound("No such hold.", details={"hold_id": str(hold_id)}) from None
+    hold = Hold.objects.select_related("account").filter(pk=hold_uuid, source=source).first()
+    if hold is None:
+        raise NotFound("No such hold.", details={"hold_id": str(hold_id)})
+    return hold
+
+
+def _hold_close(hold: Hold, *, status: str, captured: int, now) -> None:
+    """Move an active, unexpired hold to its final status; HoldNotActive if someone got there first."""
+    closed = Hold.objects.filter(pk=hold.pk, status=Hold.Status.ACTIVE, expires_at__gt=now).update(
+        status=status, captured_amount=captured, released_amount=hold.amount - captured, closed_at=now
+    )
+    if not closed:
+        raise HoldNotActive(details={"hold_id": str(hold.pk)})
+    hold.status, hold.captured_amount, hold.released_amount, hold.closed_at = (
+        status, captured, hold.amount - captured, now,
+    )  # fmt: skip
+
+
+def _settle_legs(hold: Hold, captured: int) -> list[tuple[int, str, int]]:
+    account_id = hold.account_id
+    return [
+        (account_id, Part.HELD, -hold.amount),
+        (system_account_id(SystemAccount.SPENT), Part.AVAILABLE, captured),
+        (account_id, Part.AVAILABLE, hold.amount - captured),
+    ]
+
+
+@transaction.atomic
+def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None = None) -> LedgerResult:
+    """Spend ``amount`` (default: all) of an active hold; the rest returns to available."""
+    hold = _hold_for(source, hold_id)
+    captured = hold.amount if amount is None else amount
+    fingerprint = request_hash("capture", hold_id=str(hold.pk), amount=amount)
+    txn, replayed = _claim(
+        source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.CAPTURE,
+        account=hold.account, amount=captured, hold=hold,
+    )  # fmt: skip
+    if replayed:
+        return LedgerResult(txn, True)
+    if not hold.is_active_at(txn.created_at):
+        raise HoldNotActive(details={"hold_id": str(hold.pk)})
+    if captured > hold.amount:
+        raise CaptureExceedsHold(details={"held": hold.amount, "requested": captured})
+    _hold_close(hold, status=Hold.Status.CAPTURED, captured=captured, now=txn.created_at)
+    balance, held = _apply_or_refuse(hold.account, balance_delta=-captured, held_delta=-hold.amount)
+    _post(txn, _settle_legs(hold, captured), balance=balance, held=held)
+    return LedgerResult(txn, False)
+
+
+@transaction.atomic
+def hold_release(*, source: str, external_id: str, hold_id) -> LedgerResult:
+    hold = _hold_for(source, hold_id)
+    fingerprint = request_hash("release", hold_id=str(hold.pk))
+    txn, replayed = _claim(
+        source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.RELEASE,
+        account=hold.account, amount=hold.amount, hold=hold,
+    )  # fmt: skip
+    if replayed:
+        return LedgerResult(txn, True)
+    _hold_close(hold, status=Hold.Status.RELEASED, captured=0, now=txn.created_at)
+    balance, held = _apply_or_refuse(hold.account, balance_delta=0, held_delta=-hold.amount)
+    _post(txn, _settle_legs(hold, 0), balance=balance, held=held)
+    return LedgerResult(txn, False)
+
+
+@transaction.atomic
+def hold_expire(*, hold_id) -> LedgerResult | None:
+    """Release a hold past its expiry with a transaction of kind ``expiry``; None if not due."""
+    now = timezone.now()
+    hold = (
+        Hold.objects.select_for_update(skip_locked=True)
+        .select_related("account")
+        .filter(pk=hold_id, status=Hold.Status.ACTIVE, expires_at__lte=now)
+        .first()
+    )
+    if hold is None:
+        return None
+    txn, replayed = _claim(
+        source=SYSTEM_SOURCE, external_id=f"expiry:{hold.pk}",
+        fingerprint=request_hash("expiry", hold_id=str(hold.pk)),
+        kind=Kind.EXPIRY, account=hold.account, amount=hold.amount, hold=hold, reason="hold expired",
+    )  # fmt: skip
+    if replayed:
+        return LedgerResult(txn, True)
+    Hold.objects.filter(pk=hold.pk).update(status=Hold.Status.EXPIRED, released_amount=hold.amount, closed_at=now)
+    balance, held = _apply_or_refuse(hold.account, balance_delta=0, held_delta=-hold.amount)
+    _post(txn, _settle_legs(hold, 0), balance=balance, held=held)
+    return LedgerResult(txn, False)
+
+
+def holds_expire_due(*, batch_size: int = 500) -> int:
+    """Expire every hold past its expiry; safe to run from several workers at once."""
+    expired = 0
+    while True:
+        due = list(
+            Hold.objects.filter(status=Hold.Status.ACTIVE, expires_at__lte=timezone.now())
+            .order_by("expires_at")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not due:
+            return expired
+        progressed = 0
+        for hold_id in due:
+            result = hold_expire(hold_id=hold_id)
+            if result is not None and not result.replayed:
+                progressed += 1
+        expired += progressed
+        if progressed == 0:
+            return expired  # the rest is being handled by another worker
+
+
+@transaction.atomic
+def account_adjust(
+    *, user_id: str, amount: int, reason: str, staff_user, external_id: str | None = None
+) -> LedgerResult:
+    """A staff correction: a signed amount posted against the adjustments account, never an edit."""
+    if not amount:
+        raise ValueError("An adjustment needs a non-zero amount.")
+    if not reason.strip():
+        raise ValueError("An adjustment needs a reason.")
+    external_id = external_id or f"adjustment:{uuid.uuid4()}"
+    fingerprint = request_hash("adjustment", user_id=user_id, amount=amount, reason=reason)
+    account = _user_account(user_id)
+    txn, replayed = _claim(
+        source=STAFF_SOURCE, external_id=external_id, fingerprint=fingerprint, kind=Kind.ADJUSTMENT,
+        account=account, amount=abs(amount), reason=reason,
+        metadata={"staff_user": staff_user.get_username(), "direction": "credit" if amount > 0 else "debit"},
+        created_by=staff_user,
+    )  # fmt: skip
+    if replayed:
+        return LedgerResult(txn, True)
+    balance, held = _apply_or_refuse(account, balance_delta=amount, held_delta=0)
+    _post(
+        txn,
+        [(account.pk, Part.AVAILABLE, amount), (system_account_id(SystemAccount.ADJUSTMENTS), Part.AVAILABLE, -amount)],
+        balance=balance,
+        held=held,
+    )
+    return LedgerResult(txn, False)

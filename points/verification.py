@@ -1,0 +1,96 @@
+"""Read-only checks of every ledger invariant; used by ``verify_ledger`` and by the tests."""
+
+from dataclasses import dataclass, field
+
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+
+from .models import Account, Entry, Hold, Transaction
+
+SAMPLE = 10
+
+
+@dataclass
+class Check:
+    name: str
+    description: str
+    offenders: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.offenders
+
+
+def _sum_of(qs, **filters):
+    return Coalesce(
+        Subquery(
+            qs.filter(account=OuterRef("pk"), **filters)
+            .order_by()
+            .values("account")
+            .annotate(total=Sum("amount"))
+            .values("total")[:1]
+        ),
+        Value(0),
+    )
+
+
+def ledger_verify() -> list[Check]:
+    checks: list[Check] = []
+
+    unbalanced = Entry.objects.values("transaction_id").annotate(total=Sum("amount")).exclude(total=0).order_by()
+    checks.append(Check(
+        "transactions_balanced", "every transaction's entries sum to zero",
+        [f"{row['transaction_id']} sums to {row['total']}" for row in unbalanced[:SAMPLE]],
+    ))  # fmt: skip
+
+    empty = Transaction.objects.annotate(n=Count("entries")).filter(n=0).values_list("pk", flat=True)
+    checks.append(Check(
+        "transactions_have_entries", "every transaction has entries",
+        [f"{pk} has no entries" for pk in empty[:SAMPLE]],
+    ))  # fmt: skip
+
+    users = Account.objects.filter(kind=Account.Kind.USER).annotate(
+        entries_total=_sum_of(Entry.objects, part__in=[Entry.Part.AVAILABLE, Entry.Part.HELD]),
+        entries_held=_sum_of(Entry.objects, part=Entry.Part.HELD),
+        holds_active=_sum_of(Hold.objects, status=Hold.Status.ACTIVE),
+    )
+    checks.append(Check(
+        "balances_match_entries", "each user's cached balance equals the sum of its entries",
+        [f"{a.user_id}: balance {a.balance} != entries {a.entries_total}"
+         for a in users.exclude(balance=F("entries_total"))[:SAMPLE]],
+    ))  # fmt: skip
+    checks.append(Check(
+        "held_matches_entries", "each user's cached held equals the sum of its held entries",
+        [f"{a.user_id}: held {a.held} != held entries {a.entries_held}"
+         for a in users.exclude(held=F("entries_held"))[:SAMPLE]],
+    ))  # fmt: skip
+    checks.append(Check(
+        "held_matches_active_holds", "each user's held equals the sum of its active holds",
+        [f"{a.user_id}: held {a.held} != active holds {a.holds_active}"
+         for a in users.exclude(held=F("holds_active"))[:SAMPLE]],
+    ))  # fmt: skip
+    negative = Account.objects.filter(kind=Account.Kind.USER).filter(Q(held__lt=0) | Q(balance__lt=F("held")))
+    checks.append(Check(
+        "available_not_negative", "no user has negative available or held points",
+        [f"{a.user_id}: balance {a.balance}, held {a.held}" for a in negative[:SAMPLE]],
+    ))  # fmt: skip
+
+    bad_settlement = Hold.objects.exclude(status=Hold.Status.ACTIVE).exclude(
+        amount=F("captured_amount") + F("released_amount")
+    )
+    unsettled = Hold.objects.exclude(status=Hold.Status.ACTIVE).exclude(
+        transactions__kind__in=[Transaction.Kind.CAPTURE, Transaction.Kind.RELEASE, Transaction.Kind.EXPIRY]
+    )
+    checks.append(Check(
+        "holds_settled", "every closed hold is fully settled by one capture, release or expiry",
+        [f"hold {h.pk}: {h.status}, amount {h.amount}, captured {h.captured_amount}, released {h.released_amount}"
+         for h in bad_settlement[:SAMPLE]] + [f"hold {pk}: closed without a settling transaction"
+         for pk in unsettled.values_list("pk", flat=True)[:SAMPLE]],
+    ))  # fmt: skip
+
+    grand_total = Entry.objects.aggregate(total=Coalesce(Sum("amount"), Value(0)))["total"]
+    checks.append(Check(
+        "ledger_balanced", "all entries together sum to zero",
+        [f"all entries sum to {grand_total}"] if grand_total else [],
+    ))  # fmt: skip
+    return checks
