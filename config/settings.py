@@ -173,6 +173,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 
 CELERY_BEAT_SCHEDULE = {
+    "sweep-reward-actions": {
+        "task": "connect.tasks.sweep_reward_actions",
+        "schedule": SWEEPER_INTERVAL_SECONDS,
+    },
     "expire-holds": {
         "task": "points.tasks.expire_holds",
         "schedule": HOLD_EXPIRY_INTERVAL_SECONDS,
@@ -186,6 +190,19 @@ G2A_GATEWAY_URL = env.str("G2A_GATEWAY_URL", default="")
 G2A_GATEWAY_TOKEN = env.str("G2A_GATEWAY_TOKEN", default="")
 CHANNEL_CONNECT_TIMEOUT_SECONDS = env.float("CHANNEL_CONNECT_TIMEOUT_SECONDS", default=3)
 CHANNEL_READ_TIMEOUT_SECONDS = env.float("CHANNEL_READ_TIMEOUT_SECONDS", default=10)
+
+# --- Connect: which event types update the profiles rules read (SPEC §7)
+PROFILE_SPONSOR_EVENT_TYPES = env.list(
+    "PROFILE_SPONSOR_EVENT_TYPES", default=["referral.joined", "referral.joined_level1"]
+)
+PROFILE_VIP_EVENT_TYPES = env.list(
+    "PROFILE_VIP_EVENT_TYPES", default=["referral.user_upgraded_to_vip", "user.upgraded_to_vip"]
+)
+PROFILE_PRO_EVENT_TYPES = env.list(
+    "PROFILE_PRO_EVENT_TYPES", default=["user.upgraded_to_pro", "referral.user_upgraded_to_pro"]
+)
+# The ledger's idempotency namespace for credits Connect makes in-process.
+CONNECT_LEDGER_SOURCE = env.str("CONNECT_LEDGER_SOURCE", default="connect")
 
 # --- Ledger
 POINTS_DEFAULT_HOLD_SECONDS = env.int("POINTS_DEFAULT_HOLD_SECONDS", default=15 * 60)
