@@ -1,0 +1,140 @@
+"""Connect: the event inbox, the user profiles its rules read, and the reward-action outbox."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class EconomicEvent(models.Model):
+    class Status(models.TextChoices):
+        PROCESSED = "processed", "Processed"
+        IGNORED = "ignored", "Ignored"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    source_service = models.CharField(max_length=100)
+    external_id = models.CharField(max_length=200)
+    event_type = models.CharField(max_length=100)
+    actor_user_id = models.CharField(max_length=100)
+    primary_subject_user_id = models.CharField(max_length=100, null=True, blank=True)
+    context = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.IGNORED)
+    error = models.TextField(blank=True, default="")
+    # Fingerprint of the caller's payload: a replay is told from a conflicting reuse of the id.
+    payload_hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source_service", "external_id"], name="connect_event_idempotency"),
+        ]
+        indexes = [
+            models.Index(fields=["event_type", "-received_at"], name="connect_event_type_recent"),
+            models.Index(fields=["-received_at"], name="connect_event_recent"),
+            models.Index(fields=["actor_user_id"], name="connect_event_actor"),
+            models.Index(fields=["status", "-received_at"], name="connect_event_status_recent"),
+            models.Index(fields=["external_id"], name="connect_event_external_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.source_service}/{self.external_id}"
+
+
+class UserProfile(models.Model):
+    """What rules may know of a user, projected from events (SPEC §7)."""
+
+    user_id = models.CharField(max_length=100, primary_key=True)
+    sponsor_id = models.CharField(max_length=100, null=True, blank=True, db_index=True)
+    is_vip = models.BooleanField(default=False)
+    is_pro = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.user_id
+
+    @property
+    def tier(self) -> str:
+        if self.is_pro:
+            return "pro"
+        if self.is_vip:
+            return "vip"
+        return "basic"
+
+
+class RewardAction(models.Model):
+    """One reward to one user: the outbox row its dispatch task re-reads (SPEC §8)."""
+
+    class Status(models.TextChoices):
+        LOCKED = "locked", "Locked"
+        PENDING = "pending", "Pending"
+        DISPATCHED = "dispatched", "Dispatched"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class RewardType(models.TextChoices):
+        POINTS = "points", "Points"
+        NFT = "nft", "NFT badge"
+        G2A_OFFCHAIN = "g2a_offchain", "G2A off-chain tokens"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    event = models.ForeignKey(EconomicEvent, on_delete=models.PROTECT, related_name="reward_actions")
+    rule = models.ForeignKey("rules.Rule", on_delete=models.PROTECT, related_name="reward_actions")
+    rule_code = models.CharField(max_length=100)
+    rule_version = models.PositiveIntegerField()
+    reward_line = models.ForeignKey(
+        "rules.RewardLine", on_delete=models.SET_NULL, null=True, blank=True, related_name="reward_actions"
+    )
+    target_user_id = models.CharField(max_length=100)
+    reward_type = models.CharField(max_length=20, choices=RewardType.choices)
+    amount = models.BigIntegerField()
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices)
+    locked_until_condition = models.CharField(max_length=20, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    result = models.JSONField(default=dict, blank=True)
+    # When the next dispatch attempt is due; the sweeper re-enqueues rows whose time has come.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    cancel_reason = models.TextField(blank=True, default="")
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["target_user_id", "status"], name="connect_action_target_status"),
+            models.Index(fields=["-created_at"], name="connect_action_recent"),
+            models.Index(fields=["status", "-created_at"], name="connect_action_status_recent"),
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status__in=["pending", "dispatched"]),
+                name="connect_action_due",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="connect_action_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reward_type} {self.amount} → {self.target_user_id} ({self.status})"
+
+
+class RewardGrant(models.Model):
+    """How many actions a reward line has made for one target: the lock row behind max_per_target."""
+
+    reward_line = models.ForeignKey("rules.RewardLine", on_delete=models.CASCADE, related_name="+")
+    target_user_id = models.CharField(max_length=100)
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["reward_line", "target_user_id"], name="connect_grant_unique"),
+        ]

@@ -1,0 +1,128 @@
+"""User profiles projected from events (SPEC §7) and the release of rewards they unlock."""
+
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from rules.expressions import ProfileView
+from rules.models import lock_satisfied
+
+from .models import EconomicEvent, RewardAction, UserProfile
+
+MAX_UPLINE_DEPTH = 10
+
+
+def profile_view(profile: UserProfile | None) -> ProfileView | None:
+    if profile is None:
+        return None
+    return ProfileView(
+        user_id=profile.user_id,
+        tier=profile.tier,
+        is_vip=profile.is_vip,
+        is_pro=profile.is_pro,
+        sponsor=profile.sponsor_id,
+    )
+
+
+class ProfileReader:
+    """Reads profiles for one event's evaluation, each user at most once."""
+
+    def __init__(self):
+        self._cache: dict[str, UserProfile | None] = {}
+
+    def _load(self, user_id: str) -> UserProfile | None:
+        if user_id not in self._cache:
+            self._cache[user_id] = UserProfile.objects.filter(user_id=user_id).first()
+        return self._cache[user_id]
+
+    def profile(self, user_id: str) -> ProfileView | None:
+        if not user_id:
+            return None
+        return profile_view(self._load(user_id))
+
+    def upline(self, user_id: str, n: int) -> str | None:
+        """The n-th sponsor above ``user_id``; None past the top of the tree (or on a cycle)."""
+        current, seen = user_id, {user_id}
+        for _ in range(min(n, MAX_UPLINE_DEPTH)):
+            profile = self._load(current)
+            if profile is None or not profile.sponsor_id or profile.sponsor_id in seen:
+                return None
+            current = profile.sponsor_id
+            seen.add(current)
+        return current
+
+
+def _is_first_level(context: dict) -> bool:
+    level = context.get("level") if isinstance(context, dict) else None
+    return level is None or (not isinstance(level, bool) and level == 1)
+
+
+def profile_apply(*, event: EconomicEvent) -> list[str]:
+    """Apply the event to the profiles; returns ids of locked actions it released to ``pending``.
+
+    Caller holds the event's transaction; the released actions must be enqueued after commit.
+    """
+    event_type = event.event_type
+    actor = event.actor_user_id
+    if event_type in settings.PROFILE_SPONSOR_EVENT_TYPES:
+        sponsor = event.primary_subject_user_id
+        if sponsor and sponsor != actor and _is_first_level(event.context):
+            _sponsor_record(user_id=actor, sponsor_id=sponsor)
+    upgrade = {}
+    if event_type in settings.PROFILE_VIP_EVENT_TYPES:
+        upgrade["is_vip"] = True
+    if event_type in settings.PROFILE_PRO_EVENT_TYPES:
+        upgrade["is_pro"] = True
+    if upgrade:
+        UserProfile.objects.get_or_create(user_id=actor)
+        UserProfile.objects.filter(user_id=actor).update(**upgrade, updated_at=timezone.now())
+        return locked_release(user_id=actor)
+    return []
+
+
+def _sponsor_record(*, user_id: str, sponsor_id: str) -> None:
+    """The first sponsor recorded stays; a sponsor that would close a cycle is ignored."""
+    reader = ProfileReader()
+    ancestor = sponsor_id
+    for _ in range(MAX_UPLINE_DEPTH):
+        if ancestor == user_id:
+            return
+        ancestor = reader.upline(ancestor, 1)
+        if ancestor is None:
+            break
+    UserProfile.objects.get_or_create(user_id=user_id)
+    UserProfile.objects.filter(user_id=user_id, sponsor_id__isnull=True).update(
+        sponsor_id=sponsor_id, updated_at=timezone.now()
+    )
+
+
+def locked_release(*, user_id: str) -> list[str]:
+    """Move the user's locked actions whose condition the profile now meets to ``pending``.
+
+    Runs in the caller's transaction; returns the released ids (to enqueue on commit).
+    """
+    profile = profile_view(UserProfile.objects.filter(user_id=user_id).first())
+    locked = list(
+        RewardAction.objects.select_for_update()
+        .filter(target_user_id=user_id, status=RewardAction.Status.LOCKED)
+        .values_list("pk", "locked_until_condition")
+    )
+    released = [pk for pk, condition in locked if lock_satisfied(condition, profile)]
+    if released:
+        now = timezone.now()
+        RewardAction.objects.filter(pk__in=released, status=RewardAction.Status.LOCKED).update(
+            status=RewardAction.Status.PENDING, updated_at=now, next_attempt_at=now
+        )
+    return [str(pk) for pk in released]
+
+
+def dispatch_on_commit(action_ids: list[str]) -> None:
+    """Ring the doorbell for each action once the transaction that made it pending commits."""
+    if not action_ids:
+        return
+    from .tasks import dispatch_reward_action
+
+    for action_id in action_ids:
+        transaction.on_commit(partial(dispatch_reward_action.delay, action_id))

@@ -1,0 +1,26 @@
+from django.db.models import Prefetch
+
+from .models import EconomicEvent, RewardAction
+
+
+def event_with_actions(*, event_id) -> EconomicEvent | None:
+    return (
+        EconomicEvent.objects.prefetch_related(
+            Prefetch("reward_actions", queryset=RewardAction.objects.order_by("created_at", "id"))
+        )
+        .filter(pk=event_id)
+        .first()
+    )
+
+
+def reward_actions_filtered(*, target_user_id=None, status=None, reward_type=None, event_id=None):
+    queryset = RewardAction.objects.all()
+    if target_user_id:
+        queryset = queryset.filter(target_user_id=target_user_id)
+    if status:
+        queryset = queryset.filter(status=status)
+    if reward_type:
+        queryset = queryset.filter(reward_type=reward_type)
+    if event_id:
+        queryset = queryset.filter(event_id=event_id)
+    return queryset

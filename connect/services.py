@@ -1,0 +1,166 @@
+"""Connect writes: ingest an event — store it, project profiles, run the rules, store the actions."""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from config.api.errors import IdempotencyConflict
+from rules import engine
+from rules.selectors import rules_for_event_type
+
+from .models import EconomicEvent, RewardAction, RewardGrant
+from .profiles import ProfileReader, dispatch_on_commit, profile_apply
+
+logger = logging.getLogger("connect.ingest")
+
+PAYLOAD_FIELDS = ("event_type", "actor_user_id", "primary_subject_user_id", "context", "occurred_at")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    event: EconomicEvent
+    replayed: bool
+
+
+def payload_hash(data: dict) -> str:
+    def normal(value):
+        return value.isoformat() if isinstance(value, datetime) else value
+
+    canonical = {field: normal(data.get(field)) for field in PAYLOAD_FIELDS}
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def _event_insert_or_get(*, source_service: str, data: dict) -> tuple[EconomicEvent, bool]:
+    fingerprint = payload_hash(data)
+    try:
+        with transaction.atomic():
+            event = EconomicEvent.objects.create(
+                source_service=source_service,
+                external_id=data["external_id"],
+                event_type=data["event_type"],
+                actor_user_id=data["actor_user_id"],
+                primary_subject_user_id=data.get("primary_subject_user_id"),
+                context=data.get("context") or {},
+                occurred_at=data.get("occurred_at"),
+                payload_hash=fingerprint,
+            )
+            return event, True
+    except IntegrityError:
+        existing = EconomicEvent.objects.filter(source_service=source_service, external_id=data["external_id"]).first()
+        if existing is None:
+            raise
+    if existing.payload_hash != fingerprint:
+        raise IdempotencyConflict(
+            "This external_id was already used with a different payload.",
+            details={"external_id": data["external_id"]},
+        )
+    return existing, False
+
+
+class _GrantCounter:
+    """max_per_target under concurrency: the (line, target) counter row is locked until commit,
+    so two simultaneous events cannot both grant a once-only reward."""
+
+    def __init__(self):
+        self._locked: dict[tuple[int, str], int] = {}
+
+    def __call__(self, line_id: int, target_user_id: str) -> int:
+        key = (line_id, target_user_id)
+        if key not in self._locked:
+            RewardGrant.objects.get_or_create(reward_line_id=line_id, target_user_id=target_user_id)
+            grant = RewardGrant.objects.select_for_update().get(reward_line_id=line_id, target_user_id=target_user_id)
+            self._locked[key] = grant.count
+        return self._locked[key]
+
+    def record(self, actions) -> None:
+        for action in actions:
+            if action.max_per_target:
+                RewardGrant.objects.filter(reward_line_id=action.line_id, target_user_id=action.target_user_id).update(
+                    count=F("count") + 1
+                )
+
+
+@transaction.atomic
+def event_ingest(*, client_name: str, data: dict) -> IngestResult:
+    """Store the event and everything it causes in one transaction; dispatch is enqueued on commit.
+
+    ``data`` is validated input (SPEC §5 fields). Same (source, external_id) and payload → the
+    stored event (replayed); a different payload → IdempotencyConflict.
+    """
+    event, created = _event_insert_or_get(source_service=client_name, data=data)
+    if not created:
+        return IngestResult(event=event, replayed=True)
+
+    to_dispatch = profile_apply(event=event)
+    reader = ProfileReader()
+    grants = _GrantCounter()
+    try:
+        plan = engine.plan(
+            event=engine.EventInput(
+                event_type=event.event_type,
+                actor_user_id=event.actor_user_id,
+                primary_subject_user_id=event.primary_subject_user_id,
+                context=event.context,
+                occurred_at=event.occurred_at,
+                received_at=event.received_at,
+            ),
+            rules=rules_for_event_type(event.event_type),
+            profile=reader.profile,
+            upline=reader.upline,
+            granted_count=grants,
+        )
+    except engine.RuleEvaluationFailed as failure:
+        event.status = EconomicEvent.Status.FAILED
+        event.error = f"Rule '{failure.rule_code}' could not be evaluated: {failure.message}"
+        event.save(update_fields=["status", "error"])
+        dispatch_on_commit(to_dispatch)
+        _log(event, 0)
+        return IngestResult(event=event, replayed=False)
+
+    now = timezone.now()
+    actions = RewardAction.objects.bulk_create(
+        RewardAction(
+            event=event,
+            rule_id=planned.rule_id,
+            rule_code=planned.rule_code,
+            rule_version=planned.rule_version,
+            reward_line_id=planned.line_id,
+            target_user_id=planned.target_user_id,
+            reward_type=planned.reward_type,
+            amount=planned.amount,
+            params=planned.params,
+            status=RewardAction.Status.LOCKED if planned.locked else RewardAction.Status.PENDING,
+            locked_until_condition=planned.lock_condition if planned.locked else "",
+            next_attempt_at=None if planned.locked else now,
+            created_at=now,
+            updated_at=now,
+        )
+        for planned in plan.actions
+    )
+    grants.record(plan.actions)
+    event.status = EconomicEvent.Status.PROCESSED if actions else EconomicEvent.Status.IGNORED
+    event.save(update_fields=["status"])
+    to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
+    dispatch_on_commit(to_dispatch)
+    _log(event, len(actions))
+    return IngestResult(event=event, replayed=False)
+
+
+def _log(event: EconomicEvent, action_count: int) -> None:
+    logger.info(
+        "event ingested",
+        extra={
+            "event_id": str(event.pk),
+            "event_type": event.event_type,
+            "source_service": event.source_service,
+            "status": event.status,
+            "actions": action_count,
+        },
+    )
