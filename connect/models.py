@@ -138,3 +138,6 @@ class RewardGrant(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["reward_line", "target_user_id"], name="connect_grant_unique"),
         ]
+
+    def __str__(self) -> str:
+        return f"line {self.reward_line_id} → {self.target_user_id}: {self.count}"
