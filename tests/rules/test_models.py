@@ -335,6 +335,7 @@ def test_admin_pages_render(admin_client_logged_in):
         reverse("admin:rules_rule_change", args=[rule.pk]),
         reverse("admin:rules_rule_history", args=[rule.pk]),
         reverse("admin:rules_ruleversion_changelist"),
+        reverse("admin:rules_ruleversion_changelist") + f"?rule__id__exact={rule.pk}",
         reverse("admin:rules_ruleversion_change", args=[version.pk]),
         reverse("admin:rules_rule_import"),
     ):
