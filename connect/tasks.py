@@ -1,10 +1,38 @@
-"""Thin Celery tasks: load by id, call a service, retry. The database row is the source of truth."""
+"""Thin Celery tasks: load by id, call a service, schedule what comes next. The row is the source of truth."""
 
 from celery import shared_task
+from django.conf import settings
+
+# One delivery is a claim, at most one HTTP call bounded by the channel timeouts, and a record;
+# anything longer is stuck. The soft limit turns into a transient error on the action.
+DISPATCH_SOFT_TIME_LIMIT = min(
+    settings.CELERY_TASK_SOFT_TIME_LIMIT,
+    int(settings.CHANNEL_CONNECT_TIMEOUT_SECONDS + settings.CHANNEL_READ_TIMEOUT_SECONDS) + 30,
+)
+DISPATCH_TIME_LIMIT = min(settings.CELERY_TASK_TIME_LIMIT, DISPATCH_SOFT_TIME_LIMIT + 15)
 
 
-@shared_task(acks_late=True, ignore_result=True)
-def dispatch_reward_action(action_id: str) -> None:
-    from .dispatch import reward_action_dispatch
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    soft_time_limit=DISPATCH_SOFT_TIME_LIMIT,
+    time_limit=DISPATCH_TIME_LIMIT,
+)
+def dispatch_reward_action(action_id: str) -> str | None:
+    """Deliver one RewardAction; safe to run twice or in parallel (a no-op unless it is pending and due)."""
+    from .dispatch import dispatch_enqueue, reward_action_dispatch
 
-    reward_action_dispatch(action_id=action_id)
+    outcome = reward_action_dispatch(action_id=action_id)
+    if outcome.retry_in is not None:
+        # Without a broker (tasks inline) this is skipped and the sweeper retries when due.
+        dispatch_enqueue(action_id, countdown=outcome.retry_in)
+    return outcome.status
+
+
+@shared_task(acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
+def sweep_reward_actions() -> int:
+    """Celery beat: re-enqueue actions a lost message or a killed worker left behind."""
+    from .dispatch import reward_actions_sweep
+
+    return reward_actions_sweep()

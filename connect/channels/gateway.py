@@ -1,0 +1,42 @@
+"""``g2a_offchain`` rewards: an off-chain token payout by the gateway (``POST {G2A_GATEWAY_URL}/payouts``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from .base import channel_register
+from .http import json_post
+
+if TYPE_CHECKING:
+    from connect.models import RewardAction
+
+
+class G2aGatewayChannel:
+    reward_type = "g2a_offchain"
+    service = "Token gateway"
+
+    def configuration_error(self) -> str | None:
+        return None if settings.G2A_GATEWAY_URL else "G2A_GATEWAY_URL is not configured"
+
+    def payload(self, action: RewardAction) -> dict:
+        return {
+            "user_id": action.target_user_id,
+            "amount": action.amount,
+            "action_id": str(action.pk),
+            "params": action.params or {},
+        }
+
+    def deliver(self, action: RewardAction) -> dict:
+        return json_post(
+            service=self.service,
+            base_url=settings.G2A_GATEWAY_URL,
+            path="/payouts",
+            token=settings.G2A_GATEWAY_TOKEN,
+            idempotency_key=str(action.pk),
+            payload=self.payload(action),
+        )
+
+
+channel_register(G2aGatewayChannel())

@@ -1,0 +1,100 @@
+"""One JSON POST to an external reward service, with the failure classes dispatch relies on.
+
+- 2xx with a JSON object body → that object (kept as the action's result);
+- 2xx with anything else, 5xx, 408, 429, a timeout or a connection error → TransientChannelError;
+- 3xx (redirects are never followed: the key and the payload stay with the configured host) and any
+  other 4xx → PermanentChannelError.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import requests
+from django.conf import settings
+
+from .base import ChannelNotConfigured, PermanentChannelError, TransientChannelError
+
+USER_AGENT = "rewards-connect/1.0"
+TRANSIENT_CLIENT_ERRORS = frozenset({408, 425, 429})
+EXCERPT_CHARS = 300
+
+
+def json_post(*, service: str, base_url: str, path: str, token: str, idempotency_key: str, payload: dict) -> dict:
+    """POST ``payload`` to ``base_url + path``; the receiver's JSON object, or a ChannelError."""
+    url = base_url.rstrip("/") + path
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": USER_AGENT,
+        "Idempotency-Key": idempotency_key,
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = requests.post(
+            url,
+            data=json.dumps(payload, separators=(",", ":")),
+            headers=headers,
+            timeout=(settings.CHANNEL_CONNECT_TIMEOUT_SECONDS, settings.CHANNEL_READ_TIMEOUT_SECONDS),
+            allow_redirects=False,
+        )
+    except requests.Timeout as exc:
+        raise TransientChannelError(f"{service} timed out: {exc.__class__.__name__}") from exc
+    except requests.ConnectionError as exc:
+        raise TransientChannelError(f"{service} is unreachable: {_short(str(exc))}") from exc
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+    ) as exc:
+        raise ChannelNotConfigured(f"{service} URL is invalid: {_short(str(exc))}") from exc
+    except requests.RequestException as exc:
+        raise TransientChannelError(f"{service} request failed: {_short(str(exc))}") from exc
+    return _checked(service, response)
+
+
+def _checked(service: str, response: requests.Response) -> dict:
+    status = response.status_code
+    if 200 <= status < 300:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise TransientChannelError(
+                f"{service} answered {status} without a JSON object body: {_short(response.text) or '(empty)'}"
+            )
+        return body
+    if 300 <= status < 400:
+        location = response.headers.get("Location", "")
+        raise PermanentChannelError(f"{service} answered a redirect ({status} to {location or '?'}); not followed.")
+    if status in TRANSIENT_CLIENT_ERRORS or status >= 500:
+        raise TransientChannelError(
+            f"{service} answered {status}: {_short(response.text)}",
+            retry_after=_retry_after(response.headers.get("Retry-After")),
+        )
+    raise PermanentChannelError(f"{service} refused the request with {status}: {_short(response.text)}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _short(text: str) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"

@@ -1,0 +1,46 @@
+"""``nft`` rewards: a badge minted by the NFT service (``POST {NFT_SERVICE_URL}/badges``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from .base import PermanentChannelError, channel_register
+from .http import json_post
+
+if TYPE_CHECKING:
+    from connect.models import RewardAction
+
+
+class NftChannel:
+    reward_type = "nft"
+    service = "NFT service"
+
+    def configuration_error(self) -> str | None:
+        return None if settings.NFT_SERVICE_URL else "NFT_SERVICE_URL is not configured"
+
+    def payload(self, action: RewardAction) -> dict:
+        params = action.params or {}
+        badge_type = params.get("badge_type") if isinstance(params, dict) else None
+        if not isinstance(badge_type, str) or not badge_type:
+            raise PermanentChannelError("An nft reward needs params.badge_type (a non-empty string).")
+        return {
+            "user_id": action.target_user_id,
+            "badge_type": badge_type,
+            "action_id": str(action.pk),
+            "params": params,
+        }
+
+    def deliver(self, action: RewardAction) -> dict:
+        return json_post(
+            service=self.service,
+            base_url=settings.NFT_SERVICE_URL,
+            path="/badges",
+            token=settings.NFT_SERVICE_TOKEN,
+            idempotency_key=str(action.pk),
+            payload=self.payload(action),
+        )
+
+
+channel_register(NftChannel())

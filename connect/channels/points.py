@@ -1,0 +1,70 @@
+"""``points`` rewards: a credit in the Points ledger, in-process.
+
+The ledger's idempotency key is ``(CONNECT_LEDGER_SOURCE, action id)``: a re-run after a crash gets
+the original credit back instead of paying twice. Everything sent is derived from the action row, so
+a re-run sends the same request (a changed request would be an idempotency conflict).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError
+
+from config.api.errors import DomainError
+from points.services import MAX_AMOUNT, account_credit
+
+from .base import PermanentChannelError, TransientChannelError, channel_register
+
+if TYPE_CHECKING:
+    from connect.models import RewardAction
+
+
+class PointsChannel:
+    reward_type = "points"
+
+    def configuration_error(self) -> str | None:
+        return None
+
+    def metadata(self, action: RewardAction) -> dict:
+        event = action.event
+        return {
+            "reward_action_id": str(action.pk),
+            "event_id": str(event.pk),
+            "event_type": event.event_type,
+            "source_service": event.source_service,
+            "event_external_id": event.external_id,
+            "rule": action.rule_code,
+            "rule_version": action.rule_version,
+        }
+
+    def deliver(self, action: RewardAction) -> dict:
+        if not isinstance(action.amount, int) or not 1 <= action.amount <= MAX_AMOUNT:
+            raise PermanentChannelError(f"A points reward must be 1..{MAX_AMOUNT} points, not {action.amount}.")
+        try:
+            outcome = account_credit(
+                source=settings.CONNECT_LEDGER_SOURCE,
+                external_id=str(action.pk),
+                user_id=action.target_user_id,
+                amount=action.amount,
+                reason=f"reward:{action.rule_code}"[:200],
+                metadata=self.metadata(action),
+            )
+        except DomainError as exc:
+            raise PermanentChannelError(f"The ledger refused the credit ({exc.code}): {exc.message}") from exc
+        except IntegrityError as exc:
+            raise PermanentChannelError(f"The ledger refused the credit: {exc}") from exc
+        except DatabaseError as exc:
+            raise TransientChannelError(f"The ledger is unavailable: {exc.__class__.__name__}: {exc}") from exc
+        txn = outcome.transaction
+        return {
+            "transaction_id": str(txn.pk),
+            "balance": txn.balance_after,
+            "held": txn.held_after,
+            "available": txn.available_after,
+            "replayed": outcome.replayed,
+        }
+
+
+channel_register(PointsChannel())

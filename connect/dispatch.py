@@ -1,0 +1,343 @@
+"""Dispatch of RewardActions (SPEC §8): claim, deliver through the channel, record the outcome.
+
+The action row is the source of truth and the broker only a doorbell:
+- a run claims the row (``pending`` → ``dispatched``, attempts + 1) in a short transaction with
+  ``SELECT … FOR UPDATE SKIP LOCKED``, commits, calls the channel outside any row lock, then records
+  the outcome with an UPDATE guarded on (``dispatched``, its own attempt number) — so duplicate or
+  parallel runs do nothing, and a run that was given up on and re-queued cannot overwrite a later one;
+- transient errors put the action back to ``pending`` with ``next_attempt_at`` (exponential backoff with
+  jitter) and schedule one delayed run; after ``DISPATCH_MAX_ATTEMPTS`` tries it is ``failed``;
+- the sweeper re-enqueues ``pending``/``dispatched`` actions that are due and that nobody touched for
+  ``SWEEPER_STALE_SECONDS`` (a lost message, a killed worker, a flushed broker);
+- every channel is idempotent on the action id, so a re-run never pays twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from config.api.errors import DomainError, NotFound
+
+from .channels import (
+    ChannelError,
+    ChannelNotConfigured,
+    PermanentChannelError,
+    TransientChannelError,
+    channel_for,
+    channels_all,
+)
+from .models import RewardAction
+
+logger = logging.getLogger("connect.dispatch")
+
+Status = RewardAction.Status
+
+# A delayed run may reach a worker a little before the moment stored on the row (clock skew).
+EARLY_RUN_TOLERANCE = timedelta(seconds=2)
+SWEEP_LIMIT = 500
+MAX_ERROR_CHARS = 2000
+
+
+class RewardActionStateError(DomainError):
+    status_code = 422
+    code = "invalid_action_state"
+    default_message = "The reward action is not in a state that allows this."
+
+
+@dataclass(frozen=True)
+class DispatchOutcome:
+    """What one run did. ``ran`` is False when there was nothing for it to do."""
+
+    ran: bool
+    status: str | None = None
+    retry_in: float | None = None
+    error: str = ""
+
+
+SKIPPED = DispatchOutcome(ran=False)
+
+
+def backoff_with_jitter(attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th failed try (1-based) before the next one.
+
+    Exponential (``DISPATCH_RETRY_BASE_SECONDS`` doubling per try, capped at
+    ``DISPATCH_RETRY_MAX_SECONDS``) with equal jitter: half of the step is fixed, half is random, so
+    retries spread out without ever coming back sooner than half the step.
+    """
+    base = max(0.0, float(settings.DISPATCH_RETRY_BASE_SECONDS))
+    cap = max(0.0, float(settings.DISPATCH_RETRY_MAX_SECONDS))
+    step = min(cap, base * 2.0 ** min(max(attempt, 1) - 1, 60))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+def channel_status() -> dict[str, bool]:
+    """Which reward types can be delivered now (False: its endpoint is not configured)."""
+    return {reward_type: channel.configuration_error() is None for reward_type, channel in channels_all().items()}
+
+
+def channel_problems() -> dict[str, str]:
+    """The configuration error of each channel that cannot deliver now, for an admin warning."""
+    problems = {reward_type: channel.configuration_error() for reward_type, channel in channels_all().items()}
+    return {reward_type: problem for reward_type, problem in problems.items() if problem}
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+
+def reward_action_dispatch(*, action_id) -> DispatchOutcome:
+    """Deliver the action if it is ``pending`` and due; a no-op for any other state or a row another run holds.
+
+    Must not be called inside a transaction: the channel call happens between two commits.
+    """
+    claimed = _claim(action_id)
+    if isinstance(claimed, DispatchOutcome):
+        return claimed
+    action, channel = claimed
+    attempt = action.attempts
+    try:
+        result = channel.deliver(action)
+    except ChannelNotConfigured as exc:
+        return _record_waiting(action, attempt, exc.message)
+    except PermanentChannelError as exc:
+        return _record_failed(action, attempt, exc.message)
+    except TransientChannelError as exc:
+        return _record_transient(action, attempt, exc.message, retry_after=exc.retry_after)
+    except ChannelError as exc:
+        return _record_transient(action, attempt, exc.message)
+    except Exception as exc:
+        # A bug or an outage nobody classified: retried like a transient error and, when the
+        # attempts run out, visible to staff as failed, rather than stuck in ``dispatched``.
+        logger.exception("reward action delivery raised", extra={"action_id": str(action.pk)})
+        return _record_transient(action, attempt, f"Unexpected error: {exc.__class__.__name__}: {exc}")
+    return _record_completed(action, attempt, result)
+
+
+@transaction.atomic
+def _claim(action_id):
+    """``pending`` → ``dispatched`` with attempts + 1, or a DispatchOutcome saying why not."""
+    action = (
+        RewardAction.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("event")
+        .filter(pk=action_id, status=Status.PENDING)
+        .first()
+    )
+    if action is None:
+        return SKIPPED  # done, cancelled, locked, unknown, or another run holds it
+    now = timezone.now()
+    if action.next_attempt_at and action.next_attempt_at > now + EARLY_RUN_TOLERANCE:
+        return SKIPPED  # a duplicate doorbell before the backoff is over; the scheduled run comes later
+    try:
+        channel = channel_for(action.reward_type)
+    except PermanentChannelError as exc:
+        _update(action, status=Status.FAILED, last_error=exc.message, next_attempt_at=None)
+        return DispatchOutcome(ran=True, status=Status.FAILED, error=exc.message)
+    problem = channel.configuration_error()
+    if problem:
+        # Not a try: nothing was sent. The sweeper comes back once the interval has passed.
+        _update(action, last_error=problem, next_attempt_at=now + _waiting_delay())
+        return DispatchOutcome(ran=True, status=Status.PENDING, error=problem)
+    action.attempts += 1
+    _update(action, status=Status.DISPATCHED, attempts=action.attempts, next_attempt_at=None)
+    return action, channel
+
+
+def _update(action: RewardAction, **fields) -> None:
+    fields["updated_at"] = timezone.now()
+    for name, value in fields.items():
+        setattr(action, name, value)
+    RewardAction.objects.filter(pk=action.pk).update(**fields)
+
+
+def _record(action: RewardAction, attempt: int, **fields) -> bool:
+    """Store an outcome unless the row moved on (re-queued by the sweeper and claimed again)."""
+    fields["updated_at"] = timezone.now()
+    if "last_error" in fields:
+        fields["last_error"] = fields["last_error"][:MAX_ERROR_CHARS]
+    stored = RewardAction.objects.filter(pk=action.pk, status=Status.DISPATCHED, attempts=attempt).update(**fields)
+    if not stored:
+        logger.warning(
+            "reward action moved on before its outcome was recorded; outcome dropped",
+            extra={"action_id": str(action.pk), "attempt": attempt, "outcome": fields.get("status")},
+        )
+    return bool(stored)
+
+
+def _record_completed(action, attempt, result) -> DispatchOutcome:
+    now = timezone.now()
+    stored = _record(
+        action, attempt, status=Status.COMPLETED, result=result, completed_at=now, last_error="", next_attempt_at=None
+    )
+    logger.info(
+        "reward action completed",
+        extra={"action_id": str(action.pk), "reward_type": action.reward_type, "attempt": attempt},
+    )
+    return DispatchOutcome(ran=stored, status=Status.COMPLETED if stored else None)
+
+
+def _record_failed(action, attempt, message) -> DispatchOutcome:
+    stored = _record(action, attempt, status=Status.FAILED, last_error=message, next_attempt_at=None)
+    logger.warning(
+        "reward action failed",
+        extra={"action_id": str(action.pk), "reward_type": action.reward_type, "attempt": attempt, "error": message},
+    )
+    return DispatchOutcome(ran=stored, status=Status.FAILED if stored else None, error=message)
+
+
+def _record_transient(action, attempt, message, *, retry_after: float | None = None) -> DispatchOutcome:
+    if attempt >= settings.DISPATCH_MAX_ATTEMPTS:
+        return _record_failed(action, attempt, f"{message} (gave up after {attempt} attempts)")
+    delay = backoff_with_jitter(attempt)
+    if retry_after:
+        # The receiver's Retry-After is honoured, but never beyond the configured cap.
+        delay = max(delay, min(retry_after, float(settings.DISPATCH_RETRY_MAX_SECONDS)))
+    stored = _record(
+        action,
+        attempt,
+        status=Status.PENDING,
+        last_error=message,
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+    )
+    logger.info(
+        "reward action will be retried",
+        extra={"action_id": str(action.pk), "attempt": attempt, "retry_in": round(delay, 3), "error": message},
+    )
+    if not stored:
+        return DispatchOutcome(ran=False)
+    return DispatchOutcome(ran=True, status=Status.PENDING, retry_in=delay, error=message)
+
+
+def _record_waiting(action, attempt, message) -> DispatchOutcome:
+    """Found unconfigured only while sending (e.g. an invalid URL): give the attempt back and wait."""
+    stored = RewardAction.objects.filter(pk=action.pk, status=Status.DISPATCHED, attempts=attempt).update(
+        status=Status.PENDING,
+        attempts=attempt - 1,
+        last_error=message[:MAX_ERROR_CHARS],
+        next_attempt_at=timezone.now() + _waiting_delay(),
+        updated_at=timezone.now(),
+    )
+    return DispatchOutcome(ran=bool(stored), status=Status.PENDING if stored else None, error=message)
+
+
+def _waiting_delay() -> timedelta:
+    return timedelta(seconds=float(settings.SWEEPER_INTERVAL_SECONDS))
+
+
+# --- enqueueing ----------------------------------------------------------------------------------
+
+
+def _tasks_run_inline() -> bool:
+    from .tasks import dispatch_reward_action
+
+    return bool(dispatch_reward_action.app.conf.task_always_eager)
+
+
+def dispatch_enqueue(action_id, *, countdown: float | None = None) -> bool:
+    """Ring the doorbell for one action now or after ``countdown`` seconds.
+
+    With tasks running inline (no broker) a delayed run is not scheduled — it would run at once and
+    recurse — and False is returned: the sweeper picks the action up when it is due.
+    """
+    from .tasks import dispatch_reward_action
+
+    if countdown is not None and _tasks_run_inline():
+        return False
+    if countdown is None:
+        dispatch_reward_action.delay(str(action_id))
+    else:
+        dispatch_reward_action.apply_async(args=[str(action_id)], countdown=max(0.0, countdown))
+    return True
+
+
+def dispatch_enqueue_on_commit(action_ids) -> None:
+    for action_id in action_ids:
+        transaction.on_commit(partial(dispatch_enqueue, str(action_id)))
+
+
+# --- sweeper -------------------------------------------------------------------------------------
+
+
+def reward_actions_sweep(*, limit: int = SWEEP_LIMIT) -> int:
+    """Re-enqueue due ``pending``/``dispatched`` actions nobody touched for ``SWEEPER_STALE_SECONDS``.
+
+    Rows are claimed with SKIP LOCKED and touched (a ``dispatched`` one goes back to ``pending``: the
+    run that held it is gone), so concurrent sweepers never enqueue the same action. Returns how many
+    were re-enqueued.
+    """
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=float(settings.SWEEPER_STALE_SECONDS))
+    with transaction.atomic():
+        ids = list(
+            RewardAction.objects.select_for_update(skip_locked=True)
+            .filter(status__in=[Status.PENDING, Status.DISPATCHED], updated_at__lt=stale_before)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .order_by("updated_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if ids:
+            RewardAction.objects.filter(pk__in=ids).update(status=Status.PENDING, updated_at=now)
+            dispatch_enqueue_on_commit(ids)
+    if ids:
+        logger.info("sweeper re-enqueued reward actions", extra={"count": len(ids)})
+    return len(ids)
+
+
+# --- staff ---------------------------------------------------------------------------------------
+
+
+def _locked_action(action_id) -> RewardAction:
+    action = RewardAction.objects.select_for_update(of=("self",)).filter(pk=action_id).first()
+    if action is None:
+        raise NotFound("No such reward action.", details={"action_id": str(action_id)})
+    return action
+
+
+@transaction.atomic
+def reward_action_retry(*, action_id, user=None) -> RewardAction:
+    """A ``failed`` action goes back to ``pending`` (its attempts kept) and is dispatched after commit."""
+    action = _locked_action(action_id)
+    if action.status != Status.FAILED:
+        raise RewardActionStateError(
+            f"Only a failed reward action can be retried; this one is {action.status}.",
+            details={"action_id": str(action.pk), "status": action.status},
+        )
+    _update(action, status=Status.PENDING, next_attempt_at=timezone.now())
+    dispatch_enqueue_on_commit([action.pk])
+    logger.info(
+        "reward action retried by staff",
+        extra={"action_id": str(action.pk), "user": getattr(user, "username", None)},
+    )
+    return action
+
+
+CANCELLABLE = (Status.LOCKED, Status.PENDING, Status.FAILED)
+
+
+@transaction.atomic
+def reward_action_cancel(*, action_id, reason: str, user) -> RewardAction:
+    """Cancel a ``locked``, ``pending`` or ``failed`` action, recording who and why; it is never sent after."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise RewardActionStateError("A reason is required to cancel a reward action.", details={"reason": "required"})
+    if user is None:
+        raise RewardActionStateError("Cancelling a reward action needs the staff user doing it.")
+    action = _locked_action(action_id)
+    if action.status not in CANCELLABLE:
+        raise RewardActionStateError(
+            f"Only a locked, pending or failed reward action can be cancelled; this one is {action.status}.",
+            details={"action_id": str(action.pk), "status": action.status},
+        )
+    _update(action, status=Status.CANCELLED, cancel_reason=reason, cancelled_by=user, next_attempt_at=None)
+    logger.info(
+        "reward action cancelled by staff",
+        extra={"action_id": str(action.pk), "user": getattr(user, "username", None)},
+    )
+    return action

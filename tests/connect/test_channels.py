@@ -1,0 +1,269 @@
+"""Every outbound channel against a real local HTTP server, and the points channel against the ledger."""
+
+import json
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+from werkzeug import Response
+
+from connect.channels import (
+    ChannelNotConfigured,
+    PermanentChannelError,
+    TransientChannelError,
+    channel_for,
+)
+from connect.dispatch import channel_problems, channel_status
+from connect.models import EconomicEvent, RewardAction
+from points.models import Transaction
+from points.selectors import account_totals
+
+
+def _action(reward_type: str, **fields) -> RewardAction:
+    """An unsaved action: the HTTP channels only read it."""
+    defaults = {"id": uuid.uuid4(), "target_user_id": "alice", "reward_type": reward_type, "amount": 1, "params": {}}
+    return RewardAction(**{**defaults, **fields})
+
+
+@pytest.fixture
+def nft_service(httpserver, settings):
+    settings.NFT_SERVICE_URL = httpserver.url_for("/nft")
+    settings.NFT_SERVICE_TOKEN = "nft-secret"
+    settings.CHANNEL_CONNECT_TIMEOUT_SECONDS = 1
+    settings.CHANNEL_READ_TIMEOUT_SECONDS = 0.5
+    return httpserver
+
+
+@pytest.fixture
+def gateway(httpserver, settings):
+    settings.G2A_GATEWAY_URL = httpserver.url_for("/g2a/")
+    settings.G2A_GATEWAY_TOKEN = "g2a-secret"
+    settings.CHANNEL_CONNECT_TIMEOUT_SECONDS = 1
+    settings.CHANNEL_READ_TIMEOUT_SECONDS = 0.5
+    return httpserver
+
+
+# --- NFT ---------------------------------------------------------------------------------------
+
+
+def test_nft_badge_is_posted_with_bearer_token_and_idempotency_key(nft_service):
+    action = _action("nft", params={"badge_type": "quest_master_10", "season": 3})
+    nft_service.expect_oneshot_request(
+        "/nft/badges",
+        method="POST",
+        headers={"Authorization": "Bearer nft-secret", "Idempotency-Key": str(action.pk)},
+        json={
+            "user_id": "alice",
+            "badge_type": "quest_master_10",
+            "action_id": str(action.pk),
+            "params": {"badge_type": "quest_master_10", "season": 3},
+        },
+    ).respond_with_json({"badge_id": "b-77", "status": "minted"}, status=201)
+
+    result = channel_for("nft").deliver(action)
+
+    assert result == {"badge_id": "b-77", "status": "minted"}
+    nft_service.check_assertions()
+    request, _ = nft_service.log[0]
+    assert request.headers["Content-Type"] == "application/json"
+
+
+def test_nft_client_error_is_permanent(nft_service):
+    nft_service.expect_request("/nft/badges", method="POST").respond_with_json(
+        {"error": "unknown badge type"}, status=400
+    )
+    with pytest.raises(PermanentChannelError, match="400.*unknown badge type"):
+        channel_for("nft").deliver(_action("nft", params={"badge_type": "nope"}))
+
+
+@pytest.mark.parametrize("status", [408, 429])
+def test_nft_request_timeout_and_throttling_answers_are_transient(nft_service, status):
+    nft_service.expect_request("/nft/badges").respond_with_data(
+        "slow down", status=status, headers={"Retry-After": "7"}
+    )
+    with pytest.raises(TransientChannelError) as caught:
+        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+    assert str(status) in caught.value.message
+    assert caught.value.retry_after == 7
+
+
+def test_nft_server_error_is_transient(nft_service):
+    nft_service.expect_request("/nft/badges").respond_with_data("upstream down", status=503)
+    with pytest.raises(TransientChannelError, match="503"):
+        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+
+
+def _slow_handler(body: str, status: int):
+    """Answers after 1.2 s; ``done`` is set once it has, so the (single-threaded) server is free again."""
+    done = threading.Event()
+
+    def handler(request):
+        time.sleep(1.2)
+        done.set()
+        return Response(body, status=status, content_type="application/json")
+
+    return handler, done
+
+
+def test_nft_slow_answer_times_out_as_transient(nft_service):
+    handler, done = _slow_handler(json.dumps({"ok": True}), 201)
+    nft_service.expect_request("/nft/badges").respond_with_handler(handler)
+    started = time.monotonic()
+    with pytest.raises(TransientChannelError, match="timed out"):
+        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+    assert time.monotonic() - started < 1.1, "the read timeout from settings bounds the call"
+    assert done.wait(5)
+
+
+def test_nft_redirect_is_not_followed_and_is_permanent(nft_service):
+    nft_service.expect_request("/nft/badges").respond_with_data(
+        "", status=307, headers={"Location": nft_service.url_for("/elsewhere")}
+    )
+    nft_service.expect_request("/elsewhere").respond_with_json({"stolen": True})
+    with pytest.raises(PermanentChannelError, match="redirect"):
+        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+    assert [request.path for request, _ in nft_service.log] == ["/nft/badges"]
+
+
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        ("<html>ok</html>", "text/html"),
+        ("[1, 2]", "application/json"),
+        ("", "application/json"),
+        ("{bad", "application/json"),
+    ],
+)
+def test_nft_success_without_a_json_object_is_transient(nft_service, body, content_type):
+    nft_service.expect_request("/nft/badges").respond_with_data(body, status=200, content_type=content_type)
+    with pytest.raises(TransientChannelError, match="without a JSON object"):
+        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+
+
+def test_nft_without_badge_type_is_refused_before_sending(nft_service):
+    with pytest.raises(PermanentChannelError, match="badge_type"):
+        channel_for("nft").deliver(_action("nft", params={}))
+    assert nft_service.log == []
+
+
+def test_unreachable_service_is_transient(settings):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.NFT_SERVICE_URL = f"http://127.0.0.1:{port}"
+    with pytest.raises(TransientChannelError, match="unreachable"):
+        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+
+
+def test_invalid_url_counts_as_not_configured(settings):
+    settings.NFT_SERVICE_URL = "nft-service-without-scheme"
+    with pytest.raises(ChannelNotConfigured, match="invalid"):
+        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+
+
+# --- token gateway ---------------------------------------------------------------------------
+
+
+def test_gateway_payout_is_posted_with_bearer_token_and_idempotency_key(gateway):
+    action = _action("g2a_offchain", target_user_id="partner-9", amount=120, params={"currency": "G2A"})
+    gateway.expect_oneshot_request(
+        "/g2a/payouts",
+        method="POST",
+        headers={"Authorization": "Bearer g2a-secret", "Idempotency-Key": str(action.pk)},
+        json={"user_id": "partner-9", "amount": 120, "action_id": str(action.pk), "params": {"currency": "G2A"}},
+    ).respond_with_json({"payout_id": "p-1"}, status=200)
+
+    assert channel_for("g2a_offchain").deliver(action) == {"payout_id": "p-1"}
+    gateway.check_assertions()
+
+
+def test_gateway_client_error_is_permanent(gateway):
+    gateway.expect_request("/g2a/payouts").respond_with_json({"error": "no wallet"}, status=422)
+    with pytest.raises(PermanentChannelError, match="422"):
+        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+
+
+def test_gateway_server_error_is_transient(gateway):
+    gateway.expect_request("/g2a/payouts").respond_with_data("bad gateway", status=502)
+    with pytest.raises(TransientChannelError, match="502"):
+        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+
+
+def test_gateway_slow_answer_times_out_as_transient(gateway):
+    handler, done = _slow_handler("{}", 200)
+    gateway.expect_request("/g2a/payouts").respond_with_handler(handler)
+    with pytest.raises(TransientChannelError, match="timed out"):
+        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+    assert done.wait(5)
+
+
+def test_gateway_redirect_is_permanent(gateway):
+    gateway.expect_request("/g2a/payouts").respond_with_data("", status=302, headers={"Location": "http://x/"})
+    with pytest.raises(PermanentChannelError, match="redirect"):
+        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+
+
+def test_gateway_malformed_success_is_transient(gateway):
+    gateway.expect_request("/g2a/payouts").respond_with_data('"done"', status=201, content_type="application/json")
+    with pytest.raises(TransientChannelError, match="without a JSON object"):
+        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_channel_status_reports_which_channels_are_configured(settings):
+    settings.NFT_SERVICE_URL = ""
+    settings.G2A_GATEWAY_URL = "http://127.0.0.1:9/"
+    assert channel_status() == {"points": True, "nft": False, "g2a_offchain": True}
+    assert channel_problems() == {"nft": "NFT_SERVICE_URL is not configured"}
+
+
+def test_unknown_reward_type_has_no_channel():
+    with pytest.raises(PermanentChannelError, match="No channel"):
+        channel_for("carrier_pigeon")
+
+
+# --- points ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stored_action(db, make_rule):
+    rule = make_rule("quest_points", "quest.completed", [{"target": "actor", "reward_type": "points", "amount": "40"}])
+    event = EconomicEvent.objects.create(
+        source_service="quest_service", external_id="q-1", event_type="quest.completed", actor_user_id="alice",
+        payload_hash="x" * 64, status=EconomicEvent.Status.PROCESSED,
+    )  # fmt: skip
+    return RewardAction.objects.create(
+        event=event, rule=rule, rule_code=rule.code, rule_version=rule.version, target_user_id="alice",
+        reward_type="points", amount=40, status=RewardAction.Status.PENDING,
+    )  # fmt: skip
+
+
+def test_points_channel_credits_the_ledger_once_under_the_action_id(stored_action, settings):
+    channel = channel_for("points")
+
+    first = channel.deliver(stored_action)
+    again = channel.deliver(stored_action)
+
+    txn = Transaction.objects.get(source=settings.CONNECT_LEDGER_SOURCE, external_id=str(stored_action.pk))
+    assert txn.kind == Transaction.Kind.CREDIT and txn.amount == 40
+    assert txn.reason == "reward:quest_points"
+    assert txn.metadata["event_id"] == str(stored_action.event_id)
+    assert txn.metadata["rule"] == "quest_points" and txn.metadata["rule_version"] == stored_action.rule_version
+    assert first == {"transaction_id": str(txn.pk), "balance": 40, "held": 0, "available": 40, "replayed": False}
+    assert again == {**first, "replayed": True}
+    assert account_totals(user_id="alice")["balance"] == 40
+
+
+def test_points_channel_refuses_a_conflicting_ledger_entry(stored_action, settings):
+    from points.services import account_credit
+
+    account_credit(
+        source=settings.CONNECT_LEDGER_SOURCE, external_id=str(stored_action.pk), user_id="mallory", amount=1
+    )
+    with pytest.raises(PermanentChannelError, match="idempotency_conflict"):
+        channel_for("points").deliver(stored_action)
+    assert account_totals(user_id="alice")["balance"] == 0
