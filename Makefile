@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test lint worker beat services demo bench
+.PHONY: install run test lint worker beat services browser bench
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,14 @@ run: install
 services:
 	bash scripts/ensure_services.sh
 
-test: install services
+# Browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian chromium for the browser tests..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || { echo "ERROR: chromium is missing and could not be installed" >&2; exit 1; }; }
+
+test: install services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
