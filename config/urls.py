@@ -2,13 +2,15 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from config.api.views import api_not_found, health
+from config.api import schema  # noqa: F401  (registers the Api-Key scheme with the OpenAPI generator)
+from config.api.views import api_not_found, health, metrics
 
 handler404 = "config.api.views.not_found"
 handler500 = "config.api.views.server_error"
 
 urlpatterns = [
     re_path(r"^health/?$", health, name="health"),
+    re_path(r"^metrics/?$", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="api-schema"),
     re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -11,6 +11,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from config.api.errors import IdempotencyConflict
+from config.metrics import EVENTS_INGESTED
 from rules import engine
 from rules.selectors import rules_for_event_type
 
@@ -101,6 +102,7 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
     to_dispatch = profile_apply(event=event)
     reader = ProfileReader()
     grants = _GrantCounter()
+    rules = rules_for_event_type(event.event_type)
     try:
         plan = engine.plan(
             event=engine.EventInput(
@@ -111,7 +113,7 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
                 occurred_at=event.occurred_at,
                 received_at=event.received_at,
             ),
-            rules=rules_for_event_type(event.event_type),
+            rules=rules,
             profile=reader.profile,
             upline=reader.upline,
             granted_count=grants,
@@ -121,7 +123,7 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
         event.error = f"Rule '{failure.rule_code}' could not be evaluated: {failure.message}"
         event.save(update_fields=["status", "error"])
         dispatch_on_commit(to_dispatch)
-        _log(event, 0)
+        _record(event, 0, has_rules=True)
         return IngestResult(event=event, replayed=False)
 
     now = timezone.now()
@@ -149,11 +151,13 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
     event.save(update_fields=["status"])
     to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
     dispatch_on_commit(to_dispatch)
-    _log(event, len(actions))
+    _record(event, len(actions), has_rules=bool(rules))
     return IngestResult(event=event, replayed=False)
 
 
-def _log(event: EconomicEvent, action_count: int) -> None:
+def _record(event: EconomicEvent, action_count: int, *, has_rules: bool) -> None:
+    # Callers choose event types freely; types without rules share one label to bound cardinality.
+    EVENTS_INGESTED.labels(event.event_type if has_rules else "unmatched", event.status).inc()
     logger.info(
         "event ingested",
         extra={

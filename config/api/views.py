@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, authentication_classes, permission_classes, throttle_classes
@@ -62,3 +62,13 @@ def not_found(request, exception=None):
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)
+
+
+@require_GET
+def metrics(request):
+    """Prometheus text format; keep it on the private network (see docs/security.md)."""
+    import prometheus_client
+
+    from config.metrics import render_latest
+
+    return HttpResponse(render_latest(), content_type=prometheus_client.CONTENT_TYPE_LATEST)

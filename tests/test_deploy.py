@@ -1,0 +1,52 @@
+"""Production settings pass Django's deployment checks; secrets have no production default."""
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _manage(*args, python=None, **env):
+    # The test run's own environment carries test-only values (plain HTTP, a test secret): drop them.
+    dropped = {"DEBUG", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS", "DATABASE_URL", "API_THROTTLE_RATE",
+               "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS"}  # fmt: skip
+    clean = {k: v for k, v in os.environ.items() if k not in dropped}
+    clean.update(DJANGO_SETTINGS_MODULE="config.settings", **env)
+    return subprocess.run(
+        [sys.executable, "-c", python] if python else [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_production_settings_pass_check_deploy_without_warnings():
+    result = _manage(
+        "check", "--deploy", "--fail-level", "WARNING",
+        SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="rewards.example.com",
+        DATABASE_URL="postgres://root@127.0.0.1:5432/postgres",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_secret_key_is_required_when_debug_is_off():
+    result = _manage("check", ALLOWED_HOSTS="rewards.example.com")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_https_settings_are_on_by_default_and_switchable():
+    code = (
+        "import django; django.setup(); from django.conf import settings as s;"
+        "print(s.DEBUG, s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS)"
+    )
+    on = _manage(python=code, SECRET_KEY="x" * 60)
+    assert on.stdout.split() == ["False", "True", "True", "True", "31536000"], on.stderr
+    off = _manage(python=code, SECRET_KEY="x" * 60, SECURE_SSL_REDIRECT="0")
+    assert off.stdout.split()[1] == "False"
