@@ -1,10 +1,20 @@
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html
 
+from . import admin_views
+from .admin_views import AccountUserFilter, CreatedRangeFilter, ReasonPrefixFilter
 from .models import Account, Entry, Hold, ServiceClient, ServiceClientKey, Transaction
 
 
 class ReadOnlyLedgerAdmin(admin.ModelAdmin):
-    """Ledger rows are written only by the ledger services; nobody edits them here."""
+    """Ledger rows are written only by the ledger services; nobody edits them here, superusers included."""
+
+    # The ledger grows to millions of rows: no unfiltered COUNT(*) on every changelist page.
+    show_full_result_count = False
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -16,11 +26,46 @@ class ReadOnlyLedgerAdmin(admin.ModelAdmin):
         return False
 
 
+def _can_read_ledger(request) -> bool:
+    return request.user.has_perm("points.view_account") and request.user.has_perm("points.view_transaction")
+
+
 @admin.register(Account)
 class AccountAdmin(ReadOnlyLedgerAdmin):
-    list_display = ("__str__", "kind", "balance", "held", "available", "created_at")
+    list_display = ("__str__", "kind", "balance", "held", "available", "created_at", "statement_link")
     list_filter = ("kind",)
-    search_fields = ("user_id", "code")
+    search_fields = ("=user_id", "=code")
+    search_help_text = "Exact user id (or system account code)."
+    change_list_template = "admin/points/account/change_list.html"
+
+    @admin.display(description="Statement")
+    def statement_link(self, obj: Account):
+        return format_html('<a href="{}">Statement</a>', reverse("admin:points_account_statement", args=[obj.pk]))
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("adjust/", view(self.adjust_view), name="points_account_adjust"),
+            path("<int:account_id>/statement/", view(self.statement_view), name="points_account_statement"),
+            *super().get_urls(),
+        ]
+
+    def statement_view(self, request, account_id: int):
+        if not _can_read_ledger(request):
+            raise PermissionDenied
+        account = Account.objects.filter(pk=account_id).first()
+        if account is None:
+            raise Http404("No such account.")
+        return admin_views.statement_view(self, request, account)
+
+    def adjust_view(self, request):
+        if not request.user.has_perm("points.adjust_account"):
+            raise PermissionDenied
+        return admin_views.adjustment_view(self, request)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {"can_adjust": request.user.has_perm("points.adjust_account"), **(extra_context or {})}
+        return super().changelist_view(request, extra_context)
 
 
 class EntryInline(admin.TabularInline):
@@ -39,28 +84,79 @@ class EntryInline(admin.TabularInline):
 
 @admin.register(Transaction)
 class TransactionAdmin(ReadOnlyLedgerAdmin):
-    list_display = ("created_at", "kind", "account", "amount", "balance_after", "reason", "source", "external_id")
-    list_filter = ("kind", "source", "created_at")
-    search_fields = ("external_id", "account__user_id", "reason")
-    list_select_related = ("account",)
-    date_hierarchy = "created_at"
+    list_display = (
+        "created_at",
+        "kind",
+        "account",
+        "amount",
+        "balance_after",
+        "reason",
+        "source",
+        "external_id",
+        "created_by",
+    )
+    list_filter = (AccountUserFilter, "kind", ReasonPrefixFilter, CreatedRangeFilter)
+    search_fields = ("=external_id",)
+    search_help_text = "Exact external_id."
+    list_select_related = ("account", "created_by")
+    ordering = ("-created_at", "-id")
     inlines = [EntryInline]
+    actions = ["export_csv"]
+    change_list_template = "admin/points/transaction/change_list.html"
+
+    def get_urls(self):
+        return [
+            path("export/", self.admin_site.admin_view(self.export_view), name="points_transaction_export"),
+            *super().get_urls(),
+        ]
+
+    def export_view(self, request):
+        """The changelist's current selection (filters, search, ordering) as a streamed CSV file."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters as exc:
+            messages.error(request, f"Cannot export: {exc}")
+            return HttpResponseRedirect(reverse("admin:points_transaction_changelist"))
+        return admin_views.transactions_csv_response(changelist.get_queryset(request))
+
+    @admin.action(description="Export selected transactions as CSV", permissions=["view"])
+    def export_csv(self, request, queryset):
+        return admin_views.transactions_csv_response(queryset.order_by("-created_at", "-id"))
 
 
 @admin.register(Entry)
 class EntryAdmin(ReadOnlyLedgerAdmin):
     list_display = ("transaction", "account", "part", "amount")
-    list_filter = ("part",)
-    search_fields = ("transaction__external_id", "account__user_id")
+    list_filter = (AccountUserFilter, "part")
+    search_fields = ("=transaction__external_id",)
+    search_help_text = "Exact external_id of the transaction."
     list_select_related = ("transaction", "account")
+
+
+class HoldCreatedRangeFilter(CreatedRangeFilter):
+    title = "placed"
 
 
 @admin.register(Hold)
 class HoldAdmin(ReadOnlyLedgerAdmin):
-    list_display = ("id", "account", "amount", "status", "expires_at", "captured_amount", "released_amount", "source")
-    list_filter = ("status", "source")
-    search_fields = ("id", "account__user_id")
+    list_display = (
+        "id",
+        "account",
+        "amount",
+        "status",
+        "created_at",
+        "expires_at",
+        "captured_amount",
+        "released_amount",
+        "source",
+    )
+    list_filter = (AccountUserFilter, "status", HoldCreatedRangeFilter)
+    search_fields = ("=transactions__external_id",)
+    search_help_text = "Exact external_id of the hold's transaction."
     list_select_related = ("account",)
+    ordering = ("-created_at",)
 
 
 class ServiceClientKeyInline(admin.TabularInline):
@@ -75,6 +171,8 @@ class ServiceClientKeyInline(admin.TabularInline):
 
 @admin.register(ServiceClient)
 class ServiceClientAdmin(admin.ModelAdmin):
+    """API keys: superusers only (no staff group is granted these permissions)."""
+
     list_display = ("name", "scopes", "is_active", "created_at")
     search_fields = ("name",)
     inlines = [ServiceClientKeyInline]
@@ -93,12 +191,12 @@ class ServiceClientAdmin(admin.ModelAdmin):
         _, key = ServiceClientKey.objects.create_key(client=client, name=f"{client.name} key")
         messages.warning(request, f"API key for {client.name} (shown once, store it now): {key}")
 
-    @admin.action(description="Issue a new API key")
+    @admin.action(description="Issue a new API key", permissions=["change"])
     def issue_key(self, request, queryset):
         for client in queryset:
             self._issue(request, client)
 
-    @admin.action(description="Revoke all API keys")
+    @admin.action(description="Revoke all API keys", permissions=["change"])
     def revoke_keys(self, request, queryset):
         count = ServiceClientKey.objects.filter(client__in=queryset, revoked=False).update(revoked=True)
         messages.success(request, f"Revoked {count} key(s).")

@@ -6,4 +6,4 @@ class PointsConfig(AppConfig):
     verbose_name = "Points ledger"
 
     def ready(self):
-        from . import services  # noqa: F401  (registers the system-account post_migrate hook)
+        from . import roles, services  # noqa: F401  (register the roles and system-account post_migrate hooks)

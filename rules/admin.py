@@ -1,17 +1,51 @@
+"""The rule editor: rules with their reward lines, versions with diffs, import/export and the simulator.
+
+Writes go through ``rules.services`` (import, enable/disable, version bump); the simulator writes nothing.
+What the simulator may read about users (profiles, the referral tree, how many rewards a line already
+granted) belongs to the app that keeps those records; it registers a provider with
+``simulation_world_register`` (``rules`` imports no app that depends on it).
+"""
+
+import difflib
 import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
+from django.core import signing
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
-from .forms import RewardLineForm, RewardLineInlineFormSet, RuleAdminForm, RulesImportForm
+from . import engine
+from .expressions import ProfileView
+from .forms import (
+    ImportConfirmForm,
+    RewardLineForm,
+    RewardLineInlineFormSet,
+    RuleAdminForm,
+    RulesImportForm,
+    SimulatorForm,
+)
 from .models import RewardLine, Rule, RuleVersion
-from .services import RulesImportError, rule_version_bump, rules_export, rules_import
+from .services import (
+    RulesImportError,
+    rule_as_dict,
+    rule_from_dict,
+    rule_save_from_dict,
+    rule_version_bump,
+    rules_export,
+    rules_import,
+)
+
+IMPORT_SIGNING_SALT = "rules.admin.import"
+IMPORT_CONFIRM_MAX_AGE = 60 * 60
 
 
 def _json_download(payload: dict, filename: str) -> HttpResponse:
@@ -24,6 +58,144 @@ def _json_download(payload: dict, filename: str) -> HttpResponse:
 
 def _export_filename() -> str:
     return f"rules-{timezone.now():%Y%m%d-%H%M%S}.json"
+
+
+def json_diff(old: dict | None, new: dict | None) -> list[tuple[str, str]]:
+    """A line diff of two rules' JSON forms as (kind, text): kind is "add", "del", "hunk" or "same"."""
+
+    def lines(value):
+        return [] if value is None else json.dumps(value, indent=2, ensure_ascii=False).splitlines()
+
+    out = []
+    for line in difflib.unified_diff(lines(old), lines(new), lineterm="", n=2):
+        if line.startswith(("+++", "---")):
+            continue
+        kind = {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "same")
+        out.append((kind, line))
+    return out
+
+
+_DIFF_STYLES = {
+    "add": "background:#e6ffec;color:#1a7f37",
+    "del": "background:#ffebe9;color:#cf222e",
+    "hunk": "color:#8250df",
+    "same": "",
+}
+
+
+def diff_html(diff: list[tuple[str, str]]) -> str:
+    """A json_diff as a <pre> block, additions green and removals red."""
+    rows = format_html_join(
+        "", '<span class="diff-{}" style="display:block;{}">{}</span>', ((k, _DIFF_STYLES[k], t) for k, t in diff)
+    )
+    return format_html('<pre class="diff" style="white-space:pre-wrap">{}</pre>', rows)
+
+
+# --- simulation world ------------------------------------------------------------------------
+
+
+@dataclass
+class SimulationWorld:
+    """What the engine may read while simulating, and what the event would do before the rules run."""
+
+    profile: Callable[[str], ProfileView | None]
+    upline: Callable[[str, int], str | None]
+    granted_count: Callable[[int, str], int]
+    notes: list[str] = field(default_factory=list)
+
+
+SimulationProvider = Callable[[engine.EventInput], AbstractContextManager[SimulationWorld]]
+
+
+@contextmanager
+def _world_without_users(event: engine.EventInput) -> Iterator[SimulationWorld]:
+    yield SimulationWorld(
+        profile=lambda user_id: None,
+        upline=lambda user_id, n: None,
+        granted_count=lambda line_id, target: 0,
+        notes=["No user records are available to the simulator: every profile is unknown."],
+    )
+
+
+_simulation_provider: SimulationProvider = _world_without_users
+
+
+def simulation_world_register(provider: SimulationProvider) -> None:
+    """Install what the simulator reads users from: a context manager taking the event, yielding a
+    SimulationWorld, and guaranteeing that nothing it does is kept (it rolls back)."""
+    global _simulation_provider
+    _simulation_provider = provider
+
+
+@dataclass
+class Simulation:
+    plan: engine.Plan | None
+    failure: str | None
+    rules: list[Rule]
+    notes: list[str]
+    profiles: list[tuple[str, ProfileView | None]]
+
+    @property
+    def trace(self) -> list[dict]:
+        """The engine's trace with each line's reward type, ready for the page."""
+        types = {(rule.code, line.position): line.reward_type for rule in self.rules for line in rule.rewards.all()}
+        return [
+            {
+                "rule": trace,
+                "lines": [
+                    {"line": line, "reward_type": types.get((trace.rule_code, line.position), "")}
+                    for line in trace.lines
+                ],
+            }
+            for trace in (self.plan.trace if self.plan else ())
+        ]
+
+    @property
+    def actions(self) -> list[dict]:
+        return [
+            {"action": action, "params": json.dumps(action.params, ensure_ascii=False, sort_keys=True)}
+            for action in (self.plan.actions if self.plan else ())
+        ]
+
+
+def simulate(event: engine.EventInput) -> Simulation:
+    """Run the engine on ``event`` against every rule of its type (inactive ones included, so the
+    trace says why they did not run). Nothing is written."""
+    rules = list(
+        Rule.objects.filter(event_type=event.event_type).order_by("priority", "code").prefetch_related("rewards")
+    )
+    with transaction.atomic():
+        try:
+            with _simulation_provider(event) as world:
+                failure = None
+                try:
+                    plan = engine.plan(
+                        event=event,
+                        rules=rules,
+                        profile=world.profile,
+                        upline=world.upline,
+                        granted_count=world.granted_count,
+                    )
+                except engine.RuleEvaluationFailed as exc:
+                    plan, failure = None, f"Rule '{exc.rule_code}' could not be evaluated: {exc.message}"
+                users = [event.actor_user_id, event.primary_subject_user_id]
+                users += [action.target_user_id for action in (plan.actions if plan else ())]
+                for user_id in list(users):
+                    sponsor = world.upline(user_id, 1) if user_id else None
+                    if sponsor:
+                        users.append(sponsor)
+                seen: dict[str, ProfileView | None] = {}
+                for user_id in users:
+                    if user_id and user_id not in seen:
+                        seen[user_id] = world.profile(user_id)
+                notes = list(world.notes)
+        finally:
+            # Whatever the provider or the engine touched is rolled back: the simulator writes nothing.
+            transaction.set_rollback(True)
+    return Simulation(plan=plan, failure=failure, rules=rules, notes=notes, profiles=list(seen.items()))
+
+
+# --- admin -----------------------------------------------------------------------------------
 
 
 class RewardLineInline(admin.TabularInline):
@@ -44,6 +216,8 @@ class RuleAdmin(SimpleHistoryAdmin):
     form = RuleAdminForm
     inlines = [RewardLineInline]
     change_list_template = "admin/rules/rule/change_list.html"
+    change_form_template = "admin/rules/rule/change_form.html"
+    object_history_template = "admin/rules/rule/object_history.html"
     list_display = (
         "code",
         "name",
@@ -65,7 +239,7 @@ class RuleAdmin(SimpleHistoryAdmin):
         ("Order and validity", {"fields": ("priority", "stop_processing", "is_active", "valid_from", "valid_until")}),
         ("Versions", {"fields": ("version", "versions_link", "created_at", "updated_at")}),
     )
-    actions = ["export_selected"]
+    actions = ["export_selected", "enable_selected", "disable_selected"]
 
     @admin.display(description="Stored versions")
     def versions_link(self, obj: Rule):
@@ -79,15 +253,40 @@ class RuleAdmin(SimpleHistoryAdmin):
         # The rule and its lines are saved; record a version if the rule's JSON form changed.
         rule_version_bump(form.instance, request.user)
 
-    @admin.action(description="Export selected rules as JSON")
+    @admin.action(description="Export selected rules as JSON", permissions=["view"])
     def export_selected(self, request, queryset):
         codes = list(queryset.values_list("code", flat=True))
         return _json_download(rules_export(codes=codes), _export_filename())
 
+    def _set_active(self, request, queryset, active: bool):
+        changed = 0
+        for rule in queryset.prefetch_related("rewards"):
+            if rule.is_active == active:
+                continue
+            data = rule_as_dict(rule) | {"is_active": active}
+            try:
+                rule_save_from_dict(data=data, user=request.user)
+            except ValidationError as exc:
+                messages.error(request, f"{rule.code}: {'; '.join(exc.messages)}")
+            else:
+                changed += 1
+        word = "Enabled" if active else "Disabled"
+        messages.success(request, f"{word} {changed} rule(s); each change is a new version.")
+
+    @admin.action(description="Enable selected rules", permissions=["change"])
+    def enable_selected(self, request, queryset):
+        self._set_active(request, queryset, True)
+
+    @admin.action(description="Disable selected rules", permissions=["change"])
+    def disable_selected(self, request, queryset):
+        self._set_active(request, queryset, False)
+
     def get_urls(self):
+        view = self.admin_site.admin_view
         return [
-            path("import/", self.admin_site.admin_view(self.import_view), name="rules_rule_import"),
-            path("export/", self.admin_site.admin_view(self.export_view), name="rules_rule_export"),
+            path("import/", view(self.import_view), name="rules_rule_import"),
+            path("export/", view(self.export_view), name="rules_rule_export"),
+            path("simulate/", view(self.simulate_view), name="rules_rule_simulate"),
             *super().get_urls(),
         ]
 
@@ -96,35 +295,104 @@ class RuleAdmin(SimpleHistoryAdmin):
             raise PermissionDenied
         return _json_download(rules_export(), _export_filename())
 
+    def _context(self, request, title: str, **extra) -> dict:
+        return {**self.admin_site.each_context(request), "opts": self.opts, "title": title, **extra}
+
+    # import: upload → preview (dry run, with a diff per rule) → confirm → all-or-nothing write
     def import_view(self, request):
         if not (self.has_add_permission(request) and self.has_change_permission(request)):
             raise PermissionDenied
-        report = None
-        if request.method == "POST":
+        report = preview = confirm_form = None
+        form = RulesImportForm()
+        if request.method == "POST" and "confirm" in request.POST:
+            confirmed = ImportConfirmForm(request.POST)
+            payload = None
+            if confirmed.is_valid():
+                try:
+                    payload = signing.loads(
+                        confirmed.cleaned_data["confirm"], salt=IMPORT_SIGNING_SALT, max_age=IMPORT_CONFIRM_MAX_AGE
+                    )
+                except signing.BadSignature:
+                    payload = None
+            if payload is None:
+                messages.error(request, "The preview expired or was altered; upload the file again.")
+            else:
+                report = self._import(request, payload, dry_run=False)
+                if report.written:
+                    return HttpResponseRedirect(reverse("admin:rules_rule_changelist"))
+        elif request.method == "POST":
             form = RulesImportForm(request.POST, request.FILES)
             if form.is_valid():
-                try:
-                    report = rules_import(
-                        payload=form.cleaned_data["payload"], user=request.user, dry_run=form.cleaned_data["dry_run"]
-                    )
-                except RulesImportError as exc:
-                    report = exc.report
-                    messages.error(request, str(exc))
-                else:
-                    if report.written:
-                        messages.success(request, report.lines()[-1])
-                    else:
-                        messages.info(request, report.lines()[-1])
-        else:
-            form = RulesImportForm()
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": "Import rules",
-            "form": form,
-            "report": report,
-        }
+                payload = form.cleaned_data["payload"]
+                report = self._import(request, payload, dry_run=form.cleaned_data["dry_run"])
+                if report.dry_run and report.ok:
+                    preview = self._preview(payload, report)
+                    token = signing.dumps(payload, salt=IMPORT_SIGNING_SALT, compress=True)
+                    confirm_form = ImportConfirmForm(initial={"confirm": token})
+        context = self._context(
+            request, "Import rules", form=form, report=report, preview=preview, confirm_form=confirm_form
+        )
         return TemplateResponse(request, "admin/rules/rule/import.html", context)
+
+    def _import(self, request, payload, *, dry_run: bool):
+        try:
+            report = rules_import(payload=payload, user=request.user, dry_run=dry_run)
+        except RulesImportError as exc:
+            messages.error(request, str(exc))
+            return exc.report
+        if report.written:
+            messages.success(request, report.lines()[-1])
+        else:
+            messages.info(request, report.lines()[-1] + " Check the changes below, then confirm.")
+        return report
+
+    def _preview(self, payload: dict, report) -> list[dict]:
+        """Per rule of the file: its status and the diff between the stored rule and the file's."""
+        current = {
+            rule.code: rule for rule in Rule.objects.filter(code__in=report.replaced).prefetch_related("rewards")
+        }
+        items = []
+        for item, entry in zip(report.items, payload["rules"], strict=True):
+            diff = []
+            if item.status.value == "replaced":
+                rule, lines = rule_from_dict(data=entry)
+                diff = json_diff(rule_as_dict(current[item.code]), rule_as_dict(rule, lines))
+            elif item.status.value == "created":
+                rule, lines = rule_from_dict(data=entry)
+                diff = json_diff(None, rule_as_dict(rule, lines))
+            items.append({"code": item.code, "status": item.status.value, "version": item.version, "diff": diff})
+        return items
+
+    # simulator
+    def simulate_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        result = None
+        if request.method == "POST":
+            form = SimulatorForm(request.POST)
+            if form.is_valid():
+                result = simulate(form.cleaned_data["event"])
+        else:
+            form = SimulatorForm()
+        context = self._context(request, "Rule simulator", form=form, result=result)
+        return TemplateResponse(request, "admin/rules/rule/simulate.html", context)
+
+    # history: simple-history's field changes, plus every stored version with a diff against the previous one
+    def history_view(self, request, object_id, extra_context=None):
+        versions = list(
+            RuleVersion.objects.filter(rule_id=object_id).select_related("created_by").order_by("-version")
+            if str(object_id).isdigit()
+            else []
+        )
+        diffs = [
+            {
+                "version": version,
+                "diff": json_diff(older.snapshot if older else None, version.snapshot),
+            }
+            for version, older in zip(versions, [*versions[1:], None], strict=True)
+        ]
+        extra_context = {"version_diffs": diffs, **(extra_context or {})}
+        return super().history_view(request, object_id, extra_context)
 
 
 @admin.register(RuleVersion)
@@ -135,12 +403,21 @@ class RuleVersionAdmin(admin.ModelAdmin):
     list_filter = ("created_at",)
     search_fields = ("rule__code",)
     list_select_related = ("rule", "created_by")
-    fields = ("rule", "version", "created_at", "created_by", "snapshot_pretty")
+    fields = ("rule", "version", "created_at", "created_by", "changes", "snapshot_pretty")
     readonly_fields = fields
 
     @admin.display(description="Rule at this version (export JSON)")
     def snapshot_pretty(self, obj: RuleVersion):
         return format_html("<pre>{}</pre>", json.dumps(obj.snapshot, indent=2, ensure_ascii=False))
+
+    @admin.display(description="Changes from the previous version")
+    def changes(self, obj: RuleVersion):
+        previous = RuleVersion.objects.filter(rule_id=obj.rule_id, version__lt=obj.version).order_by("-version").first()
+        diff = json_diff(previous.snapshot if previous else None, obj.snapshot)
+        if not diff:
+            return "No change."
+        title = f"from v{previous.version}" if previous else "first version"
+        return format_html('<div class="rule-diff" title="{}">{}</div>', title, diff_html(diff))
 
     def has_add_permission(self, request):
         return False

@@ -2,16 +2,30 @@
 ``clean()``, so the admin shows each one at its field."""
 
 import json
+import re
 
 from django import forms
 from django.core.exceptions import ValidationError
 from django.forms.models import BaseInlineFormSet
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from .models import RewardLine, Rule
+from .engine import EventInput
+from .models import EVENT_TYPE_PATTERN, RewardLine, Rule
 
 MAX_IMPORT_FILE_BYTES = 5 * 1024 * 1024
 
 _CODE_ATTRS = {"style": "font-family: monospace", "spellcheck": "false", "autocomplete": "off"}
+
+
+EXPRESSION_HELP = {
+    "condition": "Empty means always. e.g. context.level == 1 · context.total_quests_completed >= 10 · "
+    "actor_profile.is_vip · context.amount > 0 and not subject_profile.is_pro",
+    "target": "Gives a user id; empty or null skips the line. e.g. actor · primary_subject · "
+    "context.rf_partner_id · upline(actor, 1)",
+    "amount": "Gives an integer (fractions round down; 0 or less skips the line; nft is always 1). "
+    "e.g. 100 · context.base_reward_points · floor(context.amount * 5 / 100) · min(context.points, 500)",
+}
 
 
 class RuleAdminForm(forms.ModelForm):
@@ -33,6 +47,7 @@ class RuleAdminForm(forms.ModelForm):
             "condition": forms.Textarea(attrs={"rows": 2, "cols": 80, **_CODE_ATTRS}),
             "description": forms.Textarea(attrs={"rows": 3, "cols": 80}),
         }
+        help_texts = {"condition": EXPRESSION_HELP["condition"]}
 
 
 class RewardLineForm(forms.ModelForm):
@@ -46,6 +61,7 @@ class RewardLineForm(forms.ModelForm):
             "params": forms.Textarea(attrs={"rows": 1, "cols": 28, **_CODE_ATTRS}),
             "max_per_target": forms.NumberInput(attrs={"style": "width: 5em"}),
         }
+        help_texts = {"target": EXPRESSION_HELP["target"], "amount": EXPRESSION_HELP["amount"]}
 
 
 class RewardLineInlineFormSet(BaseInlineFormSet):
@@ -74,7 +90,12 @@ class RewardLineInlineFormSet(BaseInlineFormSet):
 
 class RulesImportForm(forms.Form):
     file = forms.FileField(help_text='A JSON rules file {"rules": [...]}, as written by "Export".')
-    dry_run = forms.BooleanField(required=False, help_text="Only validate and show what would change.")
+    dry_run = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Preview first",
+        help_text="Validate and show what would change, then confirm. Unticked, a valid file is imported at once.",
+    )
 
     def clean_file(self):
         upload = self.cleaned_data["file"]
@@ -85,3 +106,75 @@ class RulesImportForm(forms.Form):
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValidationError(f"Not a valid JSON file: {exc}") from exc
         return upload
+
+
+class ImportConfirmForm(forms.Form):
+    """The previewed file, signed, so what is confirmed is exactly what was previewed."""
+
+    confirm = forms.CharField(widget=forms.HiddenInput)
+
+
+SIMULATOR_EXAMPLE = {
+    "event_type": "quest.completed",
+    "actor_user_id": "user_1",
+    "primary_subject_user_id": "user_2",
+    "context": {"base_reward_points": 40, "total_quests_completed": 10},
+    "occurred_at": None,
+}
+SIMULATOR_KEYS = {"event_type", "actor_user_id", "primary_subject_user_id", "context", "occurred_at"}
+# Keys of a real event body that the simulator accepts and ignores, so a stored payload can be pasted.
+SIMULATOR_IGNORED_KEYS = {"external_id", "source_service", "id", "status", "received_at"}
+
+
+class SimulatorForm(forms.Form):
+    event = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 14, "cols": 90, **_CODE_ATTRS}),
+        initial=json.dumps(SIMULATOR_EXAMPLE, indent=2),
+        help_text="An event as JSON: event_type, actor_user_id, primary_subject_user_id (optional), "
+        "context (an object), occurred_at (optional, RFC 3339).",
+    )
+
+    def clean_event(self) -> EventInput:
+        try:
+            data = json.loads(self.cleaned_data["event"])
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"Not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValidationError("The event must be a JSON object.")
+        problems = []
+        unknown = sorted(set(data) - SIMULATOR_KEYS - SIMULATOR_IGNORED_KEYS)
+        if unknown:
+            problems.append(f"unknown field(s): {', '.join(unknown)}")
+        event_type = data.get("event_type")
+        if not isinstance(event_type, str) or not re.fullmatch(EVENT_TYPE_PATTERN, event_type):
+            problems.append("event_type: required, dotted lower-case, e.g. quest.completed")
+        actor = data.get("actor_user_id")
+        if not isinstance(actor, str) or not 1 <= len(actor) <= 100:
+            problems.append("actor_user_id: required, a string of 1..100 characters")
+        subject = data.get("primary_subject_user_id")
+        if subject is not None and (not isinstance(subject, str) or not 1 <= len(subject) <= 100):
+            problems.append("primary_subject_user_id: null or a string of 1..100 characters")
+        context = data.get("context", {})
+        if context is None:
+            context = {}
+        if not isinstance(context, dict):
+            problems.append("context: must be a JSON object")
+        occurred_at = data.get("occurred_at")
+        if occurred_at is not None:
+            try:
+                parsed = parse_datetime(occurred_at) if isinstance(occurred_at, str) else None
+            except ValueError:
+                parsed = None
+            if parsed is None or parsed.tzinfo is None:
+                problems.append("occurred_at: null or an RFC 3339 date-time with an offset")
+            occurred_at = parsed
+        if problems:
+            raise ValidationError(problems)
+        return EventInput(
+            event_type=event_type,
+            actor_user_id=actor,
+            primary_subject_user_id=subject,
+            context=context,
+            occurred_at=occurred_at,
+            received_at=timezone.now(),
+        )
