@@ -43,3 +43,7 @@ worker: install
 
 beat: install
 	$(BIN)/celery -A config beat --loglevel=INFO --schedule=$${CELERY_BEAT_SCHEDULE_FILE:-/tmp/rewards-celerybeat-schedule}
+
+# Performance: pgbench baseline, ledger, HTTP, end to end, rule scaling (scratch databases; see README).
+bench: install services
+	$(BIN)/python -m bench.run

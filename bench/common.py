@@ -1,0 +1,299 @@
+"""What every part of the benchmark shares: the environment, scratch databases, processes, statistics."""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench-results"
+LOG_DIR = RESULTS_DIR / "logs"
+BIN = Path(sys.executable).parent
+
+PG_HOST = "127.0.0.1"
+PG_PORT = 5432
+PG_USER = os.environ.get("BENCH_PG_USER", "root")
+APP_DB = "bench_app"
+PGBENCH_DB = "bench_pgbench"
+REDIS_URL = "redis://127.0.0.1:6379/7"
+# One secret for every process of a run (web, workers, this one), never a fixed value.
+_SECRET_KEY = os.environ.get("BENCH_SECRET_KEY") or secrets.token_urlsafe(48)
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the message says what to fix."""
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- environment of every process the benchmark starts ----------------------------------------
+
+
+def app_environment() -> dict[str, str]:
+    """Production settings on the scratch database: DEBUG off, a real broker, a shared cache.
+
+    The throttle stays on (same code path as production) with a rate no run reaches; the window is a
+    second because DRF's throttle keeps one timestamp per request of the window in the cache entry.
+    """
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "bench.settings",
+            "DEBUG": "0",
+            "SECRET_KEY": _SECRET_KEY,
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "SECURE_SSL_REDIRECT": "0",
+            "DATABASE_URL": f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{APP_DB}",
+            "CELERY_BROKER_URL": REDIS_URL,
+            "CACHE_URL": "rediscache://127.0.0.1:6379/7",
+            "API_THROTTLE_RATE": env.get("BENCH_THROTTLE_RATE", "100000/s"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def django_setup() -> None:
+    """Configure Django in this process with the benchmark's environment (idempotent)."""
+    os.environ.update(app_environment())
+    import django
+
+    django.setup()
+
+
+# --- PostgreSQL and Redis ---------------------------------------------------------------------
+
+
+def pg_admin(sql: str, dbname: str = "postgres") -> None:
+    import psycopg
+
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def pg_scalar(sql: str, dbname: str = "postgres"):
+    import psycopg
+
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, autocommit=True) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def database_recreate(name: str) -> None:
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(f'CREATE DATABASE "{name}"')
+
+
+def database_drop(name: str) -> None:
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_flush() -> None:
+    """Empty the benchmark's own Redis database (number 7) and nothing else."""
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def services_check() -> None:
+    import psycopg
+    import redis
+
+    try:
+        psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3).close()
+    except psycopg.Error as exc:
+        raise BenchError(f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}") from exc
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        raise BenchError(f"Redis is not reachable at 127.0.0.1:6379: {exc}") from exc
+
+
+# --- external programs ----------------------------------------------------------------------------
+
+
+def program(name: str, *, debian_package: str | None = None, extra_dirs: tuple[str, ...] = ()) -> str:
+    """Path of a program; installs its Debian package when missing and apt-get is usable."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for pattern in extra_dirs:
+        for candidate in sorted(Path("/").glob(pattern.lstrip("/")), reverse=True):
+            if (candidate / name).exists():
+                return str(candidate / name)
+    if debian_package and shutil.which("apt-get"):
+        log(f"{name} is missing; installing the Debian package {debian_package}")
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        installed = subprocess.run(["apt-get", "install", "-y", "-qq", debian_package], env=env, **quiet)
+        if installed.returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, **quiet)
+            subprocess.run(["apt-get", "install", "-y", "-qq", debian_package], env=env, **quiet)
+        found = shutil.which(name)
+        if found:
+            return found
+    hint = f" (Debian package {debian_package})" if debian_package else ""
+    raise BenchError(f"{name} is required{hint} and is not installed; install it and run `make bench` again.")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Started:
+    """A process the benchmark started; it and its children are stopped by its own id."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    peak_rss_kib: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def tree(self) -> list[int]:
+        """This process and its descendants (from /proc), parents first."""
+        pids, queue = [], [self.pid]
+        while queue:
+            pid = queue.pop(0)
+            pids.append(pid)
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                children = []
+            queue.extend(int(child) for child in children)
+        return pids
+
+    def sample_memory(self) -> None:
+        """Remember each process's high-water RSS (VmHWM) seen so far."""
+        for pid in self.tree():
+            hwm = _status_kib(pid, "VmHWM")
+            if hwm:
+                self.peak_rss_kib[pid] = max(self.peak_rss_kib.get(pid, 0), hwm)
+
+    def memory_summary(self) -> dict:
+        self.sample_memory()
+        peaks = self.peak_rss_kib
+        parent = peaks.get(self.pid, 0)
+        children = [kib for pid, kib in peaks.items() if pid != self.pid]
+        return {
+            "parent_peak_mib": round(parent / 1024, 1),
+            "child_peak_mib": round(max(children) / 1024, 1) if children else None,
+            "children": len(children),
+            "sum_of_peaks_mib": round(sum(peaks.values()) / 1024, 1),
+        }
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            self.sample_memory()
+        except OSError:
+            pass
+        try:
+            os.killpg(self.pid, signal.SIGTERM)  # the group this process leads; started by us
+        except ProcessLookupError:
+            return
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def start(name: str, argv: list[str], env: dict[str, str]) -> Started:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{name}.log"
+    handle = open(log_path, "wb")  # noqa: SIM115 (kept open for the child's lifetime)
+    popen = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    handle.close()
+    return Started(name=name, popen=popen, log_path=log_path)
+
+
+def wait_http_ok(url: str, started: Started, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if started.popen.poll() is not None:
+            raise BenchError(f"{started.name} exited ({started.popen.returncode}); see {started.log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise BenchError(f"{url} did not answer 200 within {timeout:.0f} s ({last}); see {started.log_path}")
+
+
+# --- statistics and the machine ---------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), round(pct / 100 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def machine() -> dict:
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kib = int(next(line for line in meminfo.splitlines() if line.startswith("MemTotal:")).split()[1])
+    model = ""
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(total_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgresql": pg_scalar("SHOW server_version"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average_at_start": load_average(),
+    }

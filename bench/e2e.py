@@ -1,0 +1,92 @@
+"""End to end: events posted at full rate while Celery workers dispatch; measured until the last credit.
+
+The clock starts with the first POST and stops at the ``completed_at`` of the last RewardAction the run
+made, read from the database, which is what a user would wait for.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from .common import BIN, BenchError, Started, app_environment, log, redis_flush, start
+from .http import Server, wrk_run
+
+DRAIN_TIMEOUT_SECONDS = 180
+
+
+def celery_start(*, concurrency: int) -> Started:
+    argv = [
+        str(BIN / "celery"), "-A", "config", "worker",
+        "--concurrency", str(concurrency), "--loglevel", "INFO", "-n", "bench@%h",
+    ]  # fmt: skip
+    worker = start("celery", argv, app_environment())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if worker.popen.poll() is not None:
+            raise BenchError(f"the Celery worker exited ({worker.popen.returncode}); see {worker.log_path}")
+        if "ready." in worker.log_path.read_text(errors="replace"):
+            return worker
+        time.sleep(0.2)
+    worker.stop()
+    raise BenchError(f"the Celery worker did not become ready in 60 s; see {worker.log_path}")
+
+
+def _progress(since: datetime) -> tuple[int, int, int, datetime | None]:
+    from django.db.models import Count, Max, Q
+
+    from connect.models import RewardAction
+
+    row = RewardAction.objects.filter(created_at__gte=since).aggregate(
+        total=Count("id"),
+        completed=Count("id", filter=Q(status=RewardAction.Status.COMPLETED)),
+        failed=Count("id", filter=Q(status=RewardAction.Status.FAILED)),
+        last=Max("completed_at"),
+    )
+    return row["total"], row["completed"], row["failed"], row["last"]
+
+
+def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, workers: int) -> tuple[dict, dict]:
+    """Events/s from the first post to the last completed credit, and the workers' memory."""
+    redis_flush()  # earlier phases ran without workers: their queued doorbells are not this run's
+    worker = celery_start(concurrency=workers)
+    try:
+        since = datetime.now(UTC)
+        began = time.time()
+        posted = wrk_run(
+            server=server, mode="events", key=key, prefix=f"e2e{int(began)}", seconds=seconds, connections=connections
+        )
+        load_ended = time.time()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        while True:
+            worker.sample_memory()
+            total, completed, failed, last = _progress(since)
+            if total and completed + failed >= total:
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        memory = worker.memory_summary()
+    finally:
+        worker.stop(timeout=30)
+    finished = last.timestamp() if last else time.time()
+    elapsed = max(finished - began, 1e-9)
+    events = posted["created"]
+    result = {
+        "events": events,
+        "actions": total,
+        "completed": completed,
+        "failed": failed,
+        "post_seconds": round(load_ended - began, 2),
+        "seconds_to_last_credit": round(elapsed, 2),
+        "drain_after_load_s": round(max(0.0, finished - load_ended), 2),
+        "events_per_s": round(events / elapsed, 1) if completed == total else None,
+        "actions_per_s": round(completed / elapsed, 1),
+        "post_rps": posted["rps"],
+        "post_p99_ms": posted["p99_ms"],
+        "errors": posted["errors"] + failed,
+        "complete": completed == total,
+        "workers": workers,
+    }
+    log(f"e2e: {result}")
+    return result, memory

@@ -1,0 +1,244 @@
+"""`make bench`: every figure below is measured in this one run, on this machine.
+
+1. pgbench TPC-B-like at 1, 2, 4 clients (the database's own ceiling on this machine);
+2. the ledger's service layer in 1, 2, 4 processes (credits distinct / hot user, hold + capture);
+3. HTTP through gunicorn with production settings: events, credits, and a one-INSERT endpoint of the
+   same stack (the framework's ceiling); p99 at half the maximum event rate;
+4. end to end with two Celery worker processes: from the first POST to the last completed credit;
+5. events/s with 10, 100 and 1,000 active rules;
+6. peak RSS of the web and worker processes; SQL statements per request.
+
+Scratch data lives in its own databases (bench_pgbench, bench_app) and Redis database 7, all removed
+at the end; every process started here is stopped here, also on failure.
+Options: ``--quick`` (short runs, for development), ``--keep`` (keep bench_app for inspection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .common import (
+    APP_DB,
+    RESULTS_DIR,
+    BenchError,
+    database_drop,
+    django_setup,
+    load_average,
+    log,
+    machine,
+    program,
+    redis_flush,
+    services_check,
+)
+
+CONCURRENCY = (1, 2, 4)
+RULE_COUNTS = (10, 100, 1000)
+WEB_WORKERS = 2
+CELERY_WORKERS = 2
+
+
+def _durations(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"pgbench": 5, "ledger": 3, "http": 5, "e2e": 6, "rules": 5}
+    return {"pgbench": 15, "ledger": 8, "http": 12, "e2e": 15, "rules": 10}
+
+
+def _ratio(numerator, denominator) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, 2)
+
+
+def _targets(results: dict) -> list[dict]:
+    pg, ledger, http, e2e, rules = (results[k] for k in ("pgbench", "ledger", "http", "e2e", "rules"))
+    distinct4 = ledger["credit_distinct"][4]["ops_per_s"]
+    events = http["events"]["rps"]
+    rows = [
+        ("ledger credits, distinct users, 4 processes / pgbench 4 clients", _ratio(distinct4, pg[4]["tps"]), 0.5),
+        ("ledger credits, hot user / distinct users (4 processes)",
+         _ratio(ledger["credit_hot"][4]["ops_per_s"], distinct4), 0.5),
+        ("HTTP events/s / one-INSERT endpoint requests/s", _ratio(events, http["ceiling"]["rps"]), 0.6),
+        ("end-to-end events/s / HTTP events/s", _ratio(e2e["events_per_s"], events), 0.8),
+        ("events/s with 1,000 rules / with 10 rules", _ratio(rules[1000]["rps"], rules[10]["rps"]), 0.8),
+    ]  # fmt: skip
+    targets = [{"target": name, "measured": value, "at_least": goal, "met": value is not None and value >= goal}
+               for name, value, goal in rows]  # fmt: skip
+    half = http["events_half_rate"]
+    targets.append(
+        {
+            "target": f"HTTP events p99 at half the maximum rate ({half['target_rate']:.0f}/s), ms",
+            "measured": half["p99_ms"],
+            "under": 50,
+            "met": half["p99_ms"] < 50 and half["errors"] == 0,
+        }
+    )
+    return targets
+
+
+def _fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+    return f"{value}{unit}"
+
+
+def table(results: dict) -> str:
+    m = results["machine"]
+    out = [
+        f"Machine: {m['cores']} cores ({m['cpu_model'] or 'unknown CPU'}), {m['memory_gib']} GiB RAM, "
+        f"PostgreSQL {m['postgresql']}, Python {m['python']}; {m['date']}",
+        f"Load average (1/5/15 min): {m['load_average_at_start']} at start, {results['load_average_at_end']} at end",
+        f"Web: gunicorn {WEB_WORKERS} sync workers; load: wrk, 1 thread; workers: Celery prefork x{CELERY_WORKERS}",
+        "",
+        f"{'measurement':<52} {'conc':>4} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'err':>5} {'ratio':>6}",
+    ]
+
+    def row(name, conc, rate, p50=None, p99=None, errors=None, ratio=None):
+        out.append(
+            f"{name:<52} {_fmt(conc):>4} {_fmt(rate):>9} {_fmt(p50):>8} {_fmt(p99):>8} {_fmt(errors):>5} {_fmt(ratio):>6}"
+        )
+
+    pg = results["pgbench"]
+    for count, item in pg.items():
+        row("pgbench TPC-B-like (tps)", count, item["tps"], None, None)
+    names = {
+        "credit_distinct": "ledger credit, distinct users",
+        "credit_hot": "ledger credit, one hot user",
+        "hold_capture": "ledger hold + capture (pairs)",
+    }
+    for scenario, by_count in results["ledger"].items():
+        for count, item in by_count.items():
+            ratio = _ratio(item["ops_per_s"], pg[count]["tps"])
+            row(f"{names[scenario]} (÷ pgbench)", count, item["ops_per_s"], item["p50_ms"], item["p99_ms"],
+                item["errors"], ratio)  # fmt: skip
+    http = results["http"]
+    ceiling = http["ceiling"]["rps"]
+    labels = {
+        "ceiling": "HTTP one-INSERT endpoint (ceiling)",
+        "credit": "HTTP POST /internal/credit (÷ ceiling)",
+        "events": "HTTP POST /api/v1/events (÷ ceiling)",
+        "events_half_rate": "HTTP events at half the max rate (paced)",
+    }
+    for name, label in labels.items():
+        item = http[name]
+        ratio = _ratio(item["rps"], ceiling) if name in ("credit", "events") else None
+        row(label, item["connections"], item["rps"], item["p50_ms"], item["p99_ms"], item["errors"], ratio)
+    e2e = results["e2e"]
+    row("end to end, events/s to last credit (÷ HTTP events)", e2e["workers"], e2e["events_per_s"], None, None,
+        e2e["errors"], _ratio(e2e["events_per_s"], http["events"]["rps"]))  # fmt: skip
+    rules = results["rules"]
+    for count, item in rules.items():
+        row(f"HTTP events, {count} active rules (÷ 10 rules)", item["connections"], item["rps"], item["p50_ms"],
+            item["p99_ms"], item["errors"], _ratio(item["rps"], rules[RULE_COUNTS[0]]["rps"]))  # fmt: skip
+    mem = results["memory"]
+    out.append("")
+    out.append(
+        f"Peak RSS: web master {_fmt(mem['web']['parent_peak_mib'])} MiB, web worker {_fmt(mem['web']['child_peak_mib'])}"
+        f" MiB (x{mem['web']['children']}); Celery main {_fmt(mem['worker']['parent_peak_mib'])} MiB, worker process"
+        f" {_fmt(mem['worker']['child_peak_mib'])} MiB (x{mem['worker']['children']})"
+    )
+    q = results["queries"]
+    out.append(
+        f"SQL statements: event POST {q['event_post']}, credit POST {q['credit_post']}, one-INSERT POST "
+        f"{q['ceiling_post']}, dispatch of one points action {q['dispatch_per_action']}"
+    )
+    out.append(f"End to end: {e2e['events']} events, {e2e['completed']}/{e2e['actions']} actions completed, "
+               f"last credit {e2e['drain_after_load_s']} s after the load stopped")  # fmt: skip
+    out.append("")
+    out.append("Targets:")
+    for target in results["targets"]:
+        bound = f">= {target['at_least']}" if "at_least" in target else f"< {target['under']}"
+        out.append(
+            f"  [{'met' if target['met'] else 'NOT met'}] {target['target']}: {_fmt(target['measured'])} ({bound})"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, for development")
+    parser.add_argument("--keep", action="store_true", help="keep the bench_app database afterwards")
+    args = parser.parse_args(argv)
+    durations = _durations(args.quick)
+    began = time.monotonic()
+    program("wrk", debian_package="wrk")
+    services_check()
+    results: dict = {"machine": machine(), "durations_s": durations, "quick": args.quick}
+    log(f"machine: {results['machine']}")
+
+    from .pgbench import pgbench_measure
+
+    results["pgbench"] = pgbench_measure(clients=CONCURRENCY, seconds=durations["pgbench"])
+
+    django_setup()
+    from .app import app_prepare
+    from .e2e import e2e_measure
+    from .http import gunicorn_start, wrk_run
+    from .ledger import ledger_measure
+    from .queries import queries_measure
+    from .rules_scaling import rules_scaling_measure
+
+    server = None
+    try:
+        redis_flush()
+        key = app_prepare()
+        results["queries"] = {k: v for k, v in queries_measure(key=key).items() if k != "statements"}
+        results["ledger"] = ledger_measure(processes=CONCURRENCY, seconds=durations["ledger"])
+
+        server = gunicorn_start(workers=WEB_WORKERS)
+        connections = WEB_WORKERS * 2
+        stamp = int(time.time())
+        http = {}
+        for mode in ("ceiling", "credit", "events"):
+            http[mode] = wrk_run(
+                server=server, mode=mode, key=key, prefix=f"{mode}{stamp}", seconds=durations["http"],
+                connections=connections,
+            )  # fmt: skip
+        http["events_half_rate"] = wrk_run(
+            server=server, mode="events", key=key, prefix=f"half{stamp}", seconds=durations["http"],
+            connections=connections, rate=max(1.0, http["events"]["rps"] / 2),
+        )  # fmt: skip
+        results["http"] = http
+        results["e2e"], worker_memory = e2e_measure(
+            server=server, key=key, seconds=durations["e2e"], connections=connections, workers=CELERY_WORKERS
+        )
+        redis_flush()
+        results["rules"] = rules_scaling_measure(
+            server=server, key=key, counts=RULE_COUNTS, seconds=durations["rules"], connections=connections
+        )
+        results["memory"] = {"web": server.process.memory_summary(), "worker": worker_memory}
+    finally:
+        if server is not None:
+            server.process.stop()
+        from django.db import connections as db_connections
+
+        db_connections.close_all()
+        redis_flush()
+        if not args.keep:
+            database_drop(APP_DB)
+
+    results["load_average_at_end"] = load_average()
+    results["targets"] = _targets(results)
+    results["elapsed_s"] = round(time.monotonic() - began, 1)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = Path(RESULTS_DIR / "latest.json")
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print(table(results))
+    print(f"\nTook {results['elapsed_s']} s; JSON in {path.relative_to(RESULTS_DIR.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
