@@ -14,6 +14,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import IncorrectLookupParameters
 from django.core.paginator import Paginator
 from django.db.models import OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -136,14 +137,12 @@ def with_balance_changes(queryset: QuerySet) -> QuerySet:
     the held points), so they are exact whatever order the transactions are listed in.
     """
     own_entries = Entry.objects.filter(transaction=OuterRef("pk"), account=OuterRef("account_id")).order_by()
+
+    def total(entries):
+        return Coalesce(Subquery(entries.values("transaction").annotate(total=Sum("amount")).values("total")[:1]), 0)
+
     return queryset.annotate(
-        balance_change=Subquery(own_entries.values("transaction").annotate(total=Sum("amount")).values("total")[:1]),
-        held_change=Subquery(
-            own_entries.filter(part=Entry.Part.HELD)
-            .values("transaction")
-            .annotate(total=Sum("amount"))
-            .values("total")[:1]
-        ),
+        balance_change=total(own_entries), held_change=total(own_entries.filter(part=Entry.Part.HELD))
     )
 
 
@@ -261,8 +260,8 @@ def _csv_rows(queryset: QuerySet):
                 kind,
                 csv_safe(user_id if user_id is not None else f"[{code}]"),
                 amount,
-                balance_change if balance_change is not None else 0,
-                held_change if held_change is not None else 0,
+                balance_change,
+                held_change,
                 "" if balance_after is None else balance_after,
                 "" if held_after is None else held_after,
                 "" if available_after is None else available_after,

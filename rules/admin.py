@@ -35,6 +35,8 @@ from .forms import (
 )
 from .models import RewardLine, Rule, RuleVersion
 from .services import (
+    LINE_KEYS,
+    RULE_KEYS,
     RulesImportError,
     rule_as_dict,
     rule_from_dict,
@@ -60,11 +62,28 @@ def _export_filename() -> str:
     return f"rules-{timezone.now():%Y%m%d-%H%M%S}.json"
 
 
+def _in_file_order(rule: dict) -> dict:
+    """A rule's JSON form with its keys in the export file's order (stored snapshots come back from
+    jsonb with their keys reordered)."""
+
+    def ordered(data: dict, keys) -> dict:
+        rank = {key: index for index, key in enumerate(keys)}
+        return dict(sorted(data.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
+
+    out = ordered(rule, ("code", "name", "description", *RULE_KEYS))
+    if isinstance(out.get("rewards"), list):
+        out["rewards"] = [ordered(line, LINE_KEYS) if isinstance(line, dict) else line for line in out["rewards"]]
+    return out
+
+
 def json_diff(old: dict | None, new: dict | None) -> list[tuple[str, str]]:
-    """A line diff of two rules' JSON forms as (kind, text): kind is "add", "del", "hunk" or "same"."""
+    """A unified line diff of two rules' JSON forms as (kind, line): kind is "add", "del", "hunk" or
+    "same"; each line keeps its diff prefix (+, -, space)."""
 
     def lines(value):
-        return [] if value is None else json.dumps(value, indent=2, ensure_ascii=False).splitlines()
+        if value is None:
+            return []
+        return json.dumps(_in_file_order(value), indent=2, ensure_ascii=False).splitlines()
 
     out = []
     for line in difflib.unified_diff(lines(old), lines(new), lineterm="", n=2):
