@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -98,6 +98,11 @@ def reward_action_dispatch(*, action_id) -> DispatchOutcome:
 
     Must not be called inside a transaction: the channel call happens between two commits.
     """
+    try:
+        action_id = uuid.UUID(str(action_id))
+    except ValueError:
+        logger.warning("dispatch of a malformed reward action id ignored", extra={"action_id": str(action_id)})
+        return SKIPPED
     claimed = _claim(action_id)
     if isinstance(claimed, DispatchOutcome):
         return claimed
@@ -258,8 +263,18 @@ def dispatch_enqueue(action_id, *, countdown: float | None = None) -> bool:
 
 
 def dispatch_enqueue_on_commit(action_ids) -> None:
+    """Ring the doorbells once the transaction commits. A broker outage does not undo the commit or
+    stop the other doorbells (robust callbacks): the rows are pending and the sweeper re-enqueues them."""
     for action_id in action_ids:
-        transaction.on_commit(partial(dispatch_enqueue, str(action_id)))
+        transaction.on_commit(_doorbell(str(action_id)), robust=True)
+
+
+def _doorbell(action_id: str):
+    # A named function, not a partial: Django names the callback when it logs a robust failure.
+    def ring_dispatch_doorbell():
+        dispatch_enqueue(action_id)
+
+    return ring_dispatch_doorbell
 
 
 # --- sweeper -------------------------------------------------------------------------------------

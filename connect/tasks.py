@@ -1,10 +1,16 @@
 """Thin Celery tasks: load by id, call a service, schedule what comes next. The row is the source of truth."""
 
+import logging
+
 from celery import shared_task
 from django.conf import settings
 
+logger = logging.getLogger("connect.dispatch")
+
 # One delivery is a claim, at most one HTTP call bounded by the channel timeouts, and a record;
-# anything longer is stuck. The soft limit turns into a transient error on the action.
+# anything longer is stuck. The soft limit turns into a transient error on the action. With the
+# default timings the hard limit (58 s) is below SWEEPER_STALE_SECONDS (60 s), so the sweeper never
+# re-queues a run that is still alive; if it did, the guarded record and idempotent channels keep that safe.
 DISPATCH_SOFT_TIME_LIMIT = min(
     settings.CELERY_TASK_SOFT_TIME_LIMIT,
     int(settings.CHANNEL_CONNECT_TIMEOUT_SECONDS + settings.CHANNEL_READ_TIMEOUT_SECONDS) + 30,
@@ -26,7 +32,13 @@ def dispatch_reward_action(action_id: str) -> str | None:
     outcome = reward_action_dispatch(action_id=action_id)
     if outcome.retry_in is not None:
         # Without a broker (tasks inline) this is skipped and the sweeper retries when due.
-        dispatch_enqueue(action_id, countdown=outcome.retry_in)
+        try:
+            dispatch_enqueue(action_id, countdown=outcome.retry_in)
+        except Exception:
+            # The row is pending with its next_attempt_at: the sweeper retries it when due.
+            logger.warning(
+                "could not schedule the retry; left to the sweeper", exc_info=True, extra={"action_id": action_id}
+            )
     return outcome.status
 
 

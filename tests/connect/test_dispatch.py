@@ -95,8 +95,9 @@ def test_actions_not_pending_are_left_alone(rule, status):
     assert not Transaction.objects.exists()
 
 
-def test_unknown_action_id_is_a_no_op(db):
+def test_unknown_or_malformed_action_id_is_a_no_op(db):
     assert not reward_action_dispatch(action_id="00000000-0000-0000-0000-000000000000").ran
+    assert not reward_action_dispatch(action_id="not-a-uuid").ran
 
 
 def test_early_duplicate_run_waits_for_the_backoff(rule):
@@ -379,6 +380,33 @@ def test_sweeper_skips_rows_another_sweeper_holds(settings):
         release.set()
         holder.join(10)
     assert reward_actions_sweep() == 2, "the rows held before are swept once free; the others were touched"
+
+
+def test_a_failed_publish_does_not_stop_the_other_doorbells(
+    rule, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.SWEEPER_STALE_SECONDS = 1
+    unlucky = action_create(rule=rule, target="u1", amount=1, age_seconds=10)
+    lucky = action_create(rule=rule, target="u2", amount=2, age_seconds=10)
+    run = dispatch_reward_action.delay
+
+    def delay(action_id):
+        if action_id == str(unlucky.pk):
+            raise ConnectionError("broker unreachable")
+        return run(action_id)
+
+    monkeypatch.setattr(dispatch_reward_action, "delay", delay)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reward_actions_sweep() == 2
+
+    assert _reload(lucky).status == Status.COMPLETED
+    unlucky = _reload(unlucky)
+    assert unlucky.status == Status.PENDING, "left for the next sweep once it is stale again"
+    RewardAction.objects.filter(pk=unlucky.pk).update(updated_at=timezone.now() - timedelta(seconds=10))
+    monkeypatch.setattr(dispatch_reward_action, "delay", run)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reward_actions_sweep() == 1
+    assert _reload(unlucky).status == Status.COMPLETED
 
 
 def test_sweep_task_and_command(rule, settings, django_capture_on_commit_callbacks, capsys):

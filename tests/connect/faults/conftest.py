@@ -145,7 +145,7 @@ def start_worker(transactional_db, broker, tmp_path):
     def start(*, beat: bool = False, concurrency: int = 2, env: dict | None = None) -> Worker:
         name = f"fault-{uuid.uuid4().hex[:8]}"
         log_path = tmp_path / f"{name}.log"
-        log_file = open(log_path, "w")  # noqa: SIM115 - closed by Worker.stop
+        log_file = open(log_path, "w")  # closed by Worker.stop
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker",
             "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",

@@ -114,7 +114,7 @@ def _completions_in_flight() -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND state = 'active' AND query ILIKE 'UPDATE \"connect_rewardaction\"%%'"
+            " AND state = 'active' AND wait_event = 'PgSleep' AND query ILIKE 'UPDATE \"connect_rewardaction\"%%'"
         )
         return cursor.fetchone()[0]
 
