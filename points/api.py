@@ -1,10 +1,11 @@
 """Thin HTTP views over the ledger services (SPEC §9)."""
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api.fields import ErrorSerializer
+from config.api.fields import ErrorSerializer, storable_text_problem
 from config.api.pagination import NewestFirstCursorPagination
 
 from . import selectors, serializers, services
@@ -109,16 +110,24 @@ class ReleaseView(_LedgerOperation):
         return super().post(request)
 
 
+def _path_user_id(user_id: str) -> str:
+    """The user id from the URL; a 400 for text no account can have (a NUL would be a database error)."""
+    problem = storable_text_problem(user_id)
+    if problem:
+        raise ValidationError({"user_id": [problem]})
+    return user_id
+
+
 class AccountView(APIView):
     required_scope = "points:read"
 
     @extend_schema(
         summary="A user's balance (zeros for an unknown user)",
-        responses={200: serializers.AccountOut, **_errors(401, 403, 429)},
+        responses={200: serializers.AccountOut, **_errors(400, 401, 403, 429)},
         tags=["points"],
     )
     def get(self, request, user_id: str):
-        return Response(selectors.account_totals(user_id=user_id))
+        return Response(selectors.account_totals(user_id=_path_user_id(user_id)))
 
 
 class AccountTransactionsView(APIView):
@@ -132,5 +141,7 @@ class AccountTransactionsView(APIView):
     )
     def get(self, request, user_id: str):
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(selectors.account_transactions(user_id=user_id), request, view=self)
+        page = paginator.paginate_queryset(
+            selectors.account_transactions(user_id=_path_user_id(user_id)), request, view=self
+        )
         return paginator.get_paginated_response(serializers.HistoryItemOut(page, many=True).data)

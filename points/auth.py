@@ -26,10 +26,15 @@ class ServicePrincipal:
         return self.client_name
 
     def has_scope(self, scope: str) -> bool:
-        """True for the scope itself, and for ``events:write`` when a prefix-limited form is held."""
+        """True for the scope itself, and for ``events:write`` when a prefix-limited form is held.
+
+        Only ``events:write`` has prefix-limited forms: a stray ``points:debit:x`` grants nothing.
+        """
         if scope in self.scopes:
             return True
-        return any(granted.startswith(scope + ":") for granted in self.scopes)
+        if scope != "events:write":
+            return False
+        return any(granted.startswith("events:write:") for granted in self.scopes)
 
     def may_write_event_type(self, event_type: str) -> bool:
         if "events:write" in self.scopes:

@@ -5,6 +5,7 @@ __all__ = [
     "HoldNotActive",
     "IdempotencyConflict",
     "InsufficientFunds",
+    "InvalidRequest",
     "LedgerError",
     "NotFound",
 ]
@@ -27,3 +28,11 @@ class HoldNotActive(LedgerError):
 class CaptureExceedsHold(LedgerError):
     code = "capture_exceeds_hold"
     default_message = "The capture amount exceeds the held amount."
+
+
+class InvalidRequest(DomainError):
+    """A service was called with input the ledger never accepts (the API's serializers refuse it first)."""
+
+    status_code = 400
+    code = "validation_error"
+    default_message = "The request is invalid."

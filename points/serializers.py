@@ -1,10 +1,8 @@
 from rest_framework import serializers
 
-from config.api.fields import BoundedJSONObjectField, StrictCharField, StrictIntegerField
+from config.api.fields import BoundedJSONObjectField, StrictCharField, StrictIntegerField, StrictUUIDField
 
-from .services import MAX_AMOUNT
-
-MAX_HOLD_SECONDS = 30 * 24 * 3600
+from .services import MAX_AMOUNT, MAX_HOLD_SECONDS
 
 
 class _OperationIn(serializers.Serializer):
@@ -27,12 +25,12 @@ class HoldIn(CreditIn):
 
 
 class CaptureIn(_OperationIn):
-    hold_id = serializers.UUIDField()
+    hold_id = StrictUUIDField()
     amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT, required=False)
 
 
 class ReleaseIn(_OperationIn):
-    hold_id = serializers.UUIDField()
+    hold_id = StrictUUIDField()
 
 
 class BalanceOut(serializers.Serializer):
@@ -52,7 +50,7 @@ class CreditOut(BalanceOut):
 
 
 class HoldOut(BalanceOut):
-    hold_id = serializers.UUIDField()
+    hold_id = StrictUUIDField()
     transaction_id = serializers.UUIDField()
     user_id = serializers.CharField()
     amount = serializers.IntegerField()
@@ -62,7 +60,7 @@ class HoldOut(BalanceOut):
 
 class CaptureOut(BalanceOut):
     transaction_id = serializers.UUIDField()
-    hold_id = serializers.UUIDField()
+    hold_id = StrictUUIDField()
     user_id = serializers.CharField()
     captured = serializers.IntegerField()
     released = serializers.IntegerField()
@@ -70,7 +68,7 @@ class CaptureOut(BalanceOut):
 
 class ReleaseOut(BalanceOut):
     transaction_id = serializers.UUIDField()
-    hold_id = serializers.UUIDField()
+    hold_id = StrictUUIDField()
     user_id = serializers.CharField()
     released = serializers.IntegerField()
 

@@ -21,10 +21,13 @@ from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 from django.utils import timezone
 
-from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, NotFound
+from config.api.fields import storable_text_problem
+
+from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, InvalidRequest, NotFound
 from .models import Account, Entry, Hold, SystemAccount, Transaction
 
 MAX_AMOUNT = 10**12
+MAX_HOLD_SECONDS = 30 * 24 * 3600
 STAFF_SOURCE = "staff"
 SYSTEM_SOURCE = "system"
 
@@ -45,6 +48,54 @@ def request_hash(operation: str, **fields) -> str:
     """A stable fingerprint of a request, so a replay can be told from a conflicting reuse."""
     canonical = json.dumps({"op": operation, **fields}, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_NOT_GIVEN = object()
+
+
+def _operation_check(
+    *,
+    external_id,
+    user_id=_NOT_GIVEN,
+    amount=None,
+    reason="",
+    metadata=None,
+    amount_required: bool = True,
+    expires_in=None,
+) -> None:
+    """Refuse input the ledger never stores, before anything is written.
+
+    The API's serializers already refuse all of this with the same 400; the check is for in-process
+    callers, so a bad amount is a clear refusal instead of a database error (or, for zero, a
+    transaction without entries that only fails at commit).
+    """
+    problems: dict[str, list[str]] = {}
+    if not isinstance(external_id, str) or not 1 <= len(external_id) <= 200:
+        problems["external_id"] = ["A string of 1 to 200 characters is required."]
+    if user_id is not _NOT_GIVEN and (not isinstance(user_id, str) or not 1 <= len(user_id) <= 100):
+        problems["user_id"] = ["A string of 1 to 100 characters is required."]
+    if amount is not None or amount_required:
+        if not _is_int(amount) or not 1 <= amount <= MAX_AMOUNT:
+            problems["amount"] = [f"An integer from 1 to {MAX_AMOUNT} is required."]
+    if not isinstance(reason, str) or len(reason) > 200:
+        problems["reason"] = ["A string of at most 200 characters is required."]
+    if metadata is not None and not isinstance(metadata, dict):
+        problems["metadata"] = ["A JSON object is required."]
+    texts = {"external_id": external_id, "reason": reason, "metadata": metadata}
+    if user_id is not _NOT_GIVEN:
+        texts["user_id"] = user_id
+    for name, value in texts.items():
+        problem = storable_text_problem(value)
+        if problem and name not in problems:
+            problems[name] = [problem]
+    if expires_in is not None and (not _is_int(expires_in) or not 1 <= expires_in <= MAX_HOLD_SECONDS):
+        problems["expires_in"] = [f"An integer from 1 to {MAX_HOLD_SECONDS} is required."]
+    if problems:
+        raise InvalidRequest(details=problems)
 
 
 _system_account_ids: dict[str, int] = {}
@@ -150,6 +201,7 @@ def _apply_or_refuse(account: Account, *, balance_delta: int, held_delta: int) -
 def account_credit(
     *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
 ) -> LedgerResult:
+    _operation_check(external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
     metadata = metadata or {}
     fingerprint = request_hash("credit", user_id=user_id, amount=amount, reason=reason, metadata=metadata)
     account = _user_account(user_id)
@@ -173,6 +225,7 @@ def account_credit(
 def account_debit(
     *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
 ) -> LedgerResult:
+    _operation_check(external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
     metadata = metadata or {}
     fingerprint = request_hash("debit", user_id=user_id, amount=amount, reason=reason, metadata=metadata)
     account = _user_account(user_id)
@@ -204,6 +257,9 @@ def hold_create(
     expires_in: int | None = None,
 ) -> LedgerResult:
     """Reserve ``amount`` of the user's available points until captured, released or expired."""
+    _operation_check(
+        external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata, expires_in=expires_in
+    )
     metadata = metadata or {}
     fingerprint = request_hash(
         "hold", user_id=user_id, amount=amount, reason=reason, metadata=metadata, expires_in=expires_in
@@ -270,6 +326,7 @@ def _settle_legs(hold: Hold, captured: int) -> list[tuple[int, str, int]]:
 @transaction.atomic
 def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None = None) -> LedgerResult:
     """Spend ``amount`` (default: all) of an active hold; the rest returns to available."""
+    _operation_check(external_id=external_id, amount=amount, amount_required=False)
     hold = _hold_for(source, hold_id)
     captured = hold.amount if amount is None else amount
     fingerprint = request_hash("capture", hold_id=str(hold.pk), amount=amount)
@@ -291,6 +348,7 @@ def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None =
 
 @transaction.atomic
 def hold_release(*, source: str, external_id: str, hold_id) -> LedgerResult:
+    _operation_check(external_id=external_id, amount_required=False)
     hold = _hold_for(source, hold_id)
     fingerprint = request_hash("release", hold_id=str(hold.pk))
     txn, replayed = _claim(
@@ -356,10 +414,14 @@ def account_adjust(
     *, user_id: str, amount: int, reason: str, staff_user, external_id: str | None = None
 ) -> LedgerResult:
     """A staff correction: a signed amount posted against the adjustments account, never an edit."""
-    if not amount:
-        raise ValueError("An adjustment needs a non-zero amount.")
-    if not reason.strip():
-        raise ValueError("An adjustment needs a reason.")
+    if not _is_int(amount) or not amount or abs(amount) > MAX_AMOUNT:
+        raise ValueError(f"An adjustment needs a non-zero whole amount of at most {MAX_AMOUNT} points either way.")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
+        raise ValueError("An adjustment needs a reason of at most 200 characters.")
+    try:
+        _operation_check(external_id=external_id or "-", user_id=user_id, amount_required=False, reason=reason)
+    except InvalidRequest as exc:
+        raise ValueError(f"The adjustment is invalid: {exc.details}") from None
     external_id = external_id or f"adjustment:{uuid.uuid4()}"
     fingerprint = request_hash("adjustment", user_id=user_id, amount=amount, reason=reason)
     account = _user_account(user_id)
