@@ -317,7 +317,11 @@ def _locked_action(action_id) -> RewardAction:
 
 @transaction.atomic
 def reward_action_retry(*, action_id, user=None) -> RewardAction:
-    """A ``failed`` action goes back to ``pending`` (its attempts kept) and is dispatched after commit."""
+    """A ``failed`` action goes back to ``pending`` (its attempts kept) and is dispatched after commit.
+
+    Attempts count every try, and the limit is on that total: a retried action that already used up
+    ``DISPATCH_MAX_ATTEMPTS`` gets one more try, and is ``failed`` again if that one fails too.
+    """
     action = _locked_action(action_id)
     if action.status != Status.FAILED:
         raise RewardActionStateError(
