@@ -571,7 +571,9 @@ def _issued_chart(days: list, per_day: dict) -> dict:
                 "day": day,
                 "total": sum(values.values()),
                 "segments": segments,
-                "label_x": round(x + (slot - 2) / 2, 1),
+                # the last label ends at the right edge instead of being cut by it
+                "label_x": round(x + (slot - 2) if index == len(daily) - 1 else x + (slot - 2) / 2, 1),
+                "label_anchor": "end" if index == len(daily) - 1 else "middle",
                 "show_label": index % 5 == 0 or index == len(daily) - 1,
             }
         )
