@@ -1,9 +1,6 @@
 """User profiles projected from events (SPEC §7) and the release of rewards they unlock."""
 
-from functools import partial
-
 from django.conf import settings
-from django.db import transaction
 from django.utils import timezone
 
 from rules.expressions import ProfileView
@@ -119,10 +116,12 @@ def locked_release(*, user_id: str) -> list[str]:
 
 
 def dispatch_on_commit(action_ids: list[str]) -> None:
-    """Ring the doorbell for each action once the transaction that made it pending commits."""
-    if not action_ids:
-        return
-    from .tasks import dispatch_reward_action
+    """Ring the doorbell for each action once the transaction that made it pending commits.
 
-    for action_id in action_ids:
-        transaction.on_commit(partial(dispatch_reward_action.delay, action_id))
+    A broker outage after commit must not turn a stored event into an error: the callbacks are
+    robust and the sweeper re-enqueues whatever they could not.
+    """
+    if action_ids:
+        from .dispatch import dispatch_enqueue_on_commit
+
+        dispatch_enqueue_on_commit(action_ids)

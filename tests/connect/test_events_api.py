@@ -285,3 +285,20 @@ def test_ingest_query_count_does_not_grow_with_rules_of_other_types(quest, make_
         post(quest, {**VALID, "external_id": "b"})
     assert len(many) == len(few)
     assert len(many) <= 30
+
+
+@pytest.mark.usefixtures("demo_rules")
+def test_broker_outage_after_commit_still_answers_201_and_keeps_actions_pending(
+    quest, monkeypatch, django_capture_on_commit_callbacks
+):
+    from connect import tasks
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(tasks.dispatch_reward_action, "delay", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(quest, VALID)
+    assert response.status_code == 201
+    assert {a["status"] for a in response.json()["reward_actions"]} == {"pending"}
+    assert RewardAction.objects.filter(status="pending").count() == 2
