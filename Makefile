@@ -19,6 +19,9 @@ install: $(BIN)/.installed
 run: install
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py bootstrap_embedded
+	@# Beat's periodic work (sweeper, hold expiry) runs beside the server and stops with it.
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py embedded_beat & BEAT=$$!; \
+	trap 'kill $$BEAT 2>/dev/null' EXIT INT TERM; \
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 services:

@@ -103,3 +103,22 @@ def test_demo_explains_an_unreachable_server(db):
 
     with pytest.raises(CommandError, match="Is the server running"):
         call_command("demo", base_url="http://127.0.0.1:9", wait=1, stdout=StringIO())
+
+
+def test_embedded_beat_round_expires_holds_and_sweeps(db, settings):
+    from datetime import timedelta
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from points.models import Hold
+    from points.services import account_credit, hold_create
+
+    account_credit(source="svc", external_id="c", user_id="u", amount=10)
+    hold = hold_create(source="svc", external_id="h", user_id="u", amount=4).transaction.hold
+    Hold.objects.filter(pk=hold.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    out = StringIO()
+    call_command("embedded_beat", "--once", stdout=out)
+    assert "expired 1 hold(s)" in out.getvalue()
+    assert Hold.objects.get(pk=hold.pk).status == Hold.Status.EXPIRED

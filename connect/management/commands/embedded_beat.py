@@ -1,0 +1,28 @@
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from connect.dispatch import reward_actions_sweep
+from points.services import holds_expire_due
+
+
+class Command(BaseCommand):
+    help = (
+        "The periodic work of Celery beat for the embedded default (no broker): sweep due reward "
+        "actions and expire holds every SWEEPER_INTERVAL_SECONDS. `make run` starts it beside the server."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--once", action="store_true", help="Run one round and exit.")
+
+    def handle(self, *args, once, **options):
+        interval = max(1.0, float(settings.SWEEPER_INTERVAL_SECONDS))
+        while True:
+            swept = reward_actions_sweep()
+            expired = holds_expire_due()
+            if swept or expired or once:
+                self.stdout.write(f"embedded beat: re-enqueued {swept} action(s), expired {expired} hold(s)")
+            if once:
+                return
+            time.sleep(interval)
