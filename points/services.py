@@ -85,6 +85,11 @@ def _operation_check(
         problems["reason"] = ["A string of at most 200 characters is required."]
     if metadata is not None and not isinstance(metadata, dict):
         problems["metadata"] = ["A JSON object is required."]
+    elif metadata:
+        try:
+            json.dumps(metadata, allow_nan=False)
+        except (TypeError, ValueError):
+            problems["metadata"] = ["Only JSON values are allowed (no NaN, infinity or other objects)."]
     texts = {"external_id": external_id, "reason": reason, "metadata": metadata}
     if user_id is not _NOT_GIVEN:
         texts["user_id"] = user_id
@@ -367,8 +372,10 @@ def hold_release(*, source: str, external_id: str, hold_id) -> LedgerResult:
 def hold_expire(*, hold_id) -> LedgerResult | None:
     """Release a hold past its expiry with a transaction of kind ``expiry``; None if not due."""
     now = timezone.now()
+    # Lock the hold row only ("self"): locking the joined account as well would make a sweep skip
+    # every hold of an account that is busy with any other operation at that moment.
     hold = (
-        Hold.objects.select_for_update(skip_locked=True)
+        Hold.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("account")
         .filter(pk=hold_id, status=Hold.Status.ACTIVE, expires_at__lte=now)
         .first()

@@ -34,6 +34,27 @@ def _sum_of(qs, **filters):
     )
 
 
+def _holds_disagreeing():
+    kind = "transactions__kind"
+    amount = "transactions__amount"
+    settles_as_recorded = (
+        Q(status=Hold.Status.CAPTURED, **{kind: Transaction.Kind.CAPTURE, amount: F("captured_amount")})
+        | Q(status=Hold.Status.RELEASED, **{kind: Transaction.Kind.RELEASE, amount: F("released_amount")})
+        | Q(status=Hold.Status.EXPIRED, **{kind: Transaction.Kind.EXPIRY, amount: F("released_amount")})
+    )
+    settling = [Transaction.Kind.CAPTURE, Transaction.Kind.RELEASE, Transaction.Kind.EXPIRY]
+    holds = Hold.objects.annotate(
+        placements=Count("transactions", filter=Q(**{kind: Transaction.Kind.HOLD, amount: F("amount")})),
+        settlements=Count("transactions", filter=Q(**{f"{kind}__in": settling})),
+        matching=Count("transactions", filter=settles_as_recorded),
+    )
+    return holds.filter(
+        ~Q(placements=1)
+        | Q(status=Hold.Status.ACTIVE, settlements__gt=0)
+        | (~Q(status=Hold.Status.ACTIVE) & (~Q(settlements=1) | ~Q(matching=1)))
+    ).order_by("created_at")
+
+
 def ledger_verify() -> list[Check]:
     checks: list[Check] = []
 
@@ -86,6 +107,14 @@ def ledger_verify() -> list[Check]:
         [f"hold {h.pk}: {h.status}, amount {h.amount}, captured {h.captured_amount}, released {h.released_amount}"
          for h in bad_settlement[:SAMPLE]] + [f"hold {pk}: closed without a settling transaction"
          for pk in unsettled.values_list("pk", flat=True)[:SAMPLE]],
+    ))  # fmt: skip
+
+    checks.append(Check(
+        "hold_transactions_agree",
+        "each hold has one placing transaction of its amount; an active one no settlement, a closed one exactly "
+        "one settlement of the kind and amount its status records",
+        [f"hold {h.pk}: {h.status}, {h.placements} placing and {h.settlements} settling transaction(s), "
+         f"{h.matching} matching its status" for h in _holds_disagreeing()[:SAMPLE]],
     ))  # fmt: skip
 
     grand_total = Entry.objects.aggregate(total=Coalesce(Sum("amount"), Value(0)))["total"]

@@ -545,11 +545,24 @@ def test_invalid_capture_amount_is_400(funded, amount, snapshot):
     assert snapshot() == before
 
 
-@pytest.mark.parametrize("raw", ["{", '{"amount": 1,}', "NaN", b"\xff\xfe{}", "{'a': 1}"])
+@pytest.mark.parametrize(
+    "raw",
+    ["{", '{"amount": 1,}', "NaN", b"\xff\xfe{}", "{'a': 1}", '{"amount": 1' + "0" * 5000 + "}"],
+    ids=["unclosed", "trailing-comma", "nan", "not-utf8", "single-quotes", "5000-digit-number"],
+)
 def test_malformed_json_is_400(api, raw, snapshot):
     before = snapshot()
     details = assert_error(raw_post(api, "/internal/credit", raw), 400, "validation_error")
     assert list(details) == ["body"]
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("path", ["/internal/credit", "/internal/capture", "/api/v1/events"])
+@pytest.mark.parametrize("raw", ["[" * 50_000, '{"a":' * 5_000 + "1" + "}" * 5_000], ids=["arrays", "objects"])
+def test_a_too_deeply_nested_body_is_400_not_a_server_error(api, path, raw, snapshot):
+    before = snapshot()
+    details = assert_error(raw_post(api, path, raw), 400, "validation_error")
+    assert details == {"body": ["Nested too deeply."]}
     assert snapshot() == before
 
 

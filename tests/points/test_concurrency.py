@@ -6,12 +6,12 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from points import services
 from points.errors import HoldNotActive, InsufficientFunds
-from points.models import Hold, Transaction
+from points.models import Account, Hold, Transaction
 
 from .conftest import assert_ledger_ok, capture, credit, debit, hold, release, totals
 
@@ -208,4 +208,35 @@ def test_many_users_in_parallel_do_not_deadlock():
         workers = [i for i in range(THREADS) if i % 3 == n]
         captured = sum(30 for i in workers if i % 2)
         assert totals(user) == (300 - 20 * len(workers) - captured, 0, 300 - 20 * len(workers) - captured)
+    assert_ledger_ok()
+
+
+def test_an_expiry_sweep_is_not_put_off_by_a_busy_account():
+    """The sweep locks the hold, not the account: another operation in flight on the account only delays it."""
+    credit("alice", 100)
+    hold_id = hold("alice", 40).transaction.hold_id
+    Hold.objects.filter(pk=hold_id).update(expires_at=timezone.now() - timedelta(seconds=1))
+    locked, done = threading.Event(), threading.Event()
+
+    def busy_account():
+        try:
+            with transaction.atomic():
+                Account.objects.select_for_update().get(user_id="alice")
+                locked.set()
+                done.wait(timeout=0.5)  # the sweep below starts while this lock is held
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=busy_account)
+    worker.start()
+    assert locked.wait(timeout=10)
+    try:
+        expired = services.holds_expire_due()
+    finally:
+        done.set()
+        worker.join(timeout=10)
+
+    assert expired == 1
+    assert Hold.objects.get(pk=hold_id).status == "expired"
+    assert totals("alice") == (100, 0, 100)
     assert_ledger_ok()

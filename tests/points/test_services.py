@@ -596,6 +596,17 @@ def test_adjustment_refuses_text_the_ledger_cannot_store(staff_user, snapshot, u
     assert snapshot() == before
 
 
+@pytest.mark.parametrize(
+    "metadata", [{"nan": float("nan")}, {"inf": float("-inf")}, {"when": timezone.now()}, {"set": {1, 2}}]
+)
+def test_services_refuse_metadata_that_is_not_json(metadata, snapshot):
+    before = snapshot()
+    with pytest.raises(InvalidRequest) as refused:
+        credit("alice", 1, metadata=metadata)
+    assert list(refused.value.details) == ["metadata"]
+    assert snapshot() == before
+
+
 def test_the_largest_amount_is_accepted():
     credit("alice", 10**12)
     assert totals("alice") == (10**12, 0, 10**12)

@@ -26,6 +26,7 @@ ALL_CHECKS = {
     "held_matches_active_holds",
     "available_not_negative",
     "holds_settled",
+    "hold_transactions_agree",
     "ledger_balanced",
 }
 
@@ -87,7 +88,35 @@ def test_a_hold_closed_without_a_settling_transaction_is_caught():
     credit("alice", 100)
     hold_id = hold("alice", 30).transaction.hold_id
     Hold.objects.filter(pk=hold_id).update(status=Hold.Status.RELEASED, released_amount=30)
-    assert broken_checks() == {"holds_settled", "held_matches_active_holds"}
+    assert broken_checks() == {"holds_settled", "hold_transactions_agree", "held_matches_active_holds"}
+
+
+def test_a_hold_whose_status_disagrees_with_its_settlement_is_caught():
+    credit("alice", 100)
+    hold_id = hold("alice", 30).transaction.hold_id
+    capture(hold_id, amount=10)
+    # The totals still add up; only the record of how the hold was settled is wrong.
+    Hold.objects.filter(pk=hold_id).update(status=Hold.Status.RELEASED, captured_amount=0, released_amount=30)
+    assert broken_checks() == {"hold_transactions_agree"}
+
+
+def test_a_hold_whose_settled_amounts_disagree_with_its_capture_is_caught():
+    credit("alice", 100)
+    hold_id = hold("alice", 30).transaction.hold_id
+    capture(hold_id, amount=10)
+    Hold.objects.filter(pk=hold_id).update(captured_amount=12, released_amount=18)
+    out = StringIO()
+    with pytest.raises(CommandError, match="hold_transactions_agree"):
+        call_command("verify_ledger", stdout=out)
+    assert f"hold {hold_id}: captured, 1 placing and 1 settling transaction(s), 0 matching its status" in out.getvalue()
+
+
+def test_an_active_hold_with_a_settlement_is_caught():
+    credit("alice", 100)
+    hold_id = hold("alice", 30).transaction.hold_id
+    release(hold_id)
+    Hold.objects.filter(pk=hold_id).update(status=Hold.Status.ACTIVE, released_amount=0)
+    assert "hold_transactions_agree" in broken_checks()
 
 
 class _Undo(Exception):
