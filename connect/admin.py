@@ -37,6 +37,7 @@ from .profiles import ProfileReader, profile_apply
 
 # One admin request handles at most this many actions; "select all" on a huge list is refused.
 MAX_ACTIONS_PER_REQUEST = 500
+WAITING_COUNT_LIMIT = 10_000
 DASHBOARD_DAYS = 30
 DASHBOARD_TOP_BALANCES = 10
 DASHBOARD_MAX_SERIES = 7
@@ -53,14 +54,20 @@ def _waiting_by_channel() -> list[dict]:
     problems = channel_problems()
     if not problems:
         return []
-    waiting = dict(
-        RewardAction.objects.filter(status=RewardAction.Status.PENDING, reward_type__in=list(problems))
-        .values_list("reward_type")
-        .annotate(n=Count("pk"))
-        .order_by()
-    )
+    pending = RewardAction.objects.filter(status=RewardAction.Status.PENDING)
+    # Counted up to a bound: shown on every list page, it must stay cheap however many have piled up.
+    waiting = {
+        reward_type: pending.filter(reward_type=reward_type)[: WAITING_COUNT_LIMIT + 1].count()
+        for reward_type in problems
+    }
     return [
-        {"reward_type": reward_type, "problem": problem, "waiting": waiting.get(reward_type, 0)}
+        {
+            "reward_type": reward_type,
+            "problem": problem,
+            "waiting": f"{WAITING_COUNT_LIMIT}+"
+            if waiting[reward_type] > WAITING_COUNT_LIMIT
+            else waiting[reward_type],
+        }
         for reward_type, problem in sorted(problems.items())
     ]
 
@@ -126,7 +133,7 @@ class EconomicEventAdmin(ReadOnlyAdmin):
         "status",
     )
     list_filter = ("status", "event_type", "source_service", "received_at", ReceivedRangeFilter)
-    search_fields = ("=external_id", "=actor_user_id", "=primary_subject_user_id")
+    search_fields = ("external_id__exact", "actor_user_id__exact", "primary_subject_user_id__exact")
     search_help_text = "Exact external_id, actor or primary subject user id."
     ordering = ("-received_at",)
     fields = (
@@ -189,8 +196,9 @@ class _Outcome:
 @admin.register(RewardAction)
 class RewardActionAdmin(ReadOnlyAdmin):
     list_filter = ("status", "reward_type", "rule", "created_at")
-    search_fields = ("=target_user_id", "=event__external_id")
-    search_help_text = "Exact target user id (or the event's external_id)."
+    # Exact matches only: each is an index lookup (an OR across the event join would scan every action).
+    search_fields = ("target_user_id__exact",)
+    search_help_text = "Exact target user id."
     list_select_related = ("event",)
     ordering = ("-created_at",)
     actions = ["retry_failed", "cancel_with_reason"]
@@ -419,7 +427,7 @@ def _is_uuid(value) -> bool:
 class UserProfileAdmin(ReadOnlyAdmin):
     list_display = ("user_id", "sponsor_id", "is_vip", "is_pro", "tier", "updated_at")
     list_filter = ("is_vip", "is_pro")
-    search_fields = ("=user_id", "=sponsor_id")
+    search_fields = ("user_id__exact", "sponsor_id__exact")
     search_help_text = "Exact user id or sponsor id."
     ordering = ("user_id",)
 

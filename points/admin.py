@@ -34,7 +34,7 @@ def _can_read_ledger(request) -> bool:
 class AccountAdmin(ReadOnlyLedgerAdmin):
     list_display = ("__str__", "kind", "balance", "held", "available", "created_at", "statement_link")
     list_filter = ("kind",)
-    search_fields = ("=user_id", "=code")
+    search_fields = ("user_id__exact", "code__exact")
     search_help_text = "Exact user id (or system account code)."
     change_list_template = "admin/points/account/change_list.html"
 
@@ -96,7 +96,7 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
         "created_by",
     )
     list_filter = (AccountUserFilter, "kind", ReasonPrefixFilter, CreatedRangeFilter)
-    search_fields = ("=external_id",)
+    search_fields = ("external_id__exact",)
     search_help_text = "Exact external_id."
     list_select_related = ("account", "created_by")
     ordering = ("-created_at", "-id")
@@ -130,7 +130,7 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
 class EntryAdmin(ReadOnlyLedgerAdmin):
     list_display = ("transaction", "account", "part", "amount")
     list_filter = (AccountUserFilter, "part")
-    search_fields = ("=transaction__external_id",)
+    search_fields = ("transaction__external_id__exact",)
     search_help_text = "Exact external_id of the transaction."
     list_select_related = ("transaction", "account")
 
@@ -153,7 +153,7 @@ class HoldAdmin(ReadOnlyLedgerAdmin):
         "source",
     )
     list_filter = (AccountUserFilter, "status", HoldCreatedRangeFilter)
-    search_fields = ("=transactions__external_id",)
+    search_fields = ("transactions__external_id__exact",)
     search_help_text = "Exact external_id of the hold's transaction."
     list_select_related = ("account",)
     ordering = ("-created_at",)

@@ -79,7 +79,7 @@ def test_reward_actions_are_filtered_and_searched_by_target(quest_rules, ingest,
     assert changelist_ids(client.get(url, {"status__exact": "locked"})) == {locked.pk}
     assert len(changelist_ids(client.get(url, {"rule__id__exact": quest_rules.pk}))) == 3
     assert len(changelist_ids(client.get(url, {"reward_type__exact": "nft"}))) == 0
-    assert changelist_ids(client.get(url, {"q": event.external_id})) == set(
+    assert changelist_ids(client.get(url, {"event__id__exact": str(event.pk)})) == set(
         event.reward_actions.values_list("pk", flat=True)
     )
 
@@ -228,3 +228,20 @@ def test_an_action_links_to_the_rule_version_it_came_from(quest_rules, ingest, l
 
     finance_page = login("finance").get(reverse("admin:connect_rewardaction_change", args=[action.pk]))
     assert reverse("admin:rules_ruleversion_change", args=[version_1.pk]) not in finance_page.content.decode()
+
+
+def test_the_channel_warning_counts_waiting_actions_only_up_to_a_bound(make_rule, ingest, login, settings, monkeypatch):
+    from connect import admin as connect_admin
+
+    monkeypatch.setattr(connect_admin, "WAITING_COUNT_LIMIT", 1)
+    settings.NFT_SERVICE_URL = ""
+    make_rule(
+        "badge_rule", "quest.completed",
+        [{"target": "actor", "reward_type": "nft", "amount": "1", "params": {"badge_type": "b"}}],
+    )  # fmt: skip
+    ingest("quest.completed", "alice")
+    ingest("quest.completed", "bob")
+
+    html = login("finance").get(reverse("admin:connect_rewardaction_changelist")).content.decode()
+
+    assert "1+ waiting now" in html
