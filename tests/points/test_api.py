@@ -610,6 +610,7 @@ def test_unknown_paths_under_the_api_are_json_404(api, path, method):
         ("get", "/internal/credit"), ("put", "/internal/debit"), ("delete", "/internal/hold"),
         ("patch", "/internal/capture"), ("get", "/internal/release"), ("post", "/internal/accounts/alice"),
         ("delete", "/internal/accounts/alice/transactions"),
+        ("put", "/api/v1/events"), ("delete", "/api/v1/reward-actions"),
     ],
 )  # fmt: skip
 def test_a_wrong_method_is_json_405(api, method, path):
@@ -619,3 +620,27 @@ def test_a_wrong_method_is_json_405(api, method, path):
 def test_trailing_slashes_are_accepted(api):
     assert post(api, "/internal/credit/", {"external_id": "e", "user_id": "alice", "amount": 3}).status_code == 201
     assert api.get("/internal/accounts/alice/").json()["balance"] == 3
+
+
+def test_a_content_length_that_is_not_a_number_is_400(api, snapshot):
+    before = snapshot()
+    response = api.generic(
+        "POST", "/internal/credit", json.dumps(VALID_BODY), content_type="application/json", CONTENT_LENGTH="many"
+    )
+    assert_error(response, 400, "validation_error")
+    assert snapshot() == before
+
+
+def test_each_client_is_throttled_on_its_own_with_retry_after(api_for, monkeypatch):
+    from config.api.throttling import ServiceClientRateThrottle
+
+    monkeypatch.setattr(ServiceClientRateThrottle, "THROTTLE_RATES", {"service_client": "3/min"})
+    busy, quiet = api_for("busy_service"), api_for("quiet_service")
+    for _ in range(3):
+        assert busy.get("/internal/accounts/alice").status_code == 200
+
+    throttled = busy.get("/internal/accounts/alice")
+
+    assert_error(throttled, 429, "throttled")
+    assert int(throttled["Retry-After"]) > 0
+    assert quiet.get("/internal/accounts/alice").status_code == 200

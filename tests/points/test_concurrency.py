@@ -168,23 +168,92 @@ def test_parallel_expiry_sweeps_expire_each_hold_once():
     assert_ledger_ok()
 
 
-def test_capture_racing_the_expiry_sweep_settles_the_hold_once():
+def _wait_until(moment) -> None:
+    delay = (moment - timezone.now()).total_seconds()
+    if delay > 0:
+        threading.Event().wait(delay + 0.01)
+
+
+def _capture_in_thread(hold_id, outcome: dict) -> threading.Thread:
+    def work():
+        try:
+            outcome["result"] = capture(hold_id, external_id="cap")
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcome["result"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
+def test_a_capture_overtaken_by_the_expiry_sweep_is_refused(monkeypatch):
+    """The capture saw an unexpired hold, but the sweep closed it before the capture could: one settlement."""
     credit("alice", 100)
     hold_id = hold("alice", 100).transaction.hold_id
-    Hold.objects.filter(pk=hold_id).update(expires_at=timezone.now() + timedelta(milliseconds=300))
+    expires_at = timezone.now() + timedelta(milliseconds=400)
+    Hold.objects.filter(pk=hold_id).update(expires_at=expires_at)
+    checked, swept = threading.Event(), threading.Event()
+    close = services._hold_close
 
-    def race(i):
-        if i == 0:
-            return capture(hold_id, external_id="cap")
-        return services.holds_expire_due()
+    def close_after_the_sweep(*args, **kwargs):
+        checked.set()
+        swept.wait(timeout=10)
+        return close(*args, **kwargs)
 
-    outcomes = run_together(race, count=2)
+    monkeypatch.setattr(services, "_hold_close", close_after_the_sweep)
+    outcome: dict = {}
+    worker = _capture_in_thread(hold_id, outcome)
+    try:
+        assert checked.wait(timeout=10)
+        _wait_until(expires_at)
+        expired = services.holds_expire_due()
+    finally:
+        swept.set()
+        worker.join(timeout=10)
 
-    assert unexpected(outcomes, HoldNotActive) == []
-    assert Transaction.objects.filter(hold_id=hold_id).exclude(kind="hold").count() <= 1
-    services.holds_expire_due()  # whatever the race left, the hold ends settled exactly once
+    assert expired == 1
+    assert isinstance(outcome["result"], HoldNotActive)
+    assert Hold.objects.get(pk=hold_id).status == "expired"
+    assert list(Transaction.objects.filter(hold_id=hold_id).values_list("kind", flat=True).order_by("kind")) == [
+        "expiry", "hold",
+    ]  # fmt: skip
+    assert totals("alice") == (100, 0, 100)
+    assert_ledger_ok()
+
+
+def test_the_expiry_sweep_leaves_a_hold_being_captured_alone(monkeypatch):
+    """The capture holds the hold's row when the sweep comes by: the sweep skips it, the capture stands."""
+    credit("alice", 100)
+    hold_id = hold("alice", 100).transaction.hold_id
+    expires_at = timezone.now() + timedelta(milliseconds=400)
+    Hold.objects.filter(pk=hold_id).update(expires_at=expires_at)
+    closed, swept = threading.Event(), threading.Event()
+    close = services._hold_close
+
+    def close_then_wait_for_the_sweep(*args, **kwargs):
+        close(*args, **kwargs)
+        closed.set()
+        swept.wait(timeout=10)
+
+    monkeypatch.setattr(services, "_hold_close", close_then_wait_for_the_sweep)
+    outcome: dict = {}
+    worker = _capture_in_thread(hold_id, outcome)
+    try:
+        assert closed.wait(timeout=10)
+        _wait_until(expires_at)
+        expired_meanwhile = services.holds_expire_due()
+    finally:
+        swept.set()
+        worker.join(timeout=10)
+
+    assert expired_meanwhile == 0
+    assert isinstance(outcome["result"], services.LedgerResult)
+    assert services.holds_expire_due() == 0
+    assert Hold.objects.get(pk=hold_id).status == "captured"
     assert Transaction.objects.filter(hold_id=hold_id).exclude(kind="hold").count() == 1
-    assert Hold.objects.get(pk=hold_id).status in ("captured", "expired")
+    assert totals("alice") == (0, 0, 0)
     assert_ledger_ok()
 
 

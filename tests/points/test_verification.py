@@ -5,6 +5,7 @@ import subprocess
 import sys
 from io import StringIO
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -142,13 +143,12 @@ def test_an_unbalanced_transaction_is_caught():
 def test_verify_ledger_exits_non_zero_from_the_command_line():
     busy_ledger()
     raw_sql("UPDATE points_account SET balance = balance - 3 WHERE user_id = %s", ["bob"])
-    settings_dict = connection.settings_dict
+    db = connection.settings_dict
+    credentials = quote(db["USER"] or "") + (f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else "")
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": (
-            f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/{settings_dict['NAME']}"
-        ),
+        "DATABASE_URL": f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}",
     }
 
     result = subprocess.run(
