@@ -40,6 +40,8 @@ class AccountAdmin(ReadOnlyLedgerAdmin):
 
     @admin.display(description="Statement")
     def statement_link(self, obj: Account):
+        if obj.kind != Account.Kind.USER:
+            return "—"  # system accounts take the other side of entries; they have no transactions of their own
         return format_html('<a href="{}">Statement</a>', reverse("admin:points_account_statement", args=[obj.pk]))
 
     def get_urls(self):
@@ -53,9 +55,9 @@ class AccountAdmin(ReadOnlyLedgerAdmin):
     def statement_view(self, request, account_id: int):
         if not _can_read_ledger(request):
             raise PermissionDenied
-        account = Account.objects.filter(pk=account_id).first()
+        account = Account.objects.filter(pk=account_id, kind=Account.Kind.USER).first()
         if account is None:
-            raise Http404("No such account.")
+            raise Http404("No such user account.")
         return admin_views.statement_view(self, request, account)
 
     def adjust_view(self, request):

@@ -308,9 +308,22 @@ class AdjustmentForm(forms.Form):
     )
     # One token per form shown: submitting the same form twice posts one adjustment, not two.
     token = forms.UUIDField(widget=forms.HiddenInput)
+    new_account = forms.BooleanField(
+        required=False,
+        label="Open a new account",
+        help_text="Needed only when this user has no account yet (guards against a mistyped user id).",
+    )
 
     def clean_user_id(self):
         return self.cleaned_data["user_id"].strip()
+
+    def clean(self):
+        cleaned = super().clean()
+        user_id = cleaned.get("user_id")
+        if user_id and not cleaned.get("new_account"):
+            if not Account.objects.filter(user_id=user_id, kind=Account.Kind.USER).exists():
+                self.add_error("user_id", f"No account exists for {user_id!r}. Tick “Open a new account” to create it.")
+        return cleaned
 
     def clean_reason(self):
         reason = self.cleaned_data["reason"].strip()

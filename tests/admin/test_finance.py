@@ -94,8 +94,11 @@ def test_statement_filters_by_kind_and_dates_and_gives_the_opening_balance(login
     assert len(response.context["page"].object_list) == 3
 
 
-def test_statement_of_an_unknown_account_is_404(login):
-    assert login("finance").get(reverse("admin:points_account_statement", args=[999999])).status_code == 404
+def test_statement_of_an_unknown_or_system_account_is_404(login):
+    client = login("finance")
+    assert client.get(reverse("admin:points_account_statement", args=[999999])).status_code == 404
+    system = Account.objects.filter(kind=Account.Kind.SYSTEM).first()
+    assert client.get(reverse("admin:points_account_statement", args=[system.pk])).status_code == 404
 
 
 # --- CSV -------------------------------------------------------------------------------------
@@ -232,6 +235,7 @@ def test_submitting_the_same_adjustment_form_twice_posts_once(login):
         "amount": "25",
         "reason": "compensation",
         "token": str(form.context["form"].initial["token"]),
+        "new_account": "on",
     }
 
     assert client.post(reverse("admin:points_account_adjust"), data).status_code == 302
@@ -241,6 +245,18 @@ def test_submitting_the_same_adjustment_form_twice_posts_once(login):
     assert Account.objects.get(user_id="carol").balance == 25
     conflicting = client.post(reverse("admin:points_account_adjust"), {**data, "amount": "26"})
     assert conflicting.status_code == 200 and conflicting.context["form"].non_field_errors()
+
+
+def test_an_adjustment_to_a_user_without_an_account_must_be_confirmed(login):
+    client = login("finance")
+
+    response = adjustment(client, user_id="alcie", amount="5", reason="typo?")
+    assert "No account exists for 'alcie'" in response.context["form"].errors["user_id"][0]
+    assert not Account.objects.filter(user_id="alcie").exists()
+
+    response = adjustment(client, user_id="alcie", amount="5", reason="new member bonus", new_account="on")
+    assert response.status_code == 302
+    assert Account.objects.get(user_id="alcie").balance == 5
 
 
 def test_only_finance_and_superusers_can_post_an_adjustment(login):
