@@ -36,6 +36,7 @@ class EconomicEvent(models.Model):
             models.Index(fields=["event_type", "-received_at"], name="connect_event_type_recent"),
             models.Index(fields=["-received_at"], name="connect_event_recent"),
             models.Index(fields=["actor_user_id"], name="connect_event_actor"),
+            models.Index(fields=["primary_subject_user_id"], name="connect_event_subject"),
             models.Index(fields=["status", "-received_at"], name="connect_event_status_recent"),
             models.Index(fields=["external_id"], name="connect_event_external_id"),
         ]
@@ -113,6 +114,7 @@ class RewardAction(models.Model):
             models.Index(fields=["target_user_id", "status"], name="connect_action_target_status"),
             models.Index(fields=["-created_at"], name="connect_action_recent"),
             models.Index(fields=["status", "-created_at"], name="connect_action_status_recent"),
+            models.Index(fields=["reward_type", "status"], name="connect_action_type_status"),
             models.Index(
                 fields=["next_attempt_at"],
                 condition=Q(status__in=["pending", "dispatched"]),

@@ -77,6 +77,10 @@ class Account(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
+        indexes = [
+            # The finance dashboard's largest balances.
+            models.Index(fields=["-balance"], condition=Q(kind="user"), name="points_account_top_balance"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(kind="system") | (Q(held__gte=0) & Q(balance__gte=F("held"))),
@@ -124,6 +128,7 @@ class Hold(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["expires_at"], condition=Q(status="active"), name="points_hold_active_expiry"),
+            models.Index(fields=["-created_at"], name="points_hold_recent"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="points_hold_amount_positive"),
@@ -181,6 +186,7 @@ class Transaction(models.Model):
             models.Index(fields=["account", "-created_at"], name="points_txn_account_recent"),
             models.Index(fields=["kind", "-created_at"], name="points_txn_kind_recent"),
             models.Index(fields=["external_id"], name="points_txn_external_id"),
+            models.Index(fields=["reason"], opclasses=["varchar_pattern_ops"], name="points_txn_reason_prefix"),
         ]
 
     def __str__(self) -> str:

@@ -708,6 +708,9 @@ def evaluate_condition(source: str, ctx: EvaluationContext) -> bool:
     return bool(result)
 
 
+MAX_USER_ID_LENGTH = 100  # user ids are 1..100 characters everywhere (SPEC §5, §9)
+
+
 def evaluate_target(source: str, ctx: EvaluationContext) -> str | None:
     """A user id: empty source, null or "" → None; a string as is; an integer as its decimal text."""
     if _is_blank(source):
@@ -715,11 +718,13 @@ def evaluate_target(source: str, ctx: EvaluationContext) -> str | None:
     result = compile_expression(source).evaluate(ctx)
     if result is None or result == "":
         return None
-    if isinstance(result, str):
-        return result
     if isinstance(result, int) and not isinstance(result, bool):
-        return str(result)
-    raise EvaluationError(f"target must be a user id (string), got {_type_name(result)}")
+        result = str(result)
+    if not isinstance(result, str):
+        raise EvaluationError(f"target must be a user id (string), got {_type_name(result)}")
+    if len(result) > MAX_USER_ID_LENGTH or "\x00" in result:
+        raise EvaluationError(f"target is not a valid user id (at most {MAX_USER_ID_LENGTH} characters, no NUL)")
+    return result
 
 
 def evaluate_amount(source: str, ctx: EvaluationContext) -> int:

@@ -843,3 +843,10 @@ expressions = st.recursive(atoms, _combine, max_leaves=15)
 @given(source=expressions, context=contexts, actor=user_ids, subject=user_ids)
 def test_generated_expressions_only_raise_language_errors(source, context, actor, subject):
     _check_source(source, context, actor, subject)
+
+
+@pytest.mark.parametrize("bad", ["u" * 101, "a\x00b"])
+def test_target_that_cannot_be_a_user_id_is_an_evaluation_error(bad):
+    with pytest.raises(EvaluationError, match="not a valid user id"):
+        evaluate_target("context.host", make_ctx({"host": bad}))
+    assert evaluate_target("context.host", make_ctx({"host": "u" * 100})) == "u" * 100
