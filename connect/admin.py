@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+from config.admin_base import ReadOnlyModelAdmin
 from config.api.errors import DomainError
 from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
@@ -83,17 +84,7 @@ class ReceivedRangeFilter(CreatedRangeFilter):
         )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    show_full_result_count = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+ReadOnlyAdmin = ReadOnlyModelAdmin
 
 
 # --- events ----------------------------------------------------------------------------------

@@ -5,25 +5,15 @@ from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from config.admin_base import ReadOnlyModelAdmin
+
 from . import admin_views
 from .admin_views import AccountUserFilter, CreatedRangeFilter, ReasonPrefixFilter
 from .models import Account, Entry, Hold, ServiceClient, ServiceClientKey, Transaction
 
 
-class ReadOnlyLedgerAdmin(admin.ModelAdmin):
+class ReadOnlyLedgerAdmin(ReadOnlyModelAdmin):
     """Ledger rows are written only by the ledger services; nobody edits them here, superusers included."""
-
-    # The ledger grows to millions of rows: no unfiltered COUNT(*) on every changelist page.
-    show_full_result_count = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def _can_read_ledger(request) -> bool:
