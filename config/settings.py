@@ -128,6 +128,8 @@ API_THROTTLE_RATE = env.str("API_THROTTLE_RATE", default="6000/min")
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=256 * 1024)
 API_PAGE_SIZE = env.int("API_PAGE_SIZE", default=50)
 API_MAX_PAGE_SIZE = env.int("API_MAX_PAGE_SIZE", default=200)
+# Proxies in front that append the caller's address to X-Forwarded-For (0: use REMOTE_ADDR only).
+API_NUM_PROXIES = env.int("API_NUM_PROXIES", default=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["points.auth.ApiKeyAuthentication"],
@@ -136,6 +138,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_THROTTLE_CLASSES": ["config.api.throttling.ServiceClientRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"service_client": API_THROTTLE_RATE},
+    "NUM_PROXIES": API_NUM_PROXIES,
     "EXCEPTION_HANDLER": "config.api.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -149,6 +152,11 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # Exact response bodies, error bodies per code, common headers, links (config/api/schema.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.api.schema.finalize_schema",
+    ],
 }
 
 # --- Celery: without a broker, tasks run eagerly in-process (the embedded default).

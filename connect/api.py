@@ -1,32 +1,31 @@
 """Thin HTTP views of the event inbox (SPEC §5)."""
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from config.api.errors import NotFound
-from config.api.fields import ErrorSerializer
 from config.api.pagination import NewestFirstCursorPagination
+from config.api.schema import COMMON_ERRORS, WRITE_ERRORS, error_responses
+from config.api.views import ApiView
 
 from . import selectors, serializers
 from .services import event_ingest
 
-
-def _errors(*codes: int) -> dict:
-    described = {
-        400: "Invalid input (`validation_error`); nothing stored.",
-        401: "Missing or invalid API key (`not_authenticated`).",
-        403: "The key lacks the scope, or source_service is not the caller (`permission_denied`).",
-        404: "Not found (`not_found`).",
-        409: "The external_id was used with a different payload (`idempotency_conflict`).",
-        413: "The request body is too large (`request_too_large`).",
-        429: "Too many requests (`throttled`); see Retry-After.",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=described[code]) for code in codes}
+_FORBIDDEN_EVENT = (
+    "The key lacks `events:write` (or a prefix of it covering this event type), or source_service is not "
+    "the calling client (`permission_denied`)."
+)
 
 
-class EventsView(APIView):
+def _uuid_path(name: str, what: str) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, OpenApiTypes.UUID, OpenApiParameter.PATH, description=f"The {what}'s id (a UUID; another text is a 404)."
+    )
+
+
+class EventsView(ApiView):
     required_scope = "events:write"
 
     @extend_schema(
@@ -37,7 +36,8 @@ class EventsView(APIView):
             200: OpenApiResponse(
                 serializers.EventOut, description="A replay: the stored event, actions' current statuses."
             ),
-            **_errors(400, 401, 403, 409, 413, 429),
+            **error_responses(*WRITE_ERRORS),
+            403: OpenApiResponse(error_responses(403)[403].response, description=_FORBIDDEN_EVENT),
         },
         tags=["events"],
     )
@@ -55,12 +55,13 @@ class EventsView(APIView):
         return Response(serializers.EventOut(event).data, status=200 if result.replayed else 201)
 
 
-class EventDetailView(APIView):
+class EventDetailView(ApiView):
     required_scope = "events:read"
 
     @extend_schema(
         summary="An event with its reward actions",
-        responses={200: serializers.EventOut, **_errors(401, 403, 404, 429)},
+        parameters=[_uuid_path("event_id", "event")],
+        responses={200: serializers.EventOut, **error_responses(*COMMON_ERRORS, 404)},
         tags=["events"],
     )
     def get(self, request, event_id):
@@ -70,23 +71,23 @@ class EventDetailView(APIView):
         return Response(serializers.EventOut(event).data)
 
 
-class RewardActionListView(APIView):
+class RewardActionListView(ApiView):
     required_scope = "events:read"
     pagination_class = NewestFirstCursorPagination
 
     @extend_schema(
         summary="Reward actions, newest first (cursor-paginated)",
-        parameters=[
-            OpenApiParameter("target_user_id", str),
-            OpenApiParameter("status", str, enum=[c for c, _ in serializers.RewardAction.Status.choices]),
-            OpenApiParameter("reward_type", str, enum=[c for c, _ in serializers.RewardAction.RewardType.choices]),
-            OpenApiParameter("event_id", str),
-        ],
-        responses={200: serializers.RewardActionOut(many=True), **_errors(400, 401, 403, 429)},
+        parameters=[serializers.RewardActionFilter],
+        responses={
+            200: serializers.RewardActionOut(many=True),
+            **error_responses(*COMMON_ERRORS, 404, not_found="An invalid cursor (`not_found`)."),
+        },
         tags=["events"],
     )
     def get(self, request):
-        filters = serializers.RewardActionFilter(data=request.query_params)
+        # A plain dict, not the QueryDict: DRF reads an empty form value of an optional field as
+        # "not given", and "?status=" would silently list everything instead of being refused.
+        filters = serializers.RewardActionFilter(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(
@@ -95,12 +96,13 @@ class RewardActionListView(APIView):
         return paginator.get_paginated_response(serializers.RewardActionOut(page, many=True).data)
 
 
-class RewardActionDetailView(APIView):
+class RewardActionDetailView(ApiView):
     required_scope = "events:read"
 
     @extend_schema(
         summary="One reward action",
-        responses={200: serializers.RewardActionOut, **_errors(401, 403, 404, 429)},
+        parameters=[_uuid_path("action_id", "reward action")],
+        responses={200: serializers.RewardActionOut, **error_responses(*COMMON_ERRORS, 404)},
         tags=["events"],
     )
     def get(self, request, action_id):

@@ -1,33 +1,22 @@
 """Thin HTTP views over the ledger services (SPEC §9)."""
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from config.api.fields import ErrorSerializer, storable_text_problem
+from config.api.fields import storable_text_problem
 from config.api.pagination import NewestFirstCursorPagination
+from config.api.schema import COMMON_ERRORS, WRITE_ERRORS, error_responses
+from config.api.views import ApiView
 
 from . import selectors, serializers, services
 
-_ERR = ErrorSerializer
+_NO_SUCH_HOLD = "No hold with this id placed by this client (`not_found`); nothing changed."
+_NO_SUCH_PATH = "The path matches no account: the user id is longer than 100 characters (`not_found`)."
+_BAD_CURSOR = "An invalid cursor, or a path that matches no account (`not_found`)."
 
 
-def _errors(*codes: int) -> dict:
-    described = {
-        400: "Invalid input (`validation_error`); nothing changed.",
-        401: "Missing or invalid API key (`not_authenticated`).",
-        403: "The key lacks the scope (`permission_denied`).",
-        404: "No such hold or resource (`not_found`).",
-        409: "The external_id was used with a different payload (`idempotency_conflict`).",
-        413: "The request body is too large (`request_too_large`).",
-        422: "Refused by the ledger; nothing changed.",
-        429: "Too many requests (`throttled`); see Retry-After.",
-    }
-    return {code: OpenApiResponse(_ERR, description=described[code]) for code in codes}
-
-
-class _LedgerOperation(APIView):
+class _LedgerOperation(ApiView):
     """Validate, call one service, render the stored result: 201 new, 200 replay."""
 
     input_serializer: type
@@ -40,14 +29,14 @@ class _LedgerOperation(APIView):
         return Response(serializers.operation_result(result.transaction), status=200 if result.replayed else 201)
 
 
-def _operation_schema(summary, request, response, refusals):
+def _operation_schema(summary, request, response, refusals=(), *, hold: bool = False):
     return extend_schema(
         summary=summary,
         request=request,
         responses={
             201: OpenApiResponse(response, description="Performed."),
             200: OpenApiResponse(response, description="A replay of the same request: the original result."),
-            **_errors(400, 401, 403, 409, 413, 429, *refusals),
+            **error_responses(*WRITE_ERRORS, *((404,) if hold else ()), refusals=refusals, not_found=_NO_SUCH_HOLD),
         },
         tags=["points"],
     )
@@ -58,7 +47,7 @@ class CreditView(_LedgerOperation):
     input_serializer = serializers.CreditIn
     service = services.account_credit
 
-    @_operation_schema("Credit points to a user", serializers.CreditIn, serializers.CreditOut, ())
+    @_operation_schema("Credit points to a user", serializers.CreditIn, serializers.CreditOut)
     def post(self, request):
         return super().post(request)
 
@@ -68,7 +57,7 @@ class DebitView(_LedgerOperation):
     input_serializer = serializers.DebitIn
     service = services.account_debit
 
-    @_operation_schema("Debit points from a user", serializers.DebitIn, serializers.CreditOut, (422,))
+    @_operation_schema("Debit points from a user", serializers.DebitIn, serializers.CreditOut, ("insufficient_funds",))
     def post(self, request):
         return super().post(request)
 
@@ -79,7 +68,10 @@ class HoldView(_LedgerOperation):
     service = services.hold_create
 
     @_operation_schema(
-        "Hold points until captured, released or expired", serializers.HoldIn, serializers.HoldOut, (422,)
+        "Hold points until captured, released or expired",
+        serializers.HoldIn,
+        serializers.HoldOut,
+        ("insufficient_funds",),
     )
     def post(self, request):
         return super().post(request)
@@ -94,7 +86,8 @@ class CaptureView(_LedgerOperation):
         "Capture a hold (a partial capture releases the rest)",
         serializers.CaptureIn,
         serializers.CaptureOut,
-        (404, 422),
+        ("hold_not_active", "capture_exceeds_hold"),
+        hold=True,
     )
     def post(self, request):
         return super().post(request)
@@ -105,7 +98,7 @@ class ReleaseView(_LedgerOperation):
     input_serializer = serializers.ReleaseIn
     service = services.hold_release
 
-    @_operation_schema("Release a hold", serializers.ReleaseIn, serializers.ReleaseOut, (404, 422))
+    @_operation_schema("Release a hold", serializers.ReleaseIn, serializers.ReleaseOut, ("hold_not_active",), hold=True)
     def post(self, request):
         return super().post(request)
 
@@ -118,25 +111,38 @@ def _path_user_id(user_id: str) -> str:
     return user_id
 
 
-class AccountView(APIView):
+_USER_ID = OpenApiParameter(
+    "user_id",
+    {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^/]+$"},
+    OpenApiParameter.PATH,
+    description="The user's id (any text without a slash, up to 100 characters).",
+)
+
+
+class AccountView(ApiView):
     required_scope = "points:read"
 
     @extend_schema(
         summary="A user's balance (zeros for an unknown user)",
-        responses={200: serializers.AccountOut, **_errors(400, 401, 403, 429)},
+        parameters=[_USER_ID],
+        responses={200: serializers.AccountOut, **error_responses(*COMMON_ERRORS, 404, not_found=_NO_SUCH_PATH)},
         tags=["points"],
     )
     def get(self, request, user_id: str):
         return Response(selectors.account_totals(user_id=_path_user_id(user_id)))
 
 
-class AccountTransactionsView(APIView):
+class AccountTransactionsView(ApiView):
     required_scope = "points:read"
     pagination_class = NewestFirstCursorPagination
 
     @extend_schema(
         summary="A user's transactions, newest first (cursor-paginated)",
-        responses={200: serializers.HistoryItemOut(many=True), **_errors(400, 401, 403, 404, 429)},
+        parameters=[_USER_ID],
+        responses={
+            200: serializers.HistoryItemOut(many=True),
+            **error_responses(*COMMON_ERRORS, 404, not_found=_BAD_CURSOR),
+        },
         tags=["points"],
     )
     def get(self, request, user_id: str):

@@ -2,18 +2,32 @@ from rest_framework import serializers
 
 from config.api.fields import BoundedJSONObjectField, StrictCharField, StrictIntegerField, StrictUUIDField
 
+from .models import Transaction
 from .services import MAX_AMOUNT, MAX_HOLD_SECONDS
+
+METADATA_MAX_BYTES = 16 * 1024
 
 
 class _OperationIn(serializers.Serializer):
-    external_id = StrictCharField(min_length=1, max_length=200, trim_whitespace=False)
+    external_id = StrictCharField(
+        min_length=1,
+        max_length=200,
+        trim_whitespace=False,
+        help_text="The caller's idempotency key, unique per client forever: a repeat with the same payload "
+        "replays the original result (200), with another payload is a 409. A refused request does not use it up.",
+    )
 
 
 class CreditIn(_OperationIn):
     user_id = StrictCharField(min_length=1, max_length=100, trim_whitespace=False)
-    amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT)
+    amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT, help_text="Points, a JSON integer.")
     reason = StrictCharField(max_length=200, required=False, allow_blank=True, default="", trim_whitespace=False)
-    metadata = BoundedJSONObjectField(max_bytes=16 * 1024, required=False, default=dict)
+    metadata = BoundedJSONObjectField(
+        max_bytes=METADATA_MAX_BYTES,
+        required=False,
+        default=dict,
+        help_text=f"Any JSON object, at most {METADATA_MAX_BYTES} bytes serialized.",
+    )
 
 
 class DebitIn(CreditIn):
@@ -21,16 +35,26 @@ class DebitIn(CreditIn):
 
 
 class HoldIn(CreditIn):
-    expires_in = StrictIntegerField(min_value=1, max_value=MAX_HOLD_SECONDS, required=False)
+    expires_in = StrictIntegerField(
+        min_value=1,
+        max_value=MAX_HOLD_SECONDS,
+        required=False,
+        help_text="Seconds until the hold expires and is released (default POINTS_DEFAULT_HOLD_SECONDS, 15 minutes).",
+    )
 
 
 class CaptureIn(_OperationIn):
-    hold_id = StrictUUIDField()
-    amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT, required=False)
+    hold_id = StrictUUIDField(help_text="A hold this client placed.")
+    amount = StrictIntegerField(
+        min_value=1,
+        max_value=MAX_AMOUNT,
+        required=False,
+        help_text="Points to capture (default: all of the hold); the rest is released.",
+    )
 
 
 class ReleaseIn(_OperationIn):
-    hold_id = StrictUUIDField()
+    hold_id = StrictUUIDField(help_text="A hold this client placed.")
 
 
 class BalanceOut(serializers.Serializer):
@@ -54,7 +78,7 @@ class HoldOut(BalanceOut):
     transaction_id = serializers.UUIDField()
     user_id = serializers.CharField()
     amount = serializers.IntegerField()
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=[("active", "Active")])
     expires_at = serializers.DateTimeField()
 
 
@@ -75,10 +99,10 @@ class ReleaseOut(BalanceOut):
 
 class HistoryItemOut(serializers.Serializer):
     transaction_id = serializers.UUIDField(source="id")
-    kind = serializers.CharField()
+    kind = serializers.ChoiceField(choices=Transaction.Kind.choices)
     amount = serializers.IntegerField()
     reason = serializers.CharField()
-    metadata = serializers.JSONField()
+    metadata = serializers.DictField()
     external_id = serializers.CharField()
     hold_id = serializers.UUIDField(allow_null=True)
     created_at = serializers.DateTimeField()

@@ -1,5 +1,6 @@
 import json
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 
@@ -60,6 +61,7 @@ class StrictUUIDField(serializers.UUIDField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field({"type": "object", "additionalProperties": {}})
 class BoundedJSONObjectField(serializers.JSONField):
     """A JSON object whose serialized form (UTF-8) stays within ``max_bytes`` and that PostgreSQL can store."""
 
@@ -82,15 +84,3 @@ class BoundedJSONObjectField(serializers.JSONField):
         if len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()) > self.max_bytes:
             self.fail("too_large", max_bytes=self.max_bytes)
         return super().to_internal_value(data)
-
-
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.DictField()
-
-
-class ErrorSerializer(serializers.Serializer):
-    """SPEC §4 error body."""
-
-    error = ErrorDetailSerializer()

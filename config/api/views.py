@@ -4,9 +4,32 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, authentication_classes, permission_classes, throttle_classes
+from rest_framework.views import APIView
 
 from .errors import json_error
 from .middleware import is_api_path
+
+
+class ApiView(APIView):
+    """An API view whose callers are throttled before anything else about them is judged.
+
+    DRF checks throttles last, after authentication and permissions: a request with no key, a bad
+    key or a key without the scope is refused before it counts, so guessing keys or hammering an
+    endpoint without the right key would never be slowed down. Here the throttles run right after
+    authentication (a failed one leaves the caller anonymous, limited per IP), once per request.
+    """
+
+    def perform_authentication(self, request):
+        try:
+            super().perform_authentication(request)
+        finally:
+            self.check_throttles(request)
+
+    def check_throttles(self, request):
+        if getattr(request, "_throttles_checked", False):
+            return
+        request._throttles_checked = True
+        super().check_throttles(request)
 
 
 @require_GET
