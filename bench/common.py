@@ -60,6 +60,7 @@ def app_environment() -> dict[str, str]:
             "CACHE_URL": "rediscache://127.0.0.1:6379/7",
             "API_THROTTLE_RATE": env.get("BENCH_THROTTLE_RATE", "100000/s"),
             "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
         }
     )
     return env
@@ -178,6 +179,18 @@ class Started:
                 children = []
             queue.extend(int(child) for child in children)
         return pids
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by this process and its live descendants."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / ticks
 
     def sample_memory(self) -> None:
         """Remember each process's high-water RSS (VmHWM) seen so far."""

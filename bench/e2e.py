@@ -51,6 +51,7 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
     redis_flush()  # earlier phases ran without workers: their queued doorbells are not this run's
     worker = celery_start(concurrency=workers)
     try:
+        worker_cpu_before = worker.cpu_seconds()
         since = datetime.now(UTC)
         began = time.time()
         posted = wrk_run(
@@ -66,6 +67,7 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
             if time.monotonic() > deadline:
                 break
             time.sleep(0.25)
+        worker_cpu = worker.cpu_seconds() - worker_cpu_before
         memory = worker.memory_summary()
     finally:
         worker.stop(timeout=30)
@@ -87,6 +89,7 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
         "errors": posted["errors"] + failed,
         "complete": completed == total,
         "workers": workers,
+        "worker_cpu_ms_per_action": round(1000 * worker_cpu / completed, 2) if completed else None,
     }
     log(f"e2e: {result}")
     return result, memory

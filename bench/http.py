@@ -179,7 +179,9 @@ def wrk_run(
             wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
             "-s", str(script_path), server.base_url + PATHS[mode],
         ]  # fmt: skip
+        cpu_before = server.process.cpu_seconds()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        cpu_used = server.process.cpu_seconds() - cpu_before
     finally:
         script_path.unlink(missing_ok=True)
         server.process.sample_memory()
@@ -198,6 +200,7 @@ def wrk_run(
         "p99_ms": round(raw["p99_us"] / 1000, 2),
         "max_ms": round(raw["max_us"] / 1000, 2),
         "errors": errors,
+        "web_cpu_ms_per_request": round(1000 * cpu_used / raw["requests"], 2) if raw["requests"] else None,
         "last_bad_status": raw["last_bad_status"] or None,
         "connections": connections,
         "target_rate": rate or None,

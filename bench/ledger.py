@@ -61,6 +61,7 @@ def _worker(scenario: str, index: int, start_at: float, seconds: float, run_id: 
     while time.time() < start_at:
         time.sleep(0.001)
     deadline = start_at + seconds
+    cpu_began = time.process_time()
     now = time.perf_counter()
     while time.time() < deadline:
         key = f"{run_id}-{scenario}-{index}-{n}"
@@ -72,45 +73,44 @@ def _worker(scenario: str, index: int, start_at: float, seconds: float, run_id: 
         now = time.perf_counter()
         latencies.append(now - began)
         n += 1
+    cpu = time.process_time() - cpu_began
     connections.close_all()
-    results.put((index, latencies, errors))
+    results.put((index, latencies, errors, cpu))
 
 
-def ledger_measure(*, processes: tuple[int, ...], seconds: float) -> dict[str, dict[int, dict]]:
-    """Operations/s and latency percentiles of each scenario at each process count."""
+def ledger_measure(*, scenario: str, processes: int, seconds: float) -> dict:
+    """Operations/s, latency percentiles and client CPU of one scenario with ``processes`` processes."""
     from django.db import connections
 
     context = multiprocessing.get_context("fork")
-    measured: dict[str, dict[int, dict]] = {}
-    for scenario in SCENARIOS:
-        measured[scenario] = {}
-        for count in processes:
-            run_id = uuid.uuid4().hex[:10]
-            _prepare(scenario, count, run_id)
-            connections.close_all()
-            results = context.Queue()
-            start_at = time.time() + 0.5
-            workers = [
-                context.Process(target=_worker, args=(scenario, index, start_at, seconds, run_id, results))
-                for index in range(count)
-            ]
-            for worker in workers:
-                worker.start()
-            try:
-                collected = [results.get(timeout=seconds + 60) for _ in workers]
-            finally:
-                for worker in workers:
-                    worker.join(timeout=10)
-                    if worker.is_alive():
-                        worker.terminate()
-            latencies = sorted(value for _, values, _ in collected for value in values)
-            errors = sum(errors for _, _, errors in collected)
-            operations = len(latencies) - errors
-            measured[scenario][count] = {
-                "ops_per_s": round(operations / seconds, 1),
-                "p50_ms": round(percentile(latencies, 50) * 1000, 2) if latencies else None,
-                "p99_ms": round(percentile(latencies, 99) * 1000, 2) if latencies else None,
-                "errors": errors,
-            }
-            log(f"ledger {scenario} x{count}: {measured[scenario][count]}")
-    return measured
+    run_id = uuid.uuid4().hex[:10]
+    _prepare(scenario, processes, run_id)
+    connections.close_all()
+    results = context.Queue()
+    start_at = time.time() + 0.5
+    workers = [
+        context.Process(target=_worker, args=(scenario, index, start_at, seconds, run_id, results))
+        for index in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        collected = [results.get(timeout=seconds + 60) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+    latencies = sorted(value for _, values, _, _ in collected for value in values)
+    errors = sum(errors for _, _, errors, _ in collected)
+    cpu = sum(cpu for _, _, _, cpu in collected)
+    operations = len(latencies) - errors
+    result = {
+        "ops_per_s": round(operations / seconds, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2) if latencies else None,
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2) if latencies else None,
+        "errors": errors,
+        "client_cpu_ms_per_op": round(1000 * cpu / len(latencies), 2) if latencies else None,
+    }
+    log(f"ledger {scenario} x{processes}: {result}")
+    return result

@@ -22,25 +22,24 @@ def _run(args: list[str], timeout: float) -> str:
     return done.stdout + done.stderr
 
 
-def pgbench_measure(*, clients: tuple[int, ...], seconds: int) -> dict[int, dict]:
-    """TPS and mean latency of TPC-B-like at each client count; the scratch database is dropped after."""
+def pgbench_prepare() -> None:
+    """A fresh scratch database initialised at a small scale (pgbench_drop removes it)."""
     database_recreate(PGBENCH_DB)
-    try:
-        log(f"pgbench: initialising scale {SCALE}")
-        _run(["-i", "-q", "-s", str(SCALE)], timeout=300)
-        results = {}
-        for count in clients:
-            threads = min(count, 2)
-            output = _run(["-c", str(count), "-j", str(threads), "-T", str(seconds)], timeout=seconds + 120)
-            tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
-            latency = re.search(r"latency average = ([\d.]+) ms", output)
-            if not tps:
-                raise BenchError(f"Unexpected pgbench output: {output[-500:]}")
-            results[count] = {
-                "tps": round(float(tps.group(1)), 1),
-                "latency_avg_ms": float(latency.group(1)) if latency else None,
-            }
-            log(f"pgbench: {count} client(s): {results[count]['tps']} tps")
-        return results
-    finally:
-        database_drop(PGBENCH_DB)
+    log(f"pgbench: initialising scale {SCALE}")
+    _run(["-i", "-q", "-s", str(SCALE)], timeout=300)
+
+
+def pgbench_drop() -> None:
+    database_drop(PGBENCH_DB)
+
+
+def pgbench_measure(*, clients: int, seconds: int) -> dict:
+    """TPS and mean latency of TPC-B-like with ``clients`` connections."""
+    output = _run(["-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds)], timeout=seconds + 120)
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
+    latency = re.search(r"latency average = ([\d.]+) ms", output)
+    if not tps:
+        raise BenchError(f"Unexpected pgbench output: {output[-500:]}")
+    result = {"tps": round(float(tps.group(1)), 1), "latency_avg_ms": float(latency.group(1)) if latency else None}
+    log(f"pgbench: {clients} client(s): {result['tps']} tps")
+    return result
