@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from config.api.errors import DomainError, NotFound
+from config.metrics import DISPATCH_SECONDS
 
 from .channels import (
     ChannelError,
@@ -108,6 +110,14 @@ def reward_action_dispatch(*, action_id) -> DispatchOutcome:
         return claimed
     action, channel = claimed
     attempt = action.attempts
+    started = time.perf_counter()
+    outcome = _deliver(action, channel, attempt)
+    _attempt_log(action, attempt, outcome, time.perf_counter() - started)
+    return outcome
+
+
+def _deliver(action: RewardAction, channel, attempt: int) -> DispatchOutcome:
+    """One try through the channel, its outcome recorded on the row."""
     try:
         result = channel.deliver(action)
     except ChannelNotConfigured as exc:
@@ -124,6 +134,36 @@ def reward_action_dispatch(*, action_id) -> DispatchOutcome:
         logger.exception("reward action delivery raised", extra={"action_id": str(action.pk)})
         return _record_transient(action, attempt, f"Unexpected error: {exc.__class__.__name__}: {exc}")
     return _record_completed(action, attempt, result)
+
+
+def _attempt_outcome(outcome: DispatchOutcome) -> str:
+    """The attempt's outcome as logged and measured: completed, failed, retry, not_configured or superseded."""
+    if outcome.status == Status.COMPLETED:
+        return "completed"
+    if outcome.status == Status.FAILED:
+        return "failed"
+    if outcome.status == Status.PENDING:
+        return "retry" if outcome.retry_in is not None else "not_configured"
+    return "superseded"  # the row moved on (re-queued and claimed again); this outcome was dropped
+
+
+def _attempt_log(action: RewardAction, attempt: int, outcome: DispatchOutcome, seconds: float) -> None:
+    """One line and one histogram sample per attempt. The error text stays on the row (last_error):
+    it may quote the receiving service's answer, which is not logged."""
+    label = _attempt_outcome(outcome)
+    DISPATCH_SECONDS.labels(action.reward_type, label).observe(seconds)
+    logger.info(
+        "dispatch attempt",
+        extra={
+            "action_id": str(action.pk),
+            "event_id": str(action.event_id),
+            "channel": action.reward_type,
+            "outcome": label,
+            "attempt": attempt,
+            "duration_ms": round(seconds * 1000, 2),
+            "retry_in": round(outcome.retry_in, 3) if outcome.retry_in is not None else None,
+        },
+    )
 
 
 @transaction.atomic
@@ -181,18 +221,19 @@ def _record_completed(action, attempt, result) -> DispatchOutcome:
     stored = _record(
         action, attempt, status=Status.COMPLETED, result=result, completed_at=now, last_error="", next_attempt_at=None
     )
-    logger.info(
-        "reward action completed",
-        extra={"action_id": str(action.pk), "reward_type": action.reward_type, "attempt": attempt},
-    )
     return DispatchOutcome(ran=stored, status=Status.COMPLETED if stored else None)
 
 
 def _record_failed(action, attempt, message) -> DispatchOutcome:
     stored = _record(action, attempt, status=Status.FAILED, last_error=message, next_attempt_at=None)
     logger.warning(
-        "reward action failed",
-        extra={"action_id": str(action.pk), "reward_type": action.reward_type, "attempt": attempt, "error": message},
+        "reward action failed; see its last_error",
+        extra={
+            "action_id": str(action.pk),
+            "event_id": str(action.event_id),
+            "channel": action.reward_type,
+            "attempt": attempt,
+        },
     )
     return DispatchOutcome(ran=stored, status=Status.FAILED if stored else None, error=message)
 
@@ -210,10 +251,6 @@ def _record_transient(action, attempt, message, *, retry_after: float | None = N
         status=Status.PENDING,
         last_error=message,
         next_attempt_at=timezone.now() + timedelta(seconds=delay),
-    )
-    logger.info(
-        "reward action will be retried",
-        extra={"action_id": str(action.pk), "attempt": attempt, "retry_in": round(delay, 3), "error": message},
     )
     if not stored:
         return DispatchOutcome(ran=False)

@@ -9,6 +9,7 @@ Every operation runs in one database transaction and follows the same steps:
 A refusal raises, which rolls everything back, so it consumes neither points nor the external_id.
 """
 
+import functools
 import hashlib
 import json
 import uuid
@@ -21,7 +22,9 @@ from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 from django.utils import timezone
 
+from config.api.errors import DomainError
 from config.api.fields import storable_text_problem
+from config.metrics import LEDGER_OPERATIONS
 
 from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, InvalidRequest, NotFound
 from .models import Account, Entry, Hold, SystemAccount, Transaction
@@ -42,6 +45,36 @@ class LedgerResult:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _counted(kind: str):
+    """Count each call in rewards_ledger_operations_total{kind, outcome}: ``performed``,
+    ``replayed``, the refusal's error code, ``validation_error`` for a ValueError, else ``error``.
+
+    Only a count: the operation, its arguments and what it raises are untouched.
+    """
+
+    def decorate(operation):
+        @functools.wraps(operation)
+        def counted(*args, **kwargs):
+            try:
+                result = operation(*args, **kwargs)
+            except DomainError as exc:
+                LEDGER_OPERATIONS.labels(kind, exc.code).inc()
+                raise
+            except ValueError:
+                LEDGER_OPERATIONS.labels(kind, "validation_error").inc()
+                raise
+            except Exception:
+                LEDGER_OPERATIONS.labels(kind, "error").inc()
+                raise
+            if result is not None:
+                LEDGER_OPERATIONS.labels(kind, "replayed" if result.replayed else "performed").inc()
+            return result
+
+        return counted
+
+    return decorate
 
 
 def request_hash(operation: str, **fields) -> str:
@@ -202,6 +235,7 @@ def _apply_or_refuse(account: Account, *, balance_delta: int, held_delta: int) -
 # --- operations ------------------------------------------------------------------------------
 
 
+@_counted("credit")
 @transaction.atomic
 def account_credit(
     *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
@@ -226,6 +260,7 @@ def account_credit(
     return LedgerResult(txn, False)
 
 
+@_counted("debit")
 @transaction.atomic
 def account_debit(
     *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
@@ -250,6 +285,7 @@ def account_debit(
     return LedgerResult(txn, False)
 
 
+@_counted("hold")
 @transaction.atomic
 def hold_create(
     *,
@@ -328,6 +364,7 @@ def _settle_legs(hold: Hold, captured: int) -> list[tuple[int, str, int]]:
     ]
 
 
+@_counted("capture")
 @transaction.atomic
 def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None = None) -> LedgerResult:
     """Spend ``amount`` (default: all) of an active hold; the rest returns to available."""
@@ -351,6 +388,7 @@ def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None =
     return LedgerResult(txn, False)
 
 
+@_counted("release")
 @transaction.atomic
 def hold_release(*, source: str, external_id: str, hold_id) -> LedgerResult:
     _operation_check(external_id=external_id, amount_required=False)
@@ -368,6 +406,7 @@ def hold_release(*, source: str, external_id: str, hold_id) -> LedgerResult:
     return LedgerResult(txn, False)
 
 
+@_counted("expiry")
 @transaction.atomic
 def hold_expire(*, hold_id) -> LedgerResult | None:
     """Release a hold past its expiry with a transaction of kind ``expiry``; None if not due."""
@@ -416,6 +455,7 @@ def holds_expire_due(*, batch_size: int = 500) -> int:
             return expired  # the rest is being handled by another worker
 
 
+@_counted("adjustment")
 @transaction.atomic
 def account_adjust(
     *, user_id: str, amount: int, reason: str, staff_user, external_id: str | None = None

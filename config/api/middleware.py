@@ -4,7 +4,12 @@ import uuid
 
 from django.conf import settings
 
+from config.logging import current_request_id
+
 from .errors import json_error
+
+# A caller's X-Request-ID is kept when it is a plain token (it is echoed in a header and logged).
+_REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 API_PREFIXES = ("/api/", "/internal/")
 request_logger = logging.getLogger("api.request")
@@ -43,10 +48,13 @@ class RequestLogMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        request_id = request.META.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex
-        request.request_id = request_id[:64]
+        request.request_id = _request_id(request.META.get("HTTP_X_REQUEST_ID"))
         started = time.perf_counter()
-        response = self.get_response(request)
+        token = current_request_id.set(request.request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            current_request_id.reset(token)
         response["X-Request-ID"] = request.request_id
         user = getattr(request, "user", None)
         request_logger.info(
@@ -61,3 +69,9 @@ class RequestLogMiddleware:
             },
         )
         return response
+
+
+def _request_id(given: str | None) -> str:
+    if given and len(given) <= 64 and set(given) <= _REQUEST_ID_CHARS:
+        return given
+    return uuid.uuid4().hex
