@@ -1,7 +1,7 @@
 """Thin HTTP views of the event inbox (SPEC §5)."""
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
@@ -31,6 +31,21 @@ class EventsView(ApiView):
     @extend_schema(
         summary="Post a business event",
         request=serializers.EventIn,
+        examples=[
+            OpenApiExample(
+                "Request",
+                value={
+                    "external_id": "quest-42-user-7",
+                    "event_type": "quest.completed",
+                    "source_service": "quest_service",
+                    "actor_user_id": "user-7",
+                    "primary_subject_user_id": "user-3",
+                    "context": {"base_reward_points": 100, "total_quests_completed": 10},
+                    "occurred_at": "2025-01-01T12:00:00Z",
+                },
+                request_only=True,
+            )
+        ],
         responses={
             201: OpenApiResponse(serializers.EventOut, description="Stored and processed."),
             200: OpenApiResponse(

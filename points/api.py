@@ -1,6 +1,6 @@
 """Thin HTTP views over the ledger services (SPEC §9)."""
 
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
@@ -29,10 +29,11 @@ class _LedgerOperation(ApiView):
         return Response(serializers.operation_result(result.transaction), status=200 if result.replayed else 201)
 
 
-def _operation_schema(summary, request, response, refusals=(), *, hold: bool = False):
+def _operation_schema(summary, request, response, refusals=(), *, hold: bool = False, example: dict):
     return extend_schema(
         summary=summary,
         request=request,
+        examples=[OpenApiExample("Request", value=example, request_only=True)],
         responses={
             201: OpenApiResponse(response, description="Performed."),
             200: OpenApiResponse(response, description="A replay of the same request: the original result."),
@@ -47,7 +48,18 @@ class CreditView(_LedgerOperation):
     input_serializer = serializers.CreditIn
     service = services.account_credit
 
-    @_operation_schema("Credit points to a user", serializers.CreditIn, serializers.CreditOut)
+    @_operation_schema(
+        "Credit points to a user",
+        serializers.CreditIn,
+        serializers.CreditOut,
+        example={
+            "external_id": "quest-42-reward",
+            "user_id": "alice",
+            "amount": 150,
+            "reason": "quest reward",
+            "metadata": {"quest_id": 42},
+        },
+    )
     def post(self, request):
         return super().post(request)
 
@@ -57,7 +69,13 @@ class DebitView(_LedgerOperation):
     input_serializer = serializers.DebitIn
     service = services.account_debit
 
-    @_operation_schema("Debit points from a user", serializers.DebitIn, serializers.CreditOut, ("insufficient_funds",))
+    @_operation_schema(
+        "Debit points from a user",
+        serializers.DebitIn,
+        serializers.CreditOut,
+        ("insufficient_funds",),
+        example={"external_id": "order-1001", "user_id": "alice", "amount": 50, "reason": "shop order"},
+    )
     def post(self, request):
         return super().post(request)
 
@@ -72,6 +90,7 @@ class HoldView(_LedgerOperation):
         serializers.HoldIn,
         serializers.HoldOut,
         ("insufficient_funds",),
+        example={"external_id": "order-1002-hold", "user_id": "alice", "amount": 30, "expires_in": 900},
     )
     def post(self, request):
         return super().post(request)
@@ -88,6 +107,7 @@ class CaptureView(_LedgerOperation):
         serializers.CaptureOut,
         ("hold_not_active", "capture_exceeds_hold"),
         hold=True,
+        example={"external_id": "order-1002-capture", "hold_id": "0b7e4f3c-5d1a-4f6e-9a8b-2c3d4e5f6a7b", "amount": 20},
     )
     def post(self, request):
         return super().post(request)
@@ -98,7 +118,14 @@ class ReleaseView(_LedgerOperation):
     input_serializer = serializers.ReleaseIn
     service = services.hold_release
 
-    @_operation_schema("Release a hold", serializers.ReleaseIn, serializers.ReleaseOut, ("hold_not_active",), hold=True)
+    @_operation_schema(
+        "Release a hold",
+        serializers.ReleaseIn,
+        serializers.ReleaseOut,
+        ("hold_not_active",),
+        hold=True,
+        example={"external_id": "order-1002-release", "hold_id": "0b7e4f3c-5d1a-4f6e-9a8b-2c3d4e5f6a7b"},
+    )
     def post(self, request):
         return super().post(request)
 
@@ -116,6 +143,7 @@ _USER_ID = OpenApiParameter(
     {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[^/]+$"},
     OpenApiParameter.PATH,
     description="The user's id (any text without a slash, up to 100 characters).",
+    examples=[OpenApiExample("A user", value="alice")],
 )
 
 

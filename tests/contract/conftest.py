@@ -7,7 +7,7 @@ from django.db import close_old_connections
 from points.models import SCOPES, ServiceClient, ServiceClientKey
 
 # The scope each documented operation needs, by "METHOD path" as the schema spells it; a new
-# operation must be added here (test_every_documented_operation_has_a_scope_and_an_example).
+# operation must be added here (test_every_documented_operation_has_its_scope_listed).
 OPERATION_SCOPES = {
     "POST /api/v1/events": "events:write",
     "GET /api/v1/events/{event_id}": "events:read",
