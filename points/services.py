@@ -235,29 +235,45 @@ def _apply_or_refuse(account: Account, *, balance_delta: int, held_delta: int) -
 # --- operations ------------------------------------------------------------------------------
 
 
+def _transfer(
+    *,
+    kind: str,
+    counterpart: str,
+    sign: int,
+    source: str,
+    external_id: str,
+    user_id: str,
+    amount: int,
+    reason: str,
+    metadata: dict | None,
+) -> LedgerResult:
+    """Move ``amount`` into (sign +1) or out of (sign -1) the user's available points, against a system account."""
+    _operation_check(external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
+    delta = sign * amount
+    metadata = metadata or {}
+    fingerprint = request_hash(kind, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
+    account = _user_account(user_id)
+    txn, replayed = _claim(
+        source=source, external_id=external_id, fingerprint=fingerprint, kind=kind,
+        account=account, amount=amount, reason=reason, metadata=metadata,
+    )  # fmt: skip
+    if replayed:
+        return LedgerResult(txn, True)
+    balance, held = _apply_or_refuse(account, balance_delta=delta, held_delta=0)
+    legs = [(account.pk, Part.AVAILABLE, delta), (system_account_id(counterpart), Part.AVAILABLE, -delta)]
+    _post(txn, legs, balance=balance, held=held)
+    return LedgerResult(txn, False)
+
+
 @_counted("credit")
 @transaction.atomic
 def account_credit(
     *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
 ) -> LedgerResult:
-    _operation_check(external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
-    metadata = metadata or {}
-    fingerprint = request_hash("credit", user_id=user_id, amount=amount, reason=reason, metadata=metadata)
-    account = _user_account(user_id)
-    txn, replayed = _claim(
-        source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.CREDIT,
-        account=account, amount=amount, reason=reason, metadata=metadata,
+    return _transfer(
+        kind=Kind.CREDIT, counterpart=SystemAccount.ISSUED, sign=1, source=source, external_id=external_id,
+        user_id=user_id, amount=amount, reason=reason, metadata=metadata,
     )  # fmt: skip
-    if replayed:
-        return LedgerResult(txn, True)
-    balance, held = _apply_or_refuse(account, balance_delta=amount, held_delta=0)
-    _post(
-        txn,
-        [(account.pk, Part.AVAILABLE, amount), (system_account_id(SystemAccount.ISSUED), Part.AVAILABLE, -amount)],
-        balance=balance,
-        held=held,
-    )
-    return LedgerResult(txn, False)
 
 
 @_counted("debit")
@@ -265,24 +281,11 @@ def account_credit(
 def account_debit(
     *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
 ) -> LedgerResult:
-    _operation_check(external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
-    metadata = metadata or {}
-    fingerprint = request_hash("debit", user_id=user_id, amount=amount, reason=reason, metadata=metadata)
-    account = _user_account(user_id)
-    txn, replayed = _claim(
-        source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.DEBIT,
-        account=account, amount=amount, reason=reason, metadata=metadata,
+    """Refused with InsufficientFunds when the user's available points do not cover ``amount``."""
+    return _transfer(
+        kind=Kind.DEBIT, counterpart=SystemAccount.SPENT, sign=-1, source=source, external_id=external_id,
+        user_id=user_id, amount=amount, reason=reason, metadata=metadata,
     )  # fmt: skip
-    if replayed:
-        return LedgerResult(txn, True)
-    balance, held = _apply_or_refuse(account, balance_delta=-amount, held_delta=0)
-    _post(
-        txn,
-        [(account.pk, Part.AVAILABLE, -amount), (system_account_id(SystemAccount.SPENT), Part.AVAILABLE, amount)],
-        balance=balance,
-        held=held,
-    )
-    return LedgerResult(txn, False)
 
 
 @_counted("hold")
