@@ -256,6 +256,17 @@ def start(name: str, argv: list[str], env: dict[str, str]) -> Started:
     return Started(name=name, popen=popen, log_path=log_path)
 
 
+def profiler_start(pid: int, seconds: float, path: Path) -> subprocess.Popen:
+    """Sample one process with py-spy (from PyPI) for ``seconds``; flamegraph SVG at ``path``."""
+    spy = BIN / "py-spy"
+    if not spy.exists():
+        raise BenchError("--profile needs py-spy in the virtualenv (pip install -r requirements.txt)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+            "--nonblocking", "--output", str(path)]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def wait_http_ok(url: str, started: Started, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     last = ""

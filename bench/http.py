@@ -14,7 +14,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import BIN, BenchError, Started, app_environment, free_port, log, program, start, wait_http_ok
+from .common import (
+    BIN,
+    BenchError,
+    Started,
+    app_environment,
+    free_port,
+    log,
+    profiler_start,
+    program,
+    start,
+    wait_http_ok,
+)
 
 SOURCE = "bench_client"
 
@@ -158,6 +169,7 @@ def wrk_run(
     rate: float = 0,
     types: int = 10,
     users: int = 5000,
+    profile: Path | None = None,
 ) -> dict:
     """One wrk run (one thread); ``rate`` > 0 paces requests to that many per second, else full speed."""
     wrk = program("wrk", debian_package="wrk")
@@ -179,9 +191,13 @@ def wrk_run(
             wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
             "-s", str(script_path), server.base_url + PATHS[mode],
         ]  # fmt: skip
+        web_workers = server.process.tree()[1:]
+        profiler = profiler_start(web_workers[0], seconds, profile) if profile and web_workers else None
         cpu_before = server.process.cpu_seconds()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
         cpu_used = server.process.cpu_seconds() - cpu_before
+        if profiler is not None:
+            profiler.wait(timeout=60)
     finally:
         script_path.unlink(missing_ok=True)
         server.process.sample_memory()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,8 @@ from .common import (
 
 CONCURRENCY = (1, 2, 4)
 RULE_COUNTS = (10, 100, 1000)
-WEB_WORKERS = 2
+# One sync worker per core (the machine's cores are shared with PostgreSQL and the load generator).
+WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS") or os.cpu_count() or 2)
 CELERY_WORKERS = 2
 
 
@@ -196,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)} (default: all)"
     )
     parser.add_argument("--output", default=str(RESULTS_DIR / "latest.json"), help="where the JSON goes")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also record py-spy flamegraphs of one web worker (events, credit) into bench-results/",
+    )
     args = parser.parse_args(argv)
     phases = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = phases - set(PHASES)
@@ -250,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             http = {}
             # Ceiling, the two endpoints, the ceiling again: the ratios use the mean of both ceiling runs.
             for mode in ("ceiling", "events", "credit", "ceiling_again"):
+                flame = (
+                    RESULTS_DIR / f"profile-web-{mode}.svg" if args.profile and mode in ("events", "credit") else None
+                )
                 http[mode] = wrk_run(
                     server=server, mode=mode.removesuffix("_again"), key=key, prefix=f"{mode}{stamp}",
-                    seconds=durations["http"], connections=connections,
+                    seconds=durations["http"], connections=connections, profile=flame,
                 )  # fmt: skip
             again = http.pop("ceiling_again")
             http["ceiling"]["rps_runs"] = [http["ceiling"]["rps"], again["rps"]]
