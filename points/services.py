@@ -9,6 +9,7 @@ Every operation runs in one database transaction and follows the same steps:
 A refusal raises, which rolls everything back, so it consumes neither points nor the external_id.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -24,6 +25,7 @@ from django.utils import timezone
 
 from config.api.errors import DomainError
 from config.api.fields import storable_text_problem
+from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, update_columns
 from config.metrics import LEDGER_OPERATIONS
 
 from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, InvalidRequest, NotFound
@@ -163,24 +165,66 @@ def _user_account(user_id: str) -> Account:
     return account
 
 
+def _stored(fresh: Transaction) -> Transaction | None:
+    """The Transaction stored under ``fresh``'s key, if any; IdempotencyConflict when its request differs."""
+    existing = (
+        Transaction.objects.select_related("account", "hold")
+        .filter(source=fresh.source, external_id=fresh.external_id)
+        .first()
+    )
+    if existing is not None and existing.request_hash != fresh.request_hash:
+        raise IdempotencyConflict(details={"external_id": fresh.external_id})
+    return existing
+
+
+def _replay_of(fresh: Transaction) -> Transaction:
+    """The stored Transaction whose key ``fresh`` just conflicted with (it is committed by now)."""
+    existing = _stored(fresh)
+    if existing is None:
+        raise RuntimeError(f"idempotency key ({fresh.source}, {fresh.external_id}) conflicted but is not stored")
+    return existing
+
+
 def _claim(*, source: str, external_id: str, fingerprint: str, **fields) -> tuple[Transaction, bool]:
     """Insert the operation's Transaction, or return the one already stored under this key.
 
     Returns ``(transaction, replayed)``; raises IdempotencyConflict when the stored one differs.
+    ``INSERT ... ON CONFLICT DO NOTHING`` waits for a concurrent insert of the same key and raises
+    nothing, so no savepoint is needed around it.
     """
-    try:
-        with transaction.atomic():
-            txn = Transaction.objects.create(source=source, external_id=external_id, request_hash=fingerprint, **fields)
-            return txn, False
-    except IntegrityError:
-        existing = (
-            Transaction.objects.select_related("account", "hold").filter(source=source, external_id=external_id).first()
-        )
-        if existing is None:
-            raise
-    if existing.request_hash != fingerprint:
-        raise IdempotencyConflict(details={"external_id": external_id})
-    return existing, True
+    txn = Transaction(source=source, external_id=external_id, request_hash=fingerprint, **fields)
+    if insert_unless_conflict(txn, ("source", "external_id")):
+        return txn, False
+    return _replay_of(txn), True
+
+
+_TRANSFER_CLAIM_SQL = """
+    INSERT INTO {transactions} ({columns}, {account_column})
+    SELECT {placeholders}, id FROM {accounts} WHERE user_id = %s
+    ON CONFLICT (source, external_id) DO NOTHING
+    RETURNING {account_column}
+"""
+
+
+def _transfer_claim(txn: Transaction, user_id: str) -> int | None:
+    """Claim ``txn``'s key on the user's account in one statement (the account lookup included).
+
+    Returns the account id, or None when nothing was inserted: the key is taken, or the user has
+    no account yet.
+    """
+    quote = connection.ops.quote_name
+    columns, values = column_values(txn, exclude=("account",))
+    sql = _TRANSFER_CLAIM_SQL.format(
+        transactions=quote(Transaction._meta.db_table),
+        columns=", ".join(columns),
+        account_column=quote(Transaction._meta.get_field("account").column),
+        placeholders=", ".join(["%s"] * len(values)),
+        accounts=quote(Account._meta.db_table),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, user_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 _APPLY_SQL = """
@@ -203,23 +247,25 @@ def _account_apply(account_id: int, *, balance_delta: int, held_delta: int) -> t
 def _post(txn: Transaction, legs: list[tuple[int, str, int]], *, balance: int, held: int, hold=None):
     """Write the entries (account id, part, amount) and stamp the balance after the operation."""
     assert sum(amount for _, _, amount in legs) == 0, "unbalanced transaction"
-    Entry.objects.bulk_create(
-        Entry(transaction=txn, account_id=account_id, part=part, amount=amount)
-        for account_id, part, amount in legs
-        if amount
+    insert_rows(
+        [
+            Entry(transaction_id=txn.pk, account_id=account_id, part=part, amount=amount)
+            for account_id, part, amount in legs
+            if amount
+        ]
     )
     txn.balance_after, txn.held_after = balance, held
-    update = {"balance_after": balance, "held_after": held}
+    stamped = ["balance_after", "held_after"]
     if hold is not None:
         txn.hold = hold
-        update["hold"] = hold
-    Transaction.objects.filter(pk=txn.pk).update(**update)
+        stamped.append("hold")
+    update_columns(txn, stamped)
 
 
-def _apply_or_refuse(account: Account, *, balance_delta: int, held_delta: int) -> tuple[int, int]:
-    totals = _account_apply(account.pk, balance_delta=balance_delta, held_delta=held_delta)
+def _apply_or_refuse(account_id: int, *, balance_delta: int, held_delta: int) -> tuple[int, int]:
+    totals = _account_apply(account_id, balance_delta=balance_delta, held_delta=held_delta)
     if totals is None:
-        current = Account.objects.filter(pk=account.pk).values("balance", "held").first() or {
+        current = Account.objects.filter(pk=account_id).values("balance", "held").first() or {
             "balance": 0,
             "held": 0,
         }
@@ -233,6 +279,97 @@ def _apply_or_refuse(account: Account, *, balance_delta: int, held_delta: int) -
 
 
 # --- operations ------------------------------------------------------------------------------
+
+
+_TRANSFER_SQL = """
+    WITH acct AS (
+        UPDATE {accounts} SET balance = balance + %s
+         WHERE user_id = %s AND (balance + %s) - held >= 0
+           AND NOT EXISTS (SELECT 1 FROM {transactions} WHERE source = %s AND external_id = %s)
+     RETURNING id, balance, held
+    ), txn AS (
+        INSERT INTO {transactions} ({columns}, {account_column}, balance_after, held_after)
+        SELECT {placeholders}, id, balance, held FROM acct
+        RETURNING id, {account_column}
+    ), legs AS (
+        INSERT INTO {entries} (transaction_id, account_id, part, amount)
+        SELECT id, {account_column}, %s, CAST(%s AS bigint) FROM txn
+         UNION ALL
+        SELECT id, CAST(%s AS bigint), %s, CAST(%s AS bigint) FROM txn
+    )
+    SELECT id, balance, held FROM acct
+"""
+
+
+def _transfer_in_one_statement(txn: Transaction, user_id: str, delta: int, counterpart_id: int) -> bool:
+    """The common case of a credit or debit as one PostgreSQL statement: move the balance, insert
+    the Transaction with the balance after it, and its two entries; in autocommit mode that is one
+    round trip and one commit.
+
+    True when it was performed. False, with nothing changed, in every other case, which the
+    stepwise path then sorts out: the key is taken (a replay or a conflict), the user has no account
+    yet, or a debit exceeds what is available. Two requests with one key at the same time cannot
+    both pass: the second one's INSERT hits the unique key, which aborts its whole statement.
+    """
+    quote = connection.ops.quote_name
+    columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
+    sql = _TRANSFER_SQL.format(
+        accounts=quote(Account._meta.db_table),
+        transactions=quote(Transaction._meta.db_table),
+        entries=quote(Entry._meta.db_table),
+        columns=", ".join(columns),
+        placeholders=", ".join(["%s"] * len(values)),
+        account_column=quote(Transaction._meta.get_field("account").column),
+    )
+    params = [
+        delta, user_id, delta, txn.source, txn.external_id,
+        *values,
+        Part.AVAILABLE, delta,
+        counterpart_id, Part.AVAILABLE, -delta,
+    ]  # fmt: skip
+    try:
+        # Alone, the statement is its own transaction; inside a caller's transaction it gets a
+        # savepoint, so a unique-key abort does not take the caller's work with it.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                row = cursor.fetchone()
+    except IntegrityError:
+        return False
+    if row is None:
+        return False
+    account_id, balance, held = row
+    mark_saved(txn)
+    txn.account_id, txn.balance_after, txn.held_after = account_id, balance, held
+    # The account as this operation left it, without reading it back (other fields load on access).
+    txn.account = Account.from_db(
+        connection.alias,
+        ["id", "kind", "user_id", "balance", "held"],
+        [account_id, Account.Kind.USER, user_id, balance, held],
+    )
+    return True
+
+
+@transaction.atomic
+def _transfer_in_steps(txn: Transaction, user_id: str, delta: int, counterpart_id: int) -> LedgerResult:
+    """Claim the key (with the account lookup), move the balance, write the entries, stamp the balance."""
+    account_id = _transfer_claim(txn, user_id)
+    if account_id is None:
+        # The key is taken, or this is the user's first operation: tell which, then claim again.
+        existing = _stored(txn)
+        if existing is not None:
+            return LedgerResult(existing, True)
+        _user_account(user_id)
+        account_id = _transfer_claim(txn, user_id)
+        if account_id is None:  # a concurrent request with this key won
+            return LedgerResult(_replay_of(txn), True)
+    mark_saved(txn)
+    txn.account_id = account_id
+    balance, held = _apply_or_refuse(account_id, balance_delta=delta, held_delta=0)
+    _post(
+        txn, [(account_id, Part.AVAILABLE, delta), (counterpart_id, Part.AVAILABLE, -delta)], balance=balance, held=held
+    )
+    return LedgerResult(txn, False)
 
 
 def _transfer(
@@ -251,25 +388,21 @@ def _transfer(
     _operation_check(external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
     delta = sign * amount
     metadata = metadata or {}
-    fingerprint = request_hash(kind, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
-    account = _user_account(user_id)
-    txn, replayed = _claim(
-        source=source, external_id=external_id, fingerprint=fingerprint, kind=kind,
-        account=account, amount=amount, reason=reason, metadata=metadata,
+    txn = Transaction(
+        kind=kind, source=source, external_id=external_id, amount=amount, reason=reason, metadata=metadata,
+        request_hash=request_hash(kind, user_id=user_id, amount=amount, reason=reason, metadata=metadata),
     )  # fmt: skip
-    if replayed:
-        return LedgerResult(txn, True)
-    balance, held = _apply_or_refuse(account, balance_delta=delta, held_delta=0)
-    legs = [(account.pk, Part.AVAILABLE, delta), (system_account_id(counterpart), Part.AVAILABLE, -delta)]
-    _post(txn, legs, balance=balance, held=held)
-    return LedgerResult(txn, False)
+    counterpart_id = system_account_id(counterpart)
+    if connection.vendor == "postgresql" and _transfer_in_one_statement(txn, user_id, delta, counterpart_id):
+        return LedgerResult(txn, False)
+    return _transfer_in_steps(txn, user_id, delta, counterpart_id)
 
 
 @_counted("credit")
-@transaction.atomic
 def account_credit(
     *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
 ) -> LedgerResult:
+    """Credit ``amount`` to the user; atomic, whether it runs alone or inside the caller's transaction."""
     return _transfer(
         kind=Kind.CREDIT, counterpart=SystemAccount.ISSUED, sign=1, source=source, external_id=external_id,
         user_id=user_id, amount=amount, reason=reason, metadata=metadata,
@@ -277,7 +410,6 @@ def account_credit(
 
 
 @_counted("debit")
-@transaction.atomic
 def account_debit(
     *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
 ) -> LedgerResult:
@@ -315,7 +447,7 @@ def hold_create(
     )  # fmt: skip
     if replayed:
         return LedgerResult(txn, True)
-    balance, held = _apply_or_refuse(account, balance_delta=0, held_delta=amount)
+    balance, held = _apply_or_refuse(account.pk, balance_delta=0, held_delta=amount)
     seconds = expires_in if expires_in is not None else settings.POINTS_DEFAULT_HOLD_SECONDS
     hold = Hold.objects.create(
         account=account,
@@ -386,7 +518,7 @@ def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None =
     if captured > hold.amount:
         raise CaptureExceedsHold(details={"held": hold.amount, "requested": captured})
     _hold_close(hold, status=Hold.Status.CAPTURED, captured=captured, now=txn.created_at)
-    balance, held = _apply_or_refuse(hold.account, balance_delta=-captured, held_delta=-hold.amount)
+    balance, held = _apply_or_refuse(hold.account_id, balance_delta=-captured, held_delta=-hold.amount)
     _post(txn, _settle_legs(hold, captured), balance=balance, held=held)
     return LedgerResult(txn, False)
 
@@ -404,7 +536,7 @@ def hold_release(*, source: str, external_id: str, hold_id) -> LedgerResult:
     if replayed:
         return LedgerResult(txn, True)
     _hold_close(hold, status=Hold.Status.RELEASED, captured=0, now=txn.created_at)
-    balance, held = _apply_or_refuse(hold.account, balance_delta=0, held_delta=-hold.amount)
+    balance, held = _apply_or_refuse(hold.account_id, balance_delta=0, held_delta=-hold.amount)
     _post(txn, _settle_legs(hold, 0), balance=balance, held=held)
     return LedgerResult(txn, False)
 
@@ -432,7 +564,7 @@ def hold_expire(*, hold_id) -> LedgerResult | None:
     if replayed:
         return LedgerResult(txn, True)
     Hold.objects.filter(pk=hold.pk).update(status=Hold.Status.EXPIRED, released_amount=hold.amount, closed_at=now)
-    balance, held = _apply_or_refuse(hold.account, balance_delta=0, held_delta=-hold.amount)
+    balance, held = _apply_or_refuse(hold.account_id, balance_delta=0, held_delta=-hold.amount)
     _post(txn, _settle_legs(hold, 0), balance=balance, held=held)
     return LedgerResult(txn, False)
 
@@ -483,7 +615,7 @@ def account_adjust(
     )  # fmt: skip
     if replayed:
         return LedgerResult(txn, True)
-    balance, held = _apply_or_refuse(account, balance_delta=amount, held_delta=0)
+    balance, held = _apply_or_refuse(account.pk, balance_delta=amount, held_delta=0)
     _post(
         txn,
         [(account.pk, Part.AVAILABLE, amount), (system_account_id(SystemAccount.ADJUSTMENTS), Part.AVAILABLE, -amount)],
