@@ -66,7 +66,10 @@ class EventsView(ApiView):
         if not principal.may_write_event_type(data["event_type"]):
             raise PermissionDenied(f"This key may not post events of type '{data['event_type']}'.")
         result = event_ingest(client_name=principal.client_name, data=data)
-        event = selectors.event_with_actions(event_id=result.event.pk)
+        if result.actions is None:  # a replay: the actions as they are now
+            event = selectors.event_with_actions(event_id=result.event.pk)
+        else:  # what this request stored, as committed
+            event = selectors.event_with_given_actions(result.event, result.actions)
         return Response(serializers.EventOut(event).data, status=200 if result.replayed else 201)
 
 

@@ -6,11 +6,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from config.api.errors import IdempotencyConflict
+from config.db import insert_rows, insert_unless_conflict, update_columns
 from config.metrics import EVENTS_INGESTED
 from rules import engine
 from rules.selectors import rules_for_event_type
@@ -27,6 +28,8 @@ PAYLOAD_FIELDS = ("event_type", "actor_user_id", "primary_subject_user_id", "con
 class IngestResult:
     event: EconomicEvent
     replayed: bool
+    # The actions this call created, as stored; None for a replay (read them from the database).
+    actions: list[RewardAction] | None = None
 
 
 def payload_hash(data: dict) -> str:
@@ -39,30 +42,39 @@ def payload_hash(data: dict) -> str:
 
 
 def _event_insert_or_get(*, source_service: str, data: dict) -> tuple[EconomicEvent, bool]:
-    fingerprint = payload_hash(data)
-    try:
-        with transaction.atomic():
-            event = EconomicEvent.objects.create(
-                source_service=source_service,
-                external_id=data["external_id"],
-                event_type=data["event_type"],
-                actor_user_id=data["actor_user_id"],
-                primary_subject_user_id=data.get("primary_subject_user_id"),
-                context=data.get("context") or {},
-                occurred_at=data.get("occurred_at"),
-                payload_hash=fingerprint,
-            )
-            return event, True
-    except IntegrityError:
-        existing = EconomicEvent.objects.filter(source_service=source_service, external_id=data["external_id"]).first()
-        if existing is None:
-            raise
-    if existing.payload_hash != fingerprint:
+    """Claim ``(source_service, external_id)`` with one INSERT ... ON CONFLICT DO NOTHING.
+
+    The event is stored ``processed``, what an event with actions ends as; the other outcomes
+    correct it before the transaction commits, so no one ever sees the provisional value.
+    """
+    event = EconomicEvent(
+        source_service=source_service,
+        external_id=data["external_id"],
+        event_type=data["event_type"],
+        actor_user_id=data["actor_user_id"],
+        primary_subject_user_id=data.get("primary_subject_user_id"),
+        context=data.get("context") or {},
+        occurred_at=data.get("occurred_at"),
+        payload_hash=payload_hash(data),
+        status=EconomicEvent.Status.PROCESSED,
+    )
+    if insert_unless_conflict(event, ("source_service", "external_id")):
+        return event, True
+    existing = EconomicEvent.objects.filter(source_service=source_service, external_id=data["external_id"]).first()
+    if existing is None:
+        raise RuntimeError(f"event ({source_service}, {data['external_id']}) conflicted but is not stored")
+    if existing.payload_hash != event.payload_hash:
         raise IdempotencyConflict(
             "This external_id was already used with a different payload.",
             details={"external_id": data["external_id"]},
         )
     return existing, False
+
+
+def _status_set(event: EconomicEvent, status: str, error: str = "") -> None:
+    if (event.status, event.error) != (status, error):
+        event.status, event.error = status, error
+        update_columns(event, ["status", "error"])
 
 
 class _GrantCounter:
@@ -119,15 +131,17 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
             granted_count=grants,
         )
     except engine.RuleEvaluationFailed as failure:
-        event.status = EconomicEvent.Status.FAILED
-        event.error = f"Rule '{failure.rule_code}' could not be evaluated: {failure.message}"
-        event.save(update_fields=["status", "error"])
+        _status_set(
+            event,
+            EconomicEvent.Status.FAILED,
+            f"Rule '{failure.rule_code}' could not be evaluated: {failure.message}",
+        )
         dispatch_on_commit(to_dispatch)
         _record(event, 0, has_rules=True)
-        return IngestResult(event=event, replayed=False)
+        return IngestResult(event=event, replayed=False, actions=[])
 
     now = timezone.now()
-    actions = RewardAction.objects.bulk_create(
+    actions = [
         RewardAction(
             event=event,
             rule_id=planned.rule_id,
@@ -145,14 +159,15 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
             updated_at=now,
         )
         for planned in plan.actions
-    )
+    ]
+    insert_rows(actions)
     grants.record(plan.actions)
-    event.status = EconomicEvent.Status.PROCESSED if actions else EconomicEvent.Status.IGNORED
-    event.save(update_fields=["status"])
+    if not actions:
+        _status_set(event, EconomicEvent.Status.IGNORED)
     to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
     dispatch_on_commit(to_dispatch)
     _record(event, len(actions), has_rules=bool(rules))
-    return IngestResult(event=event, replayed=False)
+    return IngestResult(event=event, replayed=False, actions=actions)
 
 
 def _record(event: EconomicEvent, action_count: int, *, has_rules: bool) -> None:
