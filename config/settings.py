@@ -170,6 +170,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=120)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=90)
+# Celery's Django fixup closes the database connection around every task unless this is set, so
+# each dispatch would open a new PostgreSQL connection. With it, a worker keeps its connection and
+# config/celery.py drops it only when unusable or older than DB_CONN_MAX_AGE, as a web request does.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 
 # --- Dispatch timings (SPEC §8)
 DISPATCH_MAX_ATTEMPTS = env.int("DISPATCH_MAX_ATTEMPTS", default=8)

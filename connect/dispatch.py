@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -37,7 +37,7 @@ from .channels import (
     channel_for,
     channels_all,
 )
-from .models import RewardAction
+from .models import EconomicEvent, RewardAction
 
 logger = logging.getLogger("connect.dispatch")
 
@@ -105,7 +105,9 @@ def reward_action_dispatch(*, action_id) -> DispatchOutcome:
     except ValueError:
         logger.warning("dispatch of a malformed reward action id ignored", extra={"action_id": str(action_id)})
         return SKIPPED
-    claimed = _claim(action_id)
+    claimed = _claim_in_one_statement(action_id) if connection.vendor == "postgresql" else None
+    if claimed is None:
+        claimed = _claim(action_id)  # also says why there is nothing to do
     if isinstance(claimed, DispatchOutcome):
         return claimed
     action, channel = claimed
@@ -164,6 +166,49 @@ def _attempt_log(action: RewardAction, attempt: int, outcome: DispatchOutcome, s
             "retry_in": round(outcome.retry_in, 3) if outcome.retry_in is not None else None,
         },
     )
+
+
+_EVENT_FIELDS = ("id", "event_type", "source_service", "external_id")
+
+_CLAIM_SQL = """
+    WITH claimed AS (
+        UPDATE {actions}
+           SET status = %s, attempts = attempts + 1, next_attempt_at = NULL, updated_at = %s
+         WHERE id = (
+               SELECT id FROM {actions}
+                WHERE id = %s AND status = %s AND reward_type = ANY(%s)
+                  AND (next_attempt_at IS NULL OR next_attempt_at <= %s)
+                  FOR UPDATE SKIP LOCKED)
+     RETURNING *
+    )
+    SELECT claimed.*, {event_columns} FROM claimed JOIN {events} event ON event.id = claimed.event_id
+"""
+
+
+def _claim_in_one_statement(action_id):
+    """The common claim as one PostgreSQL statement (its own transaction in autocommit mode):
+    a ``pending``, due action of a configured channel becomes ``dispatched`` with attempts + 1.
+
+    Returns ``(action, channel)``, or None when the row does not qualify — done, cancelled, not due,
+    held by another run, or its channel unknown or unconfigured — which ``_claim`` then sorts out.
+    """
+    ready = [reward_type for reward_type, channel in channels_all().items() if channel.configuration_error() is None]
+    if not ready:
+        return None
+    quote = connection.ops.quote_name
+    sql = _CLAIM_SQL.format(
+        actions=quote(RewardAction._meta.db_table),
+        events=quote(EconomicEvent._meta.db_table),
+        event_columns=", ".join(f"event.{quote(name)} AS {quote('event__' + name)}" for name in _EVENT_FIELDS),
+    )
+    now = timezone.now()
+    params = [Status.DISPATCHED, now, action_id, Status.PENDING, ready, now + EARLY_RUN_TOLERANCE]
+    action = next(iter(RewardAction.objects.raw(sql, params)), None)
+    if action is None:
+        return None
+    values = [getattr(action, f"event__{name}") for name in _EVENT_FIELDS]
+    action.event = EconomicEvent.from_db(connection.alias, list(_EVENT_FIELDS), values)
+    return action, channel_for(action.reward_type)
 
 
 @transaction.atomic
