@@ -1,4 +1,5 @@
 import re
+from enum import Enum
 
 from django.core.validators import RegexValidator
 from rest_framework import serializers
@@ -62,6 +63,67 @@ class EventIn(serializers.Serializer):
     )
 
 
+# The response serializers below write their output by hand: a ModelSerializer builds (and deep-copies)
+# its fields for every instance it is created for, a large share of each events request. The declared
+# fields and Meta stay, for the OpenAPI schema; the helpers give each value exactly as the field the
+# ModelSerializer would build for it does, a None staying None as in Serializer.to_representation.
+_DATETIME = serializers.DateTimeField()  # reads the format and current time zone at each call, as a bound one
+
+
+def _text(value):
+    return None if value is None else str(value)
+
+
+def _int(value):
+    return None if value is None else int(value)
+
+
+def _datetime(value):
+    return None if value is None else _DATETIME.to_representation(value)
+
+
+def _dict(value):
+    return None if value is None else {str(key): item for key, item in value.items()}
+
+
+def _choice_strings(choices) -> dict:
+    return {str(key): key for key, _ in choices}
+
+
+def _choice(value, strings_to_values: dict):
+    """As ChoiceField.to_representation: the declared value of a choice, whatever type it was given in."""
+    if value is None or value == "":
+        return value
+    if isinstance(value, Enum) and str(value) != str(value.value):
+        value = value.value
+    return strings_to_values.get(str(value), value)
+
+
+_ACTION_STATUSES = _choice_strings(RewardAction.Status.choices)
+_REWARD_TYPES = _choice_strings(RewardAction.RewardType.choices)
+_EVENT_STATUSES = _choice_strings(EconomicEvent.Status.choices)
+
+
+def _reward_action_data(action: RewardAction) -> dict:
+    return {
+        "id": _text(action.id),
+        "event_id": _text(action.event_id),
+        "rule": _text(action.rule_code),
+        "rule_version": _int(action.rule_version),
+        "target_user_id": _text(action.target_user_id),
+        "reward_type": _choice(action.reward_type, _REWARD_TYPES),
+        "amount": _int(action.amount),
+        "params": _dict(action.params),
+        "status": _choice(action.status, _ACTION_STATUSES),
+        "locked_until_condition": _text(action.locked_until_condition),
+        "attempts": _int(action.attempts),
+        "last_error": _text(action.last_error),
+        "result": _dict(action.result),
+        "created_at": _datetime(action.created_at),
+        "completed_at": _datetime(action.completed_at),
+    }
+
+
 class RewardActionOut(serializers.ModelSerializer):
     event_id = serializers.UUIDField()
     rule = serializers.CharField(source="rule_code")
@@ -76,6 +138,9 @@ class RewardActionOut(serializers.ModelSerializer):
             "status", "locked_until_condition", "attempts", "last_error", "result", "created_at", "completed_at",
         )  # fmt: skip
 
+    def to_representation(self, instance):
+        return _reward_action_data(instance)
+
 
 class EventOut(serializers.ModelSerializer):
     context = serializers.DictField()
@@ -87,6 +152,23 @@ class EventOut(serializers.ModelSerializer):
             "id", "external_id", "event_type", "source_service", "actor_user_id", "primary_subject_user_id",
             "context", "occurred_at", "status", "error", "received_at", "reward_actions",
         )  # fmt: skip
+
+    def to_representation(self, instance):
+        return {
+            "id": _text(instance.id),
+            "external_id": _text(instance.external_id),
+            "event_type": _text(instance.event_type),
+            "source_service": _text(instance.source_service),
+            "actor_user_id": _text(instance.actor_user_id),
+            "primary_subject_user_id": _text(instance.primary_subject_user_id),
+            "context": _dict(instance.context),
+            "occurred_at": _datetime(instance.occurred_at),
+            "status": _choice(instance.status, _EVENT_STATUSES),
+            "error": _text(instance.error),
+            "received_at": _datetime(instance.received_at),
+            # In the order the (prefetched) queryset gives them.
+            "reward_actions": [_reward_action_data(action) for action in instance.reward_actions.all()],
+        }
 
 
 class RewardActionFilter(serializers.Serializer):
