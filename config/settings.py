@@ -218,6 +218,8 @@ PROFILE_PRO_EVENT_TYPES = env.list(
 )
 # The ledger's idempotency namespace for credits Connect makes in-process.
 CONNECT_LEDGER_SOURCE = env.str("CONNECT_LEDGER_SOURCE", default="connect")
+# Each process reuses the active rules of an event type this long (0: off): saves two queries per event.
+RULES_CACHE_SECONDS = env.float("RULES_CACHE_SECONDS", default=2.0)
 
 # --- Ledger
 POINTS_DEFAULT_HOLD_SECONDS = env.int("POINTS_DEFAULT_HOLD_SECONDS", default=15 * 60)

@@ -17,4 +17,6 @@ CELERY_BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL", "")
 CELERY_TASK_ALWAYS_EAGER = True
 # Tests hit the admin login on purpose; lockouts are tested explicitly where they matter.
 AXES_ENABLED = os.environ.get("TEST_AXES_ENABLED", "0") == "1"
+# Tests edit rules and post events in the same test; they must see their edits at once.
+RULES_CACHE_SECONDS = 0
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
