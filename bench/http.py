@@ -28,6 +28,9 @@ from .common import (
 )
 
 SOURCE = "bench_client"
+# Requests cycle through this many users (a-N, s-N for events, c-N for credits), whose accounts
+# exist before any clock starts (bench.app): the steady state, where most rewards go to known users.
+USERS = 500
 
 # One template; %(...)s parts are filled per run. Globals (not locals) are what done() reads per thread.
 _LUA = r"""
@@ -168,7 +171,7 @@ def wrk_run(
     connections: int,
     rate: float = 0,
     types: int = 10,
-    users: int = 5000,
+    users: int = USERS,
     profile: Path | None = None,
 ) -> dict:
     """One wrk run (one thread); ``rate`` > 0 paces requests to that many per second, else full speed."""

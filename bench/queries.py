@@ -18,7 +18,8 @@ def _count(callable_):
 
 
 def queries_measure(*, key: str) -> dict:
-    """Statements per event POST, per credit POST, per ceiling POST and per reward-action dispatch."""
+    """Statements per event POST, per credit POST, per ceiling POST and per reward-action dispatch,
+    for users whose accounts exist (bench.app), as in the timed phases."""
     from django.test import Client
 
     from connect.dispatch import reward_action_dispatch
@@ -37,14 +38,14 @@ def queries_measure(*, key: str) -> dict:
                 "external_id": f"q-{run}-{n}",
                 "event_type": "quest.completed",
                 "source_service": SOURCE,
-                "actor_user_id": f"qa-{run}-{n}",
-                "primary_subject_user_id": f"qs-{run}-{n}",
+                "actor_user_id": f"a-{n}",
+                "primary_subject_user_id": f"s-{n}",
                 "context": {"base_reward_points": 40, "total_quests_completed": 1},
             },
         )
 
     def credit(n: int):
-        body = {"external_id": f"c-{run}-{n}", "user_id": f"qc-{run}", "amount": 5, "reason": "bench"}
+        body = {"external_id": f"c-{run}-{n}", "user_id": f"c-{n}", "amount": 5, "reason": "bench"}
         return post("/internal/credit", body)
 
     event(0)  # warm: first-use work (system accounts, compiled rules) is not per request
