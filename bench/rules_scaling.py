@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from .common import log
+from .common import APP_DB, log, pg_admin
 from .http import Server, wrk_run
 
 EVENT_TYPES = 50
@@ -59,6 +59,9 @@ def rules_scaling_measure(
     measured = {}
     for count in counts:
         import_seconds = rules_install(count)
+        # The import writes rules, lines, versions and history; settle the tables (fresh planner
+        # statistics, no autovacuum starting mid-run) so each configuration is measured alike.
+        pg_admin("VACUUM ANALYZE", dbname=APP_DB)
         result = wrk_run(
             server=server,
             mode="rules",
