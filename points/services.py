@@ -7,6 +7,10 @@ Every operation runs in one database transaction and follows the same steps:
    ``available`` from going below zero under any interleaving, without a read-then-write race;
 3. write the balanced entries and stamp the balance after the operation on the Transaction.
 A refusal raises, which rolls everything back, so it consumes neither points nor the external_id.
+
+Credit and debit, the hot path, do all three steps in one PostgreSQL statement when the account
+exists, the key is new and the funds suffice (``_transfer_in_one_statement``); every other case
+takes the same steps one by one.
 """
 
 import contextlib
