@@ -14,6 +14,7 @@ The action row is the source of truth and the broker only a doorbell:
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -185,6 +186,16 @@ _CLAIM_SQL = """
 """
 
 
+@functools.cache
+def _claim_sql() -> str:
+    quote = connection.ops.quote_name
+    return _CLAIM_SQL.format(
+        actions=quote(RewardAction._meta.db_table),
+        events=quote(EconomicEvent._meta.db_table),
+        event_columns=", ".join(f"event.{quote(name)} AS {quote('event__' + name)}" for name in _EVENT_FIELDS),
+    )
+
+
 def _claim_in_one_statement(action_id):
     """The common claim as one PostgreSQL statement (its own transaction in autocommit mode):
     a ``pending``, due action of a configured channel becomes ``dispatched`` with attempts + 1.
@@ -195,15 +206,9 @@ def _claim_in_one_statement(action_id):
     ready = [reward_type for reward_type, channel in channels_all().items() if channel.configuration_error() is None]
     if not ready:
         return None
-    quote = connection.ops.quote_name
-    sql = _CLAIM_SQL.format(
-        actions=quote(RewardAction._meta.db_table),
-        events=quote(EconomicEvent._meta.db_table),
-        event_columns=", ".join(f"event.{quote(name)} AS {quote('event__' + name)}" for name in _EVENT_FIELDS),
-    )
     now = timezone.now()
     params = [Status.DISPATCHED, now, action_id, Status.PENDING, ready, now + EARLY_RUN_TOLERANCE]
-    action = next(iter(RewardAction.objects.raw(sql, params)), None)
+    action = next(iter(RewardAction.objects.raw(_claim_sql(), params)), None)
     if action is None:
         return None
     values = [getattr(action, f"event__{name}") for name in _EVENT_FIELDS]
@@ -356,14 +361,13 @@ def dispatch_enqueue_many(action_ids) -> list[str]:
         return [action_id for action_id in action_ids if not _ring(dispatch_enqueue, action_id)]
     from .tasks import dispatch_reward_action
 
-    unsent: list[str] = []
     try:
         with dispatch_reward_action.app.producer_or_acquire() as producer, producer.batch():
-            for action_id in action_ids:
-                if not _ring(
-                    lambda action_id: dispatch_reward_action.apply_async([action_id], producer=producer), action_id
-                ):
-                    unsent.append(action_id)
+
+            def publish(action_id: str) -> None:
+                dispatch_reward_action.apply_async([action_id], producer=producer)
+
+            unsent = [action_id for action_id in action_ids if not _ring(publish, action_id)]
     except Exception:
         logger.warning(
             "could not publish the doorbells; left to the sweeper", exc_info=True, extra={"actions": len(action_ids)}

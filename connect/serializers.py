@@ -1,5 +1,4 @@
 import re
-from enum import Enum
 
 from django.core.validators import RegexValidator
 from rest_framework import serializers
@@ -71,6 +70,7 @@ _DATETIME = serializers.DateTimeField()  # reads the format and current time zon
 
 
 def _text(value):
+    # Also the choice fields (status, reward type): str() of a TextChoices member is its value.
     return None if value is None else str(value)
 
 
@@ -86,24 +86,6 @@ def _dict(value):
     return None if value is None else {str(key): item for key, item in value.items()}
 
 
-def _choice_strings(choices) -> dict:
-    return {str(key): key for key, _ in choices}
-
-
-def _choice(value, strings_to_values: dict):
-    """As ChoiceField.to_representation: the declared value of a choice, whatever type it was given in."""
-    if value is None or value == "":
-        return value
-    if isinstance(value, Enum) and str(value) != str(value.value):
-        value = value.value
-    return strings_to_values.get(str(value), value)
-
-
-_ACTION_STATUSES = _choice_strings(RewardAction.Status.choices)
-_REWARD_TYPES = _choice_strings(RewardAction.RewardType.choices)
-_EVENT_STATUSES = _choice_strings(EconomicEvent.Status.choices)
-
-
 def _reward_action_data(action: RewardAction) -> dict:
     return {
         "id": _text(action.id),
@@ -111,10 +93,10 @@ def _reward_action_data(action: RewardAction) -> dict:
         "rule": _text(action.rule_code),
         "rule_version": _int(action.rule_version),
         "target_user_id": _text(action.target_user_id),
-        "reward_type": _choice(action.reward_type, _REWARD_TYPES),
+        "reward_type": _text(action.reward_type),
         "amount": _int(action.amount),
         "params": _dict(action.params),
-        "status": _choice(action.status, _ACTION_STATUSES),
+        "status": _text(action.status),
         "locked_until_condition": _text(action.locked_until_condition),
         "attempts": _int(action.attempts),
         "last_error": _text(action.last_error),
@@ -163,7 +145,7 @@ class EventOut(serializers.ModelSerializer):
             "primary_subject_user_id": _text(instance.primary_subject_user_id),
             "context": _dict(instance.context),
             "occurred_at": _datetime(instance.occurred_at),
-            "status": _choice(instance.status, _EVENT_STATUSES),
+            "status": _text(instance.status),
             "error": _text(instance.error),
             "received_at": _datetime(instance.received_at),
             # In the order the (prefetched) queryset gives them.

@@ -72,9 +72,9 @@ def _event_insert_or_get(*, source_service: str, data: dict) -> tuple[EconomicEv
 
 
 def _status_set(event: EconomicEvent, status: str, error: str = "") -> None:
-    if (event.status, event.error) != (status, error):
-        event.status, event.error = status, error
-        update_columns(event, ["status", "error"])
+    """Replace the provisional ``processed`` the claim stored."""
+    event.status, event.error = status, error
+    update_columns(event, ["status", "error"])
 
 
 class _GrantCounter:

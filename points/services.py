@@ -210,23 +210,29 @@ _TRANSFER_CLAIM_SQL = """
 """
 
 
+@functools.cache
+def _ledger_sql(template: str, columns: tuple[str, ...]) -> str:
+    """A statement template with the ledger's table names and the given Transaction columns filled in."""
+    quote = connection.ops.quote_name
+    return template.format(
+        accounts=quote(Account._meta.db_table),
+        transactions=quote(Transaction._meta.db_table),
+        entries=quote(Entry._meta.db_table),
+        account_column=quote(Transaction._meta.get_field("account").column),
+        columns=", ".join(columns),
+        placeholders=", ".join(["%s"] * len(columns)),
+    )
+
+
 def _transfer_claim(txn: Transaction, user_id: str) -> int | None:
     """Claim ``txn``'s key on the user's account in one statement (the account lookup included).
 
     Returns the account id, or None when nothing was inserted: the key is taken, or the user has
     no account yet.
     """
-    quote = connection.ops.quote_name
     columns, values = column_values(txn, exclude=("account",))
-    sql = _TRANSFER_CLAIM_SQL.format(
-        transactions=quote(Transaction._meta.db_table),
-        columns=", ".join(columns),
-        account_column=quote(Transaction._meta.get_field("account").column),
-        placeholders=", ".join(["%s"] * len(values)),
-        accounts=quote(Account._meta.db_table),
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, user_id])
+        cursor.execute(_ledger_sql(_TRANSFER_CLAIM_SQL, tuple(columns)), [*values, user_id])
         row = cursor.fetchone()
     return row[0] if row else None
 
@@ -315,16 +321,8 @@ def _transfer_in_one_statement(txn: Transaction, user_id: str, delta: int, count
     yet, or a debit exceeds what is available. Two requests with one key at the same time cannot
     both pass: the second one's INSERT hits the unique key, which aborts its whole statement.
     """
-    quote = connection.ops.quote_name
     columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
-    sql = _TRANSFER_SQL.format(
-        accounts=quote(Account._meta.db_table),
-        transactions=quote(Transaction._meta.db_table),
-        entries=quote(Entry._meta.db_table),
-        columns=", ".join(columns),
-        placeholders=", ".join(["%s"] * len(values)),
-        account_column=quote(Transaction._meta.get_field("account").column),
-    )
+    sql = _ledger_sql(_TRANSFER_SQL, tuple(columns))
     params = [
         delta, user_id, delta, txn.source, txn.external_id,
         *values,
