@@ -1,12 +1,14 @@
 """Single-statement writes the ORM has no spelling for, on the default connection.
 
 Each saves round trips on a hot path: a claim that is one ``INSERT ... ON CONFLICT DO NOTHING
-RETURNING`` instead of a savepoint, an INSERT and a release; several rows in one INSERT that also
-hands back their keys; an UPDATE of named columns without a queryset.
+RETURNING`` instead of a savepoint, an INSERT and a release; the same claim with the rows that
+depend on it, in one statement that in autocommit mode is also its own transaction; several rows
+in one INSERT that also hands back their keys; an UPDATE of named columns without a queryset.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from django.db import connection
@@ -58,6 +60,62 @@ def insert_unless_conflict(instance: Model, conflict_fields: Sequence[str]) -> b
         return False
     mark_saved(instance, row[0])
     return True
+
+
+def insert_with_dependents_unless_conflict(
+    instance: Model, conflict_fields: Sequence[str], dependents: Sequence[Model]
+) -> bool:
+    """Like ``insert_unless_conflict``, and in the same statement INSERT ``dependents`` (rows of one
+    model that refer to ``instance``) only if ``instance`` was inserted. PostgreSQL only.
+
+    One statement (data-modifying CTEs), so in autocommit mode the parent and its rows commit together
+    or not at all, with no BEGIN or COMMIT round trip. Every pk must already be set (a client-side
+    default such as a UUID): nothing is read back. True when this call inserted them all (the
+    instances are then saved); False when the parent's key already exists, and nothing was written.
+    """
+    parent_meta = type(instance)._meta
+    quote = connection.ops.quote_name
+    columns, values = column_values(instance)
+    conflict = ", ".join(quote(parent_meta.get_field(name).column) for name in conflict_fields)
+    sql = (
+        f"WITH parent AS (INSERT INTO {quote(parent_meta.db_table)} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(values))}) ON CONFLICT ({conflict}) DO NOTHING RETURNING 1)"
+    )
+    params = list(values)
+    if dependents:
+        child_meta = type(dependents[0])._meta
+        rows = [column_values(child) for child in dependents]
+        child_columns = rows[0][0]
+        # A VALUES list in a subquery does not take the target columns' types, so each value is cast
+        # to its column's type (a NULL or a text literal would otherwise not go into uuid, jsonb ...).
+        casts = _cast_placeholders(type(dependents[0]), tuple(child_columns))
+        sql += (
+            f", dependents AS (INSERT INTO {quote(child_meta.db_table)} ({', '.join(child_columns)}) "
+            f"SELECT * FROM (VALUES {', '.join([casts] * len(rows))}) AS row_values "
+            f"WHERE EXISTS (SELECT 1 FROM parent) RETURNING 1)"
+        )
+        params += [value for _, row in rows for value in row]
+        sql += " SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM dependents)"
+    else:
+        sql += " SELECT (SELECT count(*) FROM parent), 0"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        inserted, dependents_inserted = cursor.fetchone()
+    if not inserted:
+        return False
+    if dependents_inserted != len(dependents):
+        raise RuntimeError(f"inserted {dependents_inserted} of {len(dependents)} dependent rows")
+    for row in (instance, *dependents):
+        mark_saved(row)
+    return True
+
+
+@functools.cache
+def _cast_placeholders(model: type[Model], quoted_columns: tuple[str, ...]) -> str:
+    """``(CAST(%s AS uuid), CAST(%s AS varchar(100)), ...)`` for these columns of ``model``."""
+    by_column = {connection.ops.quote_name(field.column): field for field in model._meta.concrete_fields}
+    casts = [f"CAST(%s AS {by_column[column].db_type(connection)})" for column in quoted_columns]
+    return "(" + ", ".join(casts) + ")"
 
 
 def insert_rows(instances: Sequence[Model]) -> None:

@@ -6,12 +6,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from config.api.errors import IdempotencyConflict
-from config.db import insert_rows, insert_unless_conflict, update_columns
+from config.db import insert_rows, insert_unless_conflict, insert_with_dependents_unless_conflict, update_columns
 from config.metrics import EVENTS_INGESTED
 from rules import engine
 from rules.selectors import rules_for_event_type
@@ -41,13 +42,9 @@ def payload_hash(data: dict) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
-def _event_insert_or_get(*, source_service: str, data: dict) -> tuple[EconomicEvent, bool]:
-    """Claim ``(source_service, external_id)`` with one INSERT ... ON CONFLICT DO NOTHING.
-
-    The event is stored ``processed``, what an event with actions ends as; the other outcomes
-    correct it before the transaction commits, so no one ever sees the provisional value.
-    """
-    event = EconomicEvent(
+def _event_new(*, source_service: str, data: dict) -> EconomicEvent:
+    """The event as it will be stored: ``processed``, what an event with actions ends as."""
+    return EconomicEvent(
         source_service=source_service,
         external_id=data["external_id"],
         event_type=data["event_type"],
@@ -58,17 +55,31 @@ def _event_insert_or_get(*, source_service: str, data: dict) -> tuple[EconomicEv
         payload_hash=payload_hash(data),
         status=EconomicEvent.Status.PROCESSED,
     )
+
+
+def _event_insert_or_get(*, source_service: str, data: dict) -> tuple[EconomicEvent, bool]:
+    """Claim ``(source_service, external_id)`` with one INSERT ... ON CONFLICT DO NOTHING.
+
+    The event is stored ``processed``; the other outcomes correct it before the transaction
+    commits, so no one ever sees the provisional value.
+    """
+    event = _event_new(source_service=source_service, data=data)
     if insert_unless_conflict(event, ("source_service", "external_id")):
         return event, True
-    existing = EconomicEvent.objects.filter(source_service=source_service, external_id=data["external_id"]).first()
+    return _event_stored(event), False
+
+
+def _event_stored(event: EconomicEvent) -> EconomicEvent:
+    """The stored event whose (source_service, external_id) ``event`` repeats, if the payload is the same."""
+    existing = EconomicEvent.objects.filter(source_service=event.source_service, external_id=event.external_id).first()
     if existing is None:
-        raise RuntimeError(f"event ({source_service}, {data['external_id']}) conflicted but is not stored")
+        raise RuntimeError(f"event ({event.source_service}, {event.external_id}) conflicted but is not stored")
     if existing.payload_hash != event.payload_hash:
         raise IdempotencyConflict(
             "This external_id was already used with a different payload.",
-            details={"external_id": data["external_id"]},
+            details={"external_id": event.external_id},
         )
-    return existing, False
+    return existing
 
 
 def _status_set(event: EconomicEvent, status: str, error: str = "") -> None:
@@ -100,13 +111,73 @@ class _GrantCounter:
                 )
 
 
-@transaction.atomic
 def event_ingest(*, client_name: str, data: dict) -> IngestResult:
-    """Store the event and everything it causes in one transaction; dispatch is enqueued on commit.
+    """Store the event and everything it causes, all or nothing; dispatch is enqueued on commit.
 
     ``data`` is validated input (SPEC §5 fields). Same (source, external_id) and payload → the
     stored event (replayed); a different payload → IdempotencyConflict.
+
+    Most events (no profile to project, no once-only reward to count) are written in one statement
+    that in autocommit mode is its own transaction; the others, and any call inside a caller's
+    transaction, take the transactional path. Both store the same rows.
     """
+    if _one_statement_possible(data["event_type"]):
+        try:
+            return _ingest_in_one_statement(client_name=client_name, data=data)
+        except _NeedsTransaction:
+            pass
+    return _ingest_in_transaction(client_name=client_name, data=data)
+
+
+class _NeedsTransaction(Exception):
+    """The plan counts once-only grants, whose counter rows must stay locked until the commit."""
+
+
+def _needs_transaction(line_id: int, target_user_id: str) -> int:
+    raise _NeedsTransaction
+
+
+def _one_statement_possible(event_type: str) -> bool:
+    profile_types = (
+        settings.PROFILE_SPONSOR_EVENT_TYPES,
+        settings.PROFILE_VIP_EVENT_TYPES,
+        settings.PROFILE_PRO_EVENT_TYPES,
+    )
+    return (
+        connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and not any(event_type in types for types in profile_types)
+    )
+
+
+def _ingest_in_one_statement(*, client_name: str, data: dict) -> IngestResult:
+    """Plan first, then write the event and its actions in one statement (the claim decides).
+
+    Nothing is written before that statement, so a replay or a fallback to the transactional path
+    leaves no trace. Profiles are read outside a transaction, as each statement of the
+    transactional path reads them (READ COMMITTED).
+    """
+    event = _event_new(source_service=client_name, data=data)
+    reader = ProfileReader()
+    rules = rules_for_event_type(event.event_type)
+    try:
+        plan = _plan(event, rules, reader, granted_count=_needs_transaction)
+    except engine.RuleEvaluationFailed as failure:
+        event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(failure)
+        actions = []
+    else:
+        actions = _actions_from(event, plan)
+        if not actions:
+            event.status = EconomicEvent.Status.IGNORED
+    if not insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions):
+        return IngestResult(event=_event_stored(event), replayed=True)
+    dispatch_on_commit([str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING])
+    _record(event, len(actions), has_rules=bool(rules))
+    return IngestResult(event=event, replayed=False, actions=actions)
+
+
+@transaction.atomic
+def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
     event, created = _event_insert_or_get(source_service=client_name, data=data)
     if not created:
         return IngestResult(event=event, replayed=True)
@@ -116,32 +187,48 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
     grants = _GrantCounter()
     rules = rules_for_event_type(event.event_type)
     try:
-        plan = engine.plan(
-            event=engine.EventInput(
-                event_type=event.event_type,
-                actor_user_id=event.actor_user_id,
-                primary_subject_user_id=event.primary_subject_user_id,
-                context=event.context,
-                occurred_at=event.occurred_at,
-                received_at=event.received_at,
-            ),
-            rules=rules,
-            profile=reader.profile,
-            upline=reader.upline,
-            granted_count=grants,
-        )
+        plan = _plan(event, rules, reader, granted_count=grants)
     except engine.RuleEvaluationFailed as failure:
-        _status_set(
-            event,
-            EconomicEvent.Status.FAILED,
-            f"Rule '{failure.rule_code}' could not be evaluated: {failure.message}",
-        )
+        _status_set(event, EconomicEvent.Status.FAILED, _failure_message(failure))
         dispatch_on_commit(to_dispatch)
         _record(event, 0, has_rules=True)
         return IngestResult(event=event, replayed=False, actions=[])
 
+    actions = _actions_from(event, plan)
+    insert_rows(actions)
+    grants.record(plan.actions)
+    if not actions:
+        _status_set(event, EconomicEvent.Status.IGNORED)
+    to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
+    dispatch_on_commit(to_dispatch)
+    _record(event, len(actions), has_rules=bool(rules))
+    return IngestResult(event=event, replayed=False, actions=actions)
+
+
+def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count) -> engine.Plan:
+    return engine.plan(
+        event=engine.EventInput(
+            event_type=event.event_type,
+            actor_user_id=event.actor_user_id,
+            primary_subject_user_id=event.primary_subject_user_id,
+            context=event.context,
+            occurred_at=event.occurred_at,
+            received_at=event.received_at,
+        ),
+        rules=rules,
+        profile=reader.profile,
+        upline=reader.upline,
+        granted_count=granted_count,
+    )
+
+
+def _failure_message(failure: engine.RuleEvaluationFailed) -> str:
+    return f"Rule '{failure.rule_code}' could not be evaluated: {failure.message}"
+
+
+def _actions_from(event: EconomicEvent, plan: engine.Plan) -> list[RewardAction]:
     now = timezone.now()
-    actions = [
+    return [
         RewardAction(
             event=event,
             rule_id=planned.rule_id,
@@ -160,14 +247,6 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
         )
         for planned in plan.actions
     ]
-    insert_rows(actions)
-    grants.record(plan.actions)
-    if not actions:
-        _status_set(event, EconomicEvent.Status.IGNORED)
-    to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
-    dispatch_on_commit(to_dispatch)
-    _record(event, len(actions), has_rules=bool(rules))
-    return IngestResult(event=event, replayed=False, actions=actions)
 
 
 def _record(event: EconomicEvent, action_count: int, *, has_rules: bool) -> None:

@@ -4,9 +4,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from config.db import insert_rows, insert_unless_conflict, update_columns
-from connect.models import EconomicEvent
+from config.db import insert_rows, insert_unless_conflict, insert_with_dependents_unless_conflict, update_columns
+from connect.models import EconomicEvent, RewardAction
 from points.models import Account
+from rules.models import Rule
 
 pytestmark = pytest.mark.django_db
 
@@ -54,3 +55,44 @@ def test_update_columns_writes_only_the_named_fields():
 
     stored = EconomicEvent.objects.get(pk=event.pk)
     assert (stored.status, stored.event_type, stored.error) == ("failed", "t", "written elsewhere")
+
+
+def _action(event: EconomicEvent, rule, **fields) -> RewardAction:
+    values = {
+        "rule": rule, "rule_code": rule.code, "rule_version": 1, "target_user_id": "u", "reward_type": "points",
+        "amount": 5, "status": "pending", **fields,
+    }  # fmt: skip
+    return RewardAction(event=event, **values)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_with_dependents_writes_parent_and_rows_in_one_statement_or_nothing():
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    event = _event("e-1", primary_subject_user_id=None)  # NULLs and JSON go through the typed VALUES
+    actions = [
+        _action(event, rule, params={"badge": "gold"}, next_attempt_at=None, reward_line=None),
+        _action(event, rule, status="locked", locked_until_condition="vip", amount=7),
+    ]
+
+    with CaptureQueriesContext(connection) as captured:
+        assert insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions) is True
+
+    assert len(captured) == 1 and captured[0]["sql"].startswith("WITH ")
+    assert all(not row._state.adding for row in [event, *actions])
+    stored = {a.pk: a for a in RewardAction.objects.filter(event_id=event.pk)}
+    assert stored.keys() == {a.pk for a in actions}
+    assert (stored[actions[0].pk].params, stored[actions[0].pk].reward_line_id) == ({"badge": "gold"}, None)
+    assert (stored[actions[1].pk].status, stored[actions[1].pk].amount) == ("locked", 7)
+    assert EconomicEvent.objects.get(pk=event.pk).primary_subject_user_id is None
+
+    again = _event("e-1")
+    assert (
+        insert_with_dependents_unless_conflict(again, ("source_service", "external_id"), [_action(again, rule)])
+        is False
+    )
+    assert again._state.adding is True
+    assert RewardAction.objects.count() == 2  # the dependents of a conflicting parent are not written
+
+    alone = _event("e-2")
+    assert insert_with_dependents_unless_conflict(alone, ("source_service", "external_id"), []) is True
+    assert EconomicEvent.objects.filter(pk=alone.pk).exists()
