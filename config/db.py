@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from django.db import connection
-from django.db.models import Model
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.models import Field, Model
 
 
 def column_values(instance: Model, *, exclude: Sequence[str] = ()) -> tuple[list[str], list]:
@@ -20,14 +20,21 @@ def column_values(instance: Model, *, exclude: Sequence[str] = ()) -> tuple[list
 
     The pk is left out when the database assigns it, and so are the fields named in ``exclude``.
     """
-    meta = type(instance)._meta
+    db = connections[DEFAULT_DB_ALIAS]  # the wrapper itself: each use of the proxy is a lookup
     columns, values = [], []
-    for field in meta.concrete_fields:
+    for field, column in _insert_columns(type(instance)):
         if (field.primary_key and instance.pk is None) or field.name in exclude:
             continue
-        columns.append(connection.ops.quote_name(field.column))
-        values.append(field.get_db_prep_save(field.pre_save(instance, add=True), connection))
+        columns.append(column)
+        values.append(field.get_db_prep_save(field.pre_save(instance, add=True), db))
     return columns, values
+
+
+@functools.cache
+def _insert_columns(model: type[Model]) -> tuple[tuple[Field, str], ...]:
+    """Each concrete field of ``model`` with its quoted column, worked out once per process."""
+    quote = connection.ops.quote_name
+    return tuple((field, quote(field.column)) for field in model._meta.concrete_fields)
 
 
 def mark_saved(instance: Model, pk=None) -> None:
