@@ -1,15 +1,16 @@
-"""Single-statement writes the ORM has no spelling for, on the default connection.
+"""Single-statement reads and writes the ORM has no spelling for, on the default connection.
 
-Each saves round trips on a hot path: a claim that is one ``INSERT ... ON CONFLICT DO NOTHING
-RETURNING`` instead of a savepoint, an INSERT and a release; the same claim with the rows that
-depend on it, in one statement that in autocommit mode is also its own transaction; several rows
-in one INSERT that also hands back their keys; an UPDATE of named columns without a queryset.
+Each saves round trips or ORM work on a hot path: a claim that is one ``INSERT ... ON CONFLICT DO
+NOTHING RETURNING`` instead of a savepoint, an INSERT and a release; the same claim with the rows
+that depend on it, in one statement that in autocommit mode is also its own transaction; several
+rows in one INSERT that also hands back their keys; an UPDATE of named columns, or one guarded by
+the row's current values, without a queryset; and a model instance from a row a statement returned.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Field, Model
@@ -157,3 +158,65 @@ def update_columns(instance: Model, field_names: Sequence[str]) -> None:
     sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
     with connection.cursor() as cursor:
         cursor.execute(sql, [*values, meta.pk.get_db_prep_value(instance.pk, connection)])
+
+
+def update_where(model: type[Model], pk, values: Mapping[str, object], *, where: Mapping[str, object]) -> int:
+    """UPDATE the row ``pk`` of ``model`` with ``values`` (field name -> value) only if its fields
+    also equal ``where``; returns the number of rows changed (0 or 1). No signals, no queryset: the
+    statement text is built once per shape (model, fields set, fields compared)."""
+    sql, set_fields, where_fields, pk_field = _update_where_sql(model, tuple(values), tuple(where))
+    db = connections[DEFAULT_DB_ALIAS]
+    params = [field.get_db_prep_save(values[field.name], db) for field in set_fields]
+    params.append(pk_field.get_db_prep_value(pk, db))
+    params += [field.get_db_prep_value(where[field.name], db) for field in where_fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+@functools.cache
+def _update_where_sql(model: type[Model], set_names: tuple[str, ...], where_names: tuple[str, ...]):
+    meta = model._meta
+    quote = connection.ops.quote_name
+    set_fields = [meta.get_field(name) for name in set_names]
+    where_fields = [meta.get_field(name) for name in where_names]
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in set_fields)
+    conditions = "".join(f" AND {quote(field.column)} = %s" for field in where_fields)
+    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s{conditions}"
+    return sql, set_fields, where_fields, meta.pk
+
+
+def model_from_row(model: type[Model], values: Sequence) -> Model:
+    """An instance of ``model`` from a row holding every concrete field in declaration order (as
+    ``returning_columns`` lists them), with the database-to-Python conversions a queryset applies."""
+    converters = _row_converters(model)
+    values = list(values)
+    db = connections[DEFAULT_DB_ALIAS]
+    for index, expression, functions in converters:
+        for convert in functions:
+            values[index] = convert(values[index], expression, db)
+    return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), values)
+
+
+def returning_columns(model: type[Model], table_alias: str | None = None) -> str:
+    """Every concrete column of ``model`` in declaration order, quoted (qualified by ``table_alias``)."""
+    quote = connection.ops.quote_name
+    prefix = f"{quote(table_alias)}." if table_alias else ""
+    return ", ".join(prefix + column for _, column in _insert_columns(model))
+
+
+@functools.cache
+def _attnames(model: type[Model]) -> list[str]:
+    return [field.attname for field in model._meta.concrete_fields]
+
+
+@functools.cache
+def _row_converters(model: type[Model]) -> list[tuple[int, object, list]]:
+    """(position, column expression, converters) of each field whose values need converting."""
+    out = []
+    for index, field in enumerate(model._meta.concrete_fields):
+        expression = field.get_col(model._meta.db_table)
+        functions = connection.ops.get_db_converters(expression) + field.get_db_converters(connection)
+        if functions:
+            out.append((index, expression, functions))
+    return out

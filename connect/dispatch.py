@@ -28,6 +28,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from config.api.errors import DomainError, NotFound
+from config.db import model_from_row, returning_columns, update_where
 from config.metrics import DISPATCH_SECONDS
 
 from .channels import (
@@ -180,7 +181,7 @@ _CLAIM_SQL = """
                 WHERE id = %s AND status = %s AND reward_type = ANY(%s)
                   AND (next_attempt_at IS NULL OR next_attempt_at <= %s)
                   FOR UPDATE SKIP LOCKED)
-     RETURNING *
+     RETURNING {action_columns}
     )
     SELECT claimed.*, {event_columns} FROM claimed JOIN {events} event ON event.id = claimed.event_id
 """
@@ -192,7 +193,8 @@ def _claim_sql() -> str:
     return _CLAIM_SQL.format(
         actions=quote(RewardAction._meta.db_table),
         events=quote(EconomicEvent._meta.db_table),
-        event_columns=", ".join(f"event.{quote(name)} AS {quote('event__' + name)}" for name in _EVENT_FIELDS),
+        action_columns=returning_columns(RewardAction),
+        event_columns=", ".join(f"event.{quote(name)}" for name in _EVENT_FIELDS),
     )
 
 
@@ -208,11 +210,14 @@ def _claim_in_one_statement(action_id):
         return None
     now = timezone.now()
     params = [Status.DISPATCHED, now, action_id, Status.PENDING, ready, now + EARLY_RUN_TOLERANCE]
-    action = next(iter(RewardAction.objects.raw(_claim_sql(), params)), None)
-    if action is None:
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_sql(), params)
+        row = cursor.fetchone()
+    if row is None:
         return None
-    values = [getattr(action, f"event__{name}") for name in _EVENT_FIELDS]
-    action.event = EconomicEvent.from_db(connection.alias, list(_EVENT_FIELDS), values)
+    split = len(row) - len(_EVENT_FIELDS)
+    action = model_from_row(RewardAction, row[:split])
+    action.event = EconomicEvent.from_db(connection.alias, list(_EVENT_FIELDS), list(row[split:]))
     return action, channel_for(action.reward_type)
 
 
@@ -257,7 +262,7 @@ def _record(action: RewardAction, attempt: int, **fields) -> bool:
     fields["updated_at"] = timezone.now()
     if "last_error" in fields:
         fields["last_error"] = fields["last_error"][:MAX_ERROR_CHARS]
-    stored = RewardAction.objects.filter(pk=action.pk, status=Status.DISPATCHED, attempts=attempt).update(**fields)
+    stored = update_where(RewardAction, action.pk, fields, where={"status": Status.DISPATCHED, "attempts": attempt})
     if not stored:
         logger.warning(
             "reward action moved on before its outcome was recorded; outcome dropped",

@@ -1,10 +1,18 @@
-"""The single-statement write helpers the ledger and the event inbox share (config/db.py)."""
+"""The single-statement helpers the ledger, the event inbox and dispatch share (config/db.py)."""
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from config.db import insert_rows, insert_unless_conflict, insert_with_dependents_unless_conflict, update_columns
+from config.db import (
+    insert_rows,
+    insert_unless_conflict,
+    insert_with_dependents_unless_conflict,
+    model_from_row,
+    returning_columns,
+    update_columns,
+    update_where,
+)
 from connect.models import EconomicEvent, RewardAction
 from points.models import Account
 from rules.models import Rule
@@ -96,3 +104,51 @@ def test_insert_with_dependents_writes_parent_and_rows_in_one_statement_or_nothi
     alone = _event("e-2")
     assert insert_with_dependents_unless_conflict(alone, ("source_service", "external_id"), []) is True
     assert EconomicEvent.objects.filter(pk=alone.pk).exists()
+
+
+def _stored_action(**fields) -> RewardAction:
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    event = _event("e-1")
+    event.save()
+    action = _action(event, rule, **fields)
+    action.save()
+    return action
+
+
+def test_update_where_changes_the_row_only_while_the_guard_holds():
+    action = _stored_action(status="dispatched", attempts=2, params={"keep": True})
+
+    with CaptureQueriesContext(connection) as captured:
+        changed = update_where(
+            RewardAction,
+            action.pk,
+            {"status": "completed", "result": {"transaction_id": "t-1", "balance": 5}},
+            where={"status": "dispatched", "attempts": 2},
+        )
+    assert changed == 1 and len(captured) == 1
+    stored = RewardAction.objects.get(pk=action.pk)
+    assert (stored.status, stored.result, stored.params) == (
+        "completed",
+        {"transaction_id": "t-1", "balance": 5},
+        {"keep": True},
+    )
+
+    late = update_where(RewardAction, action.pk, {"status": "failed"}, where={"status": "dispatched", "attempts": 2})
+    assert late == 0
+    assert RewardAction.objects.get(pk=action.pk).status == "completed"
+
+
+def test_model_from_row_gives_what_the_orm_loads():
+    action = _stored_action(params={"badge": ["gold", 1]}, next_attempt_at=None)
+    table = connection.ops.quote_name(RewardAction._meta.db_table)
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {returning_columns(RewardAction)} FROM {table} WHERE id = %s", [action.pk])
+        row = cursor.fetchone()
+    built = model_from_row(RewardAction, row)
+
+    loaded = RewardAction.objects.get(pk=action.pk)
+    names = [field.attname for field in RewardAction._meta.concrete_fields]
+    assert [getattr(built, name) for name in names] == [getattr(loaded, name) for name in names]
+    assert built.params == {"badge": ["gold", 1]}  # JSON converted, not left as text
+    assert built._state.adding is False and built._state.db == "default"
