@@ -386,7 +386,8 @@ def _doorbell_publisher(task, producer):
     routed and sent as ``app.amqp.send_task_message`` would send it. ``apply_async`` also merges
     per-call options, sends publish signals and wraps every publish in a retry loop, which in a batch
     only guards appending to a buffer (the batch's one network write is at its end); skipping that
-    halves the CPU of a doorbell. Time limits, acks and result handling come from the task on the
+    takes two doorbells from about 1.9 to 1.2 ms of CPU. Receivers of Celery's publish signals (a
+    tracer, say) do not see these messages. Acks and result handling come from the task on the
     worker, as for any message; the message carries the task's time limits as apply_async's does.
     """
     route = _doorbell_route(task)

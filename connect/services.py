@@ -145,6 +145,7 @@ def _one_statement_possible(event_type: str) -> bool:
     )
     return (
         connection.vendor == "postgresql"
+        and connection.get_autocommit()  # the statement must be its own transaction
         and not connection.in_atomic_block
         and not any(event_type in types for types in profile_types)
     )
