@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping, Sequence
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
-from django.db.models import Field, Model
+from django.db.models import CharField, Field, Model
 
 
 def column_values(instance: Model, *, exclude: Sequence[str] = ()) -> tuple[list[str], list]:
@@ -120,10 +120,20 @@ def insert_with_dependents_unless_conflict(
 
 @functools.cache
 def _cast_placeholders(model: type[Model], quoted_columns: tuple[str, ...]) -> str:
-    """``(CAST(%s AS uuid), CAST(%s AS varchar(100)), ...)`` for these columns of ``model``."""
+    """``(CAST(%s AS uuid), CAST(%s AS text), ...)`` for these columns of ``model``.
+
+    Text goes in as ``text``, not as the column's ``varchar(n)``: an explicit cast to ``varchar(n)``
+    silently cuts a longer value, where the INSERT's own conversion refuses it, as a plain INSERT does.
+    """
     by_column = {connection.ops.quote_name(field.column): field for field in model._meta.concrete_fields}
-    casts = [f"CAST(%s AS {by_column[column].db_type(connection)})" for column in quoted_columns]
+    casts = [f"CAST(%s AS {_cast_type(by_column[column])})" for column in quoted_columns]
     return "(" + ", ".join(casts) + ")"
+
+
+def _cast_type(field: Field) -> str:
+    if isinstance(field, CharField):
+        return "text"
+    return field.db_type(connection)
 
 
 def insert_rows(instances: Sequence[Model]) -> None:

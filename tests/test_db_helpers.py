@@ -1,7 +1,7 @@
 """The single-statement helpers the ledger, the event inbox and dispatch share (config/db.py)."""
 
 import pytest
-from django.db import connection
+from django.db import DataError, connection
 from django.test.utils import CaptureQueriesContext
 
 from config.db import (
@@ -152,3 +152,16 @@ def test_model_from_row_gives_what_the_orm_loads():
     assert [getattr(built, name) for name in names] == [getattr(loaded, name) for name in names]
     assert built.params == {"badge": ["gold", 1]}  # JSON converted, not left as text
     assert built._state.adding is False and built._state.db == "default"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_with_dependents_refuses_a_too_long_text_instead_of_cutting_it():
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    event = _event("e-long")
+    too_long = _action(event, rule, target_user_id="u" * 101)  # the column is varchar(100)
+
+    with pytest.raises(DataError):
+        insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), [too_long])
+
+    assert not EconomicEvent.objects.filter(external_id="e-long").exists()  # one statement: nothing written
+    assert not RewardAction.objects.exists()
