@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import secrets
@@ -290,7 +291,7 @@ def percentile(sorted_values: list[float], pct: float) -> float | None:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
         return None
-    rank = max(1, min(len(sorted_values), round(pct / 100 * len(sorted_values) + 0.5)))
+    rank = max(1, min(len(sorted_values), math.ceil(pct * len(sorted_values) / 100)))
     return sorted_values[rank - 1]
 
 

@@ -1,0 +1,119 @@
+"""The benchmark's report: targets as ratios of figures of one run, and the printed table
+(bench/run.py). The measuring phases need the services and minutes; `make bench` runs them."""
+
+from bench.common import percentile
+from bench.run import _targets, table
+
+
+def _http(rps: float, cpu: float = 5.0, **extra) -> dict:
+    return {"rps": rps, "p50_ms": 10.0, "p99_ms": 20.0, "errors": 0, "web_cpu_ms_per_request": cpu,
+            "connections": 4, **extra}  # fmt: skip
+
+
+def _ledger(rate: float) -> dict:
+    return {"ops_per_s": float(rate), "p50_ms": 2.0, "p99_ms": 5.0, "errors": 0, "client_cpu_ms_per_op": 0.6}
+
+
+def _results(*, events_rps=300.0, ceiling_rps=400.0, e2e_rate=250.0, half_p99=30.0, half_errors=0) -> dict:
+    return {
+        "machine": {
+            "cores": 2,
+            "cpu_model": "CPU",
+            "memory_gib": 8,
+            "postgresql": "15",
+            "python": "3.11",
+            "date": "2026-01-01 00:00:00 UTC",
+            "load_average_at_start": "0.1 0.1 0.1",
+        },  # fmt: skip
+        "load_average_at_end": "1.0 1.0 1.0",
+        "pgbench": {1: {"tps": 500.0}, 2: {"tps": 900.0}, 4: {"tps": 2000.0}},
+        "ledger": {
+            "credit_distinct": {1: _ledger(500), 2: _ledger(900), 4: _ledger(1100)},
+            "credit_hot": {1: _ledger(450), 2: _ledger(800), 4: _ledger(500)},
+            "hold_capture": {1: _ledger(80), 2: _ledger(150), 4: _ledger(180)},
+        },
+        "http": {
+            "ceiling": _http(ceiling_rps),
+            "events": _http(events_rps),
+            "credit": _http(350.0),
+            "events_half_rate": _http(events_rps / 2, p99_ms=half_p99, errors=half_errors, target_rate=events_rps / 2),
+        },
+        "e2e": {
+            "events_per_s": e2e_rate,
+            "errors": 0,
+            "workers": 2,
+            "worker_cpu_ms_per_action": 3.0,
+            "events": 10,
+            "completed": 20,
+            "actions": 20,
+            "drain_after_load_s": 1.0,
+        },  # fmt: skip
+        "rules": {10: _http(200.0), 100: _http(190.0), 1000: _http(150.0)},
+    }
+
+
+def _by_name(targets: list[dict]) -> dict[str, dict]:
+    """Each target by its name up to the first parenthesis (the p99 target names its rate there)."""
+    return {t["target"].split(" (")[0]: t for t in targets}
+
+
+def test_each_target_is_a_ratio_of_two_figures_of_the_same_run():
+    targets = _by_name(_targets(_results()))
+
+    distinct = targets["ledger credits, distinct users, 4 processes / pgbench 4 clients"]
+    assert (distinct["measured"], distinct["met"]) == (0.55, True)  # 1100 / 2000 pgbench tps at 4
+    hot = targets["ledger credits, hot user / distinct users"]
+    assert (hot["measured"], hot["met"]) == (0.45, False)  # 500 / 1100
+    assert targets["HTTP events/s / one-INSERT endpoint requests/s"]["measured"] == 0.75
+    assert targets["end-to-end events/s / HTTP events/s"]["measured"] == 0.83
+    rules = targets["events/s with 1,000 rules / with 10 rules"]
+    assert (rules["measured"], rules["met"]) == (0.75, False)  # 150 / 200
+    assert [t["met"] for t in _targets(_results())].count(False) == 2  # hot user 0.45, 1,000 rules 0.75
+
+
+def test_a_target_below_its_bound_is_not_met_and_p99_counts_errors():
+    targets = _targets(_results(events_rps=200.0, e2e_rate=100.0, half_errors=3))
+    by_name = _by_name(targets)
+
+    assert by_name["HTTP events/s / one-INSERT endpoint requests/s"] == {
+        "target": "HTTP events/s / one-INSERT endpoint requests/s", "measured": 0.5, "at_least": 0.6, "met": False,
+    }  # fmt: skip
+    assert by_name["end-to-end events/s / HTTP events/s"]["met"] is False
+    p99 = by_name["HTTP events p99 at half the maximum rate"]
+    assert p99["measured"] == 30.0 and p99["met"] is False  # under 50 ms, but with errors
+
+
+def test_targets_of_phases_not_run_are_left_out():
+    results = _results()
+    for phase in ("e2e", "rules", "pgbench"):
+        results.pop(phase)
+
+    names = [t["target"] for t in _targets(results)]
+
+    assert not any("end-to-end" in name or "1,000 rules" in name or "pgbench" in name for name in names)
+    assert any(name.startswith("ledger credits, hot user") for name in names)
+
+
+def test_the_table_states_the_machine_and_every_measured_row():
+    results = _results()
+    results["targets"] = _targets(results)
+
+    printed = table(results)
+
+    assert printed.startswith("Machine: 2 cores (CPU), 8 GiB RAM")
+    assert "pgbench TPC-B-like (tps)                                4   2,000.0" in printed
+    assert "ledger credit, distinct users (÷ pgbench)               4   1,100.0" in printed
+    assert "HTTP POST /api/v1/events (÷ ceiling)" in printed and "0.75" in printed
+    assert "[NOT met] events/s with 1,000 rules / with 10 rules: 0.75 (>= 0.8)" in printed
+    assert "[met] HTTP events p99 at half the maximum rate (150/s), ms: 30.0 (< 50)" in printed
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99  # the smallest value with 99 % of the values at or below it
+    assert percentile(values, 99.5) == 100
+    assert percentile(list(range(1, 11)), 25) == 3
+    assert percentile(values, 7) == 7  # no float error: 7 / 100 * 100 is 7.000000000000001
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
