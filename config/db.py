@@ -55,12 +55,7 @@ def insert_unless_conflict(instance: Model, conflict_fields: Sequence[str]) -> b
     """
     meta = type(instance)._meta
     columns, values = column_values(instance)
-    quote = connection.ops.quote_name
-    conflict = ", ".join(quote(meta.get_field(name).column) for name in conflict_fields)
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(values))}) "
-        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {quote(meta.pk.column)}"
-    )
+    sql = _insert_unless_conflict_sql(meta, columns, conflict_fields, connection.ops.quote_name(meta.pk.column))
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
         row = cursor.fetchone()
@@ -81,14 +76,9 @@ def insert_with_dependents_unless_conflict(
     default such as a UUID): nothing is read back. True when this call inserted them all (the
     instances are then saved); False when the parent's key already exists, and nothing was written.
     """
-    parent_meta = type(instance)._meta
     quote = connection.ops.quote_name
     columns, values = column_values(instance)
-    conflict = ", ".join(quote(parent_meta.get_field(name).column) for name in conflict_fields)
-    sql = (
-        f"WITH parent AS (INSERT INTO {quote(parent_meta.db_table)} ({', '.join(columns)}) "
-        f"VALUES ({', '.join(['%s'] * len(values))}) ON CONFLICT ({conflict}) DO NOTHING RETURNING 1)"
-    )
+    sql = f"WITH parent AS ({_insert_unless_conflict_sql(type(instance)._meta, columns, conflict_fields, '1')})"
     params = list(values)
     if dependents:
         child_meta = type(dependents[0])._meta
@@ -116,6 +106,15 @@ def insert_with_dependents_unless_conflict(
     for row in (instance, *dependents):
         mark_saved(row)
     return True
+
+
+def _insert_unless_conflict_sql(meta, columns: Sequence[str], conflict_fields: Sequence[str], returning: str) -> str:
+    quote = connection.ops.quote_name
+    conflict = ", ".join(quote(meta.get_field(name).column) for name in conflict_fields)
+    return (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}"
+    )
 
 
 @functools.cache
@@ -160,14 +159,10 @@ def insert_rows(instances: Sequence[Model]) -> None:
 
 def update_columns(instance: Model, field_names: Sequence[str]) -> None:
     """UPDATE the named fields of a saved instance, by pk, in one statement without signals."""
-    meta = type(instance)._meta
-    quote = connection.ops.quote_name
-    fields = [meta.get_field(name) for name in field_names]
-    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
-    values = [field.get_db_prep_save(getattr(instance, field.attname), connection) for field in fields]
-    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, meta.pk.get_db_prep_value(instance.pk, connection)])
+    fields = [type(instance)._meta.get_field(name) for name in field_names]
+    update_where(
+        type(instance), instance.pk, {field.name: getattr(instance, field.attname) for field in fields}, where={}
+    )
 
 
 def update_where(model: type[Model], pk, values: Mapping[str, object], *, where: Mapping[str, object]) -> int:
@@ -208,11 +203,9 @@ def model_from_row(model: type[Model], values: Sequence) -> Model:
     return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), values)
 
 
-def returning_columns(model: type[Model], table_alias: str | None = None) -> str:
-    """Every concrete column of ``model`` in declaration order, quoted (qualified by ``table_alias``)."""
-    quote = connection.ops.quote_name
-    prefix = f"{quote(table_alias)}." if table_alias else ""
-    return ", ".join(prefix + column for _, column in _insert_columns(model))
+def returning_columns(model: type[Model]) -> str:
+    """Every concrete column of ``model`` in declaration order, quoted."""
+    return ", ".join(column for _, column in _insert_columns(model))
 
 
 @functools.cache

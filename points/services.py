@@ -238,7 +238,7 @@ def _transfer_claim(txn: Transaction, user_id: str) -> int | None:
 
 
 _APPLY_SQL = """
-    UPDATE {table}
+    UPDATE {accounts}
        SET balance = balance + %s, held = held + %s
      WHERE id = %s AND held + %s >= 0 AND (balance + %s) - (held + %s) >= 0
  RETURNING balance, held
@@ -247,9 +247,10 @@ _APPLY_SQL = """
 
 def _account_apply(account_id: int, *, balance_delta: int, held_delta: int) -> tuple[int, int] | None:
     """Atomically move the cached totals; None when that would leave available or held below zero."""
-    sql = _APPLY_SQL.format(table=connection.ops.quote_name(Account._meta.db_table))
     with connection.cursor() as cursor:
-        cursor.execute(sql, [balance_delta, held_delta, account_id, held_delta, balance_delta, held_delta])
+        cursor.execute(
+            _ledger_sql(_APPLY_SQL, ()), [balance_delta, held_delta, account_id, held_delta, balance_delta, held_delta]
+        )
         row = cursor.fetchone()
     return (row[0], row[1]) if row else None
 
