@@ -44,35 +44,90 @@ def _rule(index: int) -> dict:
     }
 
 
-def rules_install(count: int) -> float:
-    """Make rules 0..count-1 exist and be active; returns the seconds the import took."""
+def rules_activate(count: int, *, total: int) -> float:
+    """Make rules 0..total-1 exist with exactly the first ``count`` active; returns the import's seconds.
+
+    Only rules whose state changes are written (a new version each, with history), as an admin
+    toggling rules would; the first call creates them all.
+    """
+    from rules.models import Rule
     from rules.services import rules_import
 
+    wanted = {_rule(index)["code"]: index < count for index in range(total)}
+    current = dict(Rule.objects.filter(code__in=list(wanted)).values_list("code", "is_active"))
+    changed = [
+        {**_rule(index), "is_active": active}
+        for index, (code, active) in enumerate(wanted.items())
+        if current.get(code) != active
+    ]
     began = time.perf_counter()
-    rules_import(payload={"rules": [_rule(index) for index in range(count)]})
+    if changed:
+        rules_import(payload={"rules": changed})
     return time.perf_counter() - began
 
 
+def _schedule(counts: tuple[int, ...], rounds: int) -> list[int]:
+    """Counts in a balanced order (ABC CBA ABC ...): each configuration's runs sit, on average, at
+    the same point of the phase, so a machine that speeds up or slows down during it (this kind of
+    shared VM drifts by tens of percent within minutes) biases no configuration against another."""
+    order: list[int] = []
+    for round_index in range(rounds):
+        order.extend(counts if round_index % 2 == 0 else tuple(reversed(counts)))
+    return order
+
+
+def _combined(runs: list[dict]) -> dict:
+    """One configuration's runs as one figure: rates over the summed time, the worst p99."""
+    seconds = sum(run["seconds"] for run in runs)
+    requests = sum(run["requests"] for run in runs)
+    cpu = [run["web_cpu_ms_per_request"] * run["requests"] for run in runs if run["web_cpu_ms_per_request"]]
+    return {
+        "requests": requests,
+        "created": sum(run["created"] for run in runs),
+        "seconds": round(seconds, 2),
+        "rps": round(sum(run["created"] for run in runs) / seconds, 1) if seconds else 0.0,
+        "p50_ms": round(sorted(run["p50_ms"] for run in runs)[len(runs) // 2], 2),
+        "p99_ms": max(run["p99_ms"] for run in runs),
+        "max_ms": max(run["max_ms"] for run in runs),
+        "errors": sum(run["errors"] for run in runs),
+        "web_cpu_ms_per_request": round(sum(cpu) / requests, 2) if cpu and requests else None,
+        "connections": runs[0]["connections"],
+        "rps_runs": [run["rps"] for run in runs],
+    }
+
+
 def rules_scaling_measure(
-    *, server: Server, key: str, counts: tuple[int, ...], seconds: int, connections: int
+    *, server: Server, key: str, counts: tuple[int, ...], seconds: int, connections: int, rounds: int = 2
 ) -> dict[int, dict]:
-    measured = {}
-    for count in counts:
-        import_seconds = rules_install(count)
-        # The import writes rules, lines, versions and history; settle the tables (fresh planner
-        # statistics, no autovacuum starting mid-run) so each configuration is measured alike.
-        pg_admin("VACUUM ANALYZE", dbname=APP_DB)
+    """Events/s per rule count, each count measured ``rounds`` times in a balanced order (``_schedule``)."""
+    from django.conf import settings
+
+    total = max(counts)
+    runs: dict[int, list[dict]] = {count: [] for count in counts}
+    imports: dict[int, list[float]] = {count: [] for count in counts}
+    active = None
+    for step, count in enumerate(_schedule(counts, rounds)):
+        if count != active:
+            imports[count].append(rules_activate(count, total=total))
+            active = count
+            # Settle the tables (fresh planner statistics, no autovacuum starting mid-run), and let
+            # the web workers' rule caches expire, so every run sees exactly this configuration.
+            pg_admin("VACUUM ANALYZE", dbname=APP_DB)
+            time.sleep(settings.RULES_CACHE_SECONDS + 0.5)
         result = wrk_run(
             server=server,
             mode="rules",
             key=key,
-            prefix=f"rules{count}-{int(time.time())}",
+            prefix=f"rules{count}-{step}-{int(time.time())}",
             seconds=seconds,
             connections=connections,
             types=POSTED_TYPES,
         )
-        result["import_seconds"] = round(import_seconds, 2)
-        result["rules_per_event"] = max(1, count // EVENT_TYPES) if count >= EVENT_TYPES else 1
-        measured[count] = result
-        log(f"rules x{count}: {result['rps']} events/s (import {import_seconds:.1f} s)")
+        runs[count].append(result)
+        log(f"rules x{count} (run {len(runs[count])} of {rounds}): {result['rps']} events/s")
+    measured = {}
+    for count in counts:
+        measured[count] = _combined(runs[count])
+        measured[count]["import_seconds"] = [round(value, 2) for value in imports[count]]
+        measured[count]["rules_per_event"] = max(1, count // EVENT_TYPES)
     return measured

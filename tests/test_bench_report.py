@@ -2,6 +2,7 @@
 (bench/run.py). The measuring phases need the services and minutes; `make bench` runs them."""
 
 from bench.common import percentile
+from bench.rules_scaling import _combined, _schedule
 from bench.run import _targets, table
 
 
@@ -117,3 +118,29 @@ def test_percentile_is_nearest_rank():
     assert percentile(values, 7) == 7  # no float error: 7 / 100 * 100 is 7.000000000000001
     assert percentile([7.0], 99) == 7.0
     assert percentile([], 50) is None
+
+
+def _run(rps: float, seconds: float, *, p50=10.0, p99=20.0, cpu=5.0, errors=0) -> dict:
+    requests = round(rps * seconds)
+    return {"requests": requests, "created": requests, "seconds": seconds, "rps": rps, "p50_ms": p50,
+            "p99_ms": p99, "max_ms": p99 * 2, "errors": errors, "web_cpu_ms_per_request": cpu,
+            "connections": 4}  # fmt: skip
+
+
+def test_rule_counts_run_in_a_balanced_order():
+    assert _schedule((10, 100, 1000), 2) == [10, 100, 1000, 1000, 100, 10]
+    assert _schedule((10, 100, 1000), 3) == [10, 100, 1000, 1000, 100, 10, 10, 100, 1000]
+    # Under a steady drift each configuration's runs sit at the same mean position.
+    order = _schedule((10, 100, 1000), 2)
+    mean_position = {count: sum(i for i, c in enumerate(order) if c == count) / 2 for count in (10, 100, 1000)}
+    assert len(set(mean_position.values())) == 1
+
+
+def test_a_configurations_runs_combine_into_one_rate_over_the_summed_time():
+    combined = _combined([_run(300.0, 10.0, cpu=4.0, p99=25.0), _run(200.0, 5.0, cpu=7.0, p99=40.0, errors=1)])
+    assert combined["requests"] == 4000
+    assert combined["rps"] == round(4000 / 15, 1)  # not the mean of the two rates (250)
+    assert combined["p99_ms"] == 40.0  # the worst run's
+    assert combined["errors"] == 1
+    assert combined["web_cpu_ms_per_request"] == round((3000 * 4.0 + 1000 * 7.0) / 4000, 2)
+    assert combined["rps_runs"] == [300.0, 200.0]
