@@ -391,7 +391,11 @@ def _doorbell_publisher(task, producer):
     worker, as for any message; the message carries the task's time limits as apply_async's does.
     """
     route = _doorbell_route(task)
-    producer.maybe_declare(route.queue)  # once per batch rather than per message (cached per connection)
+    # Declared once per broker connection, as kombu caches it; checking that cache first skips the
+    # copy of the queue kombu's maybe_declare binds (and discards) before it looks.
+    connection = producer.channel.connection
+    if connection is None or hash(route.queue) not in connection.client.declared_entities:
+        producer.maybe_declare(route.queue)
     create_task_message = task.app.amqp.create_task_message
 
     def publish(action_id: str) -> None:

@@ -21,6 +21,7 @@ from django.conf import settings
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from config.broker import transport_for
 from config.celery import app as celery_app
 
 BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL") or "redis://127.0.0.1:6379/5"
@@ -74,8 +75,12 @@ def broker():
     """The test process publishes tasks to Redis instead of running them inline."""
     client = redis.Redis.from_url(BROKER_URL)
     client.flushdb()
-    saved = {"broker_url": celery_app.conf.broker_url, "task_always_eager": celery_app.conf.task_always_eager}
-    celery_app.conf.update(broker_url=BROKER_URL, task_always_eager=False)
+    saved = {
+        "broker_url": celery_app.conf.broker_url,
+        "broker_transport": celery_app.conf.broker_transport,
+        "task_always_eager": celery_app.conf.task_always_eager,
+    }
+    celery_app.conf.update(broker_url=BROKER_URL, broker_transport=transport_for(BROKER_URL), task_always_eager=False)
     _forget_broker_connections(celery_app)
     yield Broker(url=BROKER_URL, client=client)
     celery_app.conf.update(saved)
