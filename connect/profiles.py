@@ -1,6 +1,7 @@
 """User profiles projected from events (SPEC §7) and the release of rewards they unlock."""
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from rules.expressions import ProfileView
@@ -9,6 +10,27 @@ from rules.models import lock_satisfied
 from .models import EconomicEvent, RewardAction, UserProfile
 
 MAX_UPLINE_DEPTH = 10
+
+# First key of the transaction-level advisory locks that order lock checks and upgrades per user
+# (the second key is the user id's hashtext; a collision only serialises two users' upgrades).
+_UPGRADE_LOCK_SPACE = 0x5052_4F46  # "PROF"
+
+
+def upgrade_lock(user_id: str, *, exclusive: bool) -> None:
+    """Order an upgrade of ``user_id``'s profile against the lock checks of new actions for them.
+
+    A VIP/PRO upgrade releases the user's ``locked`` actions it can see. An event planned
+    concurrently could read the profile before the upgrade commits and store its action ``locked``
+    after the release ran, leaving it locked until some later upgrade. So, until their transaction
+    ends, an upgrade holds this lock exclusively and each lock check holds it shared (checks do not
+    wait for one another): whichever comes second sees what the first committed. PostgreSQL only;
+    SQLite runs one write transaction at a time, which orders them already.
+    """
+    if connection.vendor != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(%s, hashtext(%s))", [_UPGRADE_LOCK_SPACE, user_id])
 
 
 def profile_view(profile: UserProfile | None) -> ProfileView | None:
@@ -28,6 +50,7 @@ class ProfileReader:
 
     def __init__(self):
         self._cache: dict[str, UserProfile | None] = {}
+        self._locked: dict[str, ProfileView | None] = {}
 
     def _load(self, user_id: str) -> UserProfile | None:
         if user_id not in self._cache:
@@ -38,6 +61,17 @@ class ProfileReader:
         if not user_id:
             return None
         return profile_view(self._load(user_id))
+
+    def lock_profile(self, user_id: str) -> ProfileView | None:
+        """The profile a line's lock condition is checked against: read after taking the user's
+        upgrade lock (shared) for the rest of the transaction, so never older than an upgrade that
+        could have missed this event's action (``upgrade_lock``). Needs the caller's transaction."""
+        if not user_id:
+            return None
+        if user_id not in self._locked:
+            upgrade_lock(user_id, exclusive=False)
+            self._locked[user_id] = profile_view(UserProfile.objects.filter(user_id=user_id).first())
+        return self._locked[user_id]
 
     def upline(self, user_id: str, n: int) -> str | None:
         """The n-th sponsor above ``user_id``; None past the top of the tree (or on a cycle)."""
@@ -73,6 +107,7 @@ def profile_apply(*, event: EconomicEvent) -> list[str]:
     if event_type in settings.PROFILE_PRO_EVENT_TYPES:
         upgrade["is_pro"] = True
     if upgrade:
+        upgrade_lock(actor, exclusive=True)
         UserProfile.objects.get_or_create(user_id=actor)
         UserProfile.objects.filter(user_id=actor).update(**upgrade, updated_at=timezone.now())
         return locked_release(user_id=actor)

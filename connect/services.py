@@ -117,9 +117,9 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
     ``data`` is validated input (SPEC §5 fields). Same (source, external_id) and payload → the
     stored event (replayed); a different payload → IdempotencyConflict.
 
-    Most events (no profile to project, no once-only reward to count) are written in one statement
-    that in autocommit mode is its own transaction; the others, and any call inside a caller's
-    transaction, take the transactional path. Both store the same rows.
+    Most events (no profile to project, no once-only reward to count, no lock condition to check)
+    are written in one statement that in autocommit mode is its own transaction; the others, and
+    any call inside a caller's transaction, take the transactional path. Both store the same rows.
     """
     if _one_statement_possible(data["event_type"]):
         try:
@@ -130,10 +130,11 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
 
 
 class _NeedsTransaction(Exception):
-    """The plan counts once-only grants, whose counter rows must stay locked until the commit."""
+    """The plan holds a lock until the commit: it counts once-only grants (their counter rows) or
+    checks a line's lock condition (the target's upgrade lock, ``profiles.upgrade_lock``)."""
 
 
-def _needs_transaction(line_id: int, target_user_id: str) -> int:
+def _needs_transaction(*args) -> int:
     raise _NeedsTransaction
 
 
@@ -162,7 +163,7 @@ def _ingest_in_one_statement(*, client_name: str, data: dict) -> IngestResult:
     reader = ProfileReader()
     rules = rules_for_event_type(event.event_type)
     try:
-        plan = _plan(event, rules, reader, granted_count=_needs_transaction)
+        plan = _plan(event, rules, reader, granted_count=_needs_transaction, lock_profile=_needs_transaction)
     except engine.RuleEvaluationFailed as failure:
         event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(failure)
         actions = []
@@ -188,7 +189,7 @@ def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
     grants = _GrantCounter()
     rules = rules_for_event_type(event.event_type)
     try:
-        plan = _plan(event, rules, reader, granted_count=grants)
+        plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile)
     except engine.RuleEvaluationFailed as failure:
         _status_set(event, EconomicEvent.Status.FAILED, _failure_message(failure))
         dispatch_on_commit(to_dispatch)
@@ -206,7 +207,7 @@ def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
     return IngestResult(event=event, replayed=False, actions=actions)
 
 
-def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count) -> engine.Plan:
+def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count, lock_profile) -> engine.Plan:
     return engine.plan(
         event=engine.EventInput(
             event_type=event.event_type,
@@ -220,6 +221,7 @@ def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count) 
         profile=reader.profile,
         upline=reader.upline,
         granted_count=granted_count,
+        lock_profile=lock_profile,
     )
 
 

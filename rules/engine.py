@@ -105,7 +105,7 @@ def _plan_line(
     rule: Rule,
     line: RewardLine,
     ctx: EvaluationContext,
-    profile: Callable[[str], ProfileView | None],
+    lock_profile: Callable[[str], ProfileView | None],
     granted_count: Callable[[int, str], int],
     planned_counts: Counter,
 ) -> tuple[LineTrace, PlannedAction | None]:
@@ -123,7 +123,7 @@ def _plan_line(
     if amount <= 0:
         return LineTrace(line.position, target, SKIPPED, f"amount {amount} <= 0", amount, False), None
 
-    locked = not lock_satisfied(line.lock_condition, profile(target) if line.lock_condition else None)
+    locked = not lock_satisfied(line.lock_condition, lock_profile(target)) if line.lock_condition else False
 
     if line.max_per_target is not None:
         already = granted_count(line.id, target) + planned_counts[(line.id, target)]
@@ -157,6 +157,7 @@ def plan(
     profile: Callable[[str], ProfileView | None],
     upline: Callable[[str, int], str | None],
     granted_count: Callable[[int, str], int],
+    lock_profile: Callable[[str], ProfileView | None] | None = None,
 ) -> Plan:
     """Evaluate ``rules`` (the active rules of the event's type, lines prefetched) against ``event``.
 
@@ -164,7 +165,9 @@ def plan(
     ``received_at``) is skipped; a rule whose condition is false does not match; a matched rule with
     ``stop_processing`` ends the run. ``granted_count(line_id, target)`` is how many actions that
     line already created for that target (for ``max_per_target``); actions planned earlier in this
-    same run count too. Raises RuleEvaluationFailed when any expression fails at run time.
+    same run count too. ``lock_profile(target)`` gives the profile a line's ``lock_condition`` is
+    checked against (default: ``profile``); ingestion passes one that first serialises the check
+    with profile upgrades of that user. Raises RuleEvaluationFailed when any expression fails at run time.
     """
     ctx = EvaluationContext(
         event_type=event.event_type,
@@ -205,7 +208,7 @@ def plan(
                     rule=rule,
                     line=line,
                     ctx=ctx,
-                    profile=profile,
+                    lock_profile=lock_profile or profile,
                     granted_count=granted_count,
                     planned_counts=planned_counts,
                 )

@@ -1,0 +1,137 @@
+"""A VIP/PRO upgrade and a new locked action for the same user, at the same time (real threads, PostgreSQL).
+
+The upgrade releases the user's locked actions it can see. Without ordering, an event planned while
+the upgrade runs reads the old profile, stores its action ``locked`` after the release, and the
+action stays locked until some later upgrade. ``connect.profiles.upgrade_lock`` orders the two: each
+test holds one side open at its riskiest point and checks that the other waits and that the
+action ends ``pending`` either way.
+"""
+
+import threading
+
+import pytest
+from django.db import connections
+
+from connect import profiles, services
+from connect.models import EconomicEvent, RewardAction, UserProfile
+from connect.services import event_ingest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+USER = "u-upgrading"
+WAIT = 1.5  # how long the other side gets to (wrongly) finish while the first is held open
+
+
+@pytest.fixture
+def locked_reward_rule(make_rule):
+    return make_rule(
+        "vip_task_bonus", "task.done", [{"target": "actor", "reward_type": "points", "amount": "10",
+                                         "lock_condition": "vip"}],
+    )  # fmt: skip
+
+
+def _task_done(external_id="task-1") -> dict:
+    return {"external_id": external_id, "event_type": "task.done", "actor_user_id": USER, "context": {}}
+
+
+def _upgrade() -> dict:
+    return {"external_id": "upgrade-1", "event_type": "user.upgraded_to_vip", "actor_user_id": USER, "context": {}}
+
+
+class _Side(threading.Thread):
+    """One ingest in its own thread and database connection."""
+
+    def __init__(self, source: str, data: dict):
+        super().__init__(daemon=True)
+        self.source, self.data, self.result, self.error = source, data, None, None
+
+    def run(self):
+        try:
+            self.result = event_ingest(client_name=self.source, data=self.data)
+        except Exception as exc:  # pragma: no cover - reported by the assertions
+            self.error = exc
+        finally:
+            connections.close_all()
+
+
+def _hold_in(thread: threading.Thread, original, paused: threading.Event, resume: threading.Event):
+    """``original``, which in the held thread first signals ``paused`` and waits for ``resume``."""
+
+    def held(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if threading.current_thread() is thread:
+            paused.set()
+            assert resume.wait(30), "the test never resumed the held side"
+        return result
+
+    return held
+
+
+@pytest.mark.usefixtures("locked_reward_rule")
+def test_an_upgrade_waits_for_an_event_that_is_storing_a_locked_action(monkeypatch):
+    paused, resume = threading.Event(), threading.Event()
+    event_side = _Side("task_service", _task_done())
+    # Held after its plan (profile read: not VIP) and its actions' INSERT, before the commit.
+    monkeypatch.setattr(services, "insert_rows", _hold_in(event_side, services.insert_rows, paused, resume))
+    event_side.start()
+    assert paused.wait(30)
+
+    upgrade_side = _Side("user_service", _upgrade())
+    upgrade_side.start()
+    upgrade_side.join(WAIT)
+    upgrade_finished_while_event_open = not upgrade_side.is_alive()
+    resume.set()
+    event_side.join(30)
+    upgrade_side.join(30)
+
+    assert (event_side.error, upgrade_side.error) == (None, None)
+    assert not upgrade_finished_while_event_open, "the upgrade must wait for the event's transaction"
+    [action] = RewardAction.objects.filter(target_user_id=USER)
+    assert action.status == RewardAction.Status.COMPLETED  # released by the upgrade, which saw it (tasks inline)
+    assert event_side.result.actions[0].status == RewardAction.Status.LOCKED  # as planned, before
+    assert UserProfile.objects.get(user_id=USER).is_vip
+
+
+@pytest.mark.usefixtures("locked_reward_rule")
+def test_an_event_waits_for_an_upgrade_in_progress_and_sees_it(monkeypatch):
+    paused, resume = threading.Event(), threading.Event()
+    upgrade_side = _Side("user_service", _upgrade())
+    # Held after the release of the locked actions it could see, before the commit.
+    monkeypatch.setattr(profiles, "locked_release", _hold_in(upgrade_side, profiles.locked_release, paused, resume))
+    upgrade_side.start()
+    assert paused.wait(30)
+
+    event_side = _Side("task_service", _task_done())
+    event_side.start()
+    event_side.join(WAIT)
+    event_finished_while_upgrade_open = not event_side.is_alive()
+    resume.set()
+    upgrade_side.join(30)
+    event_side.join(30)
+
+    assert (event_side.error, upgrade_side.error) == (None, None)
+    assert not event_finished_while_upgrade_open, "the lock check must wait for the upgrade's transaction"
+    [action] = RewardAction.objects.filter(target_user_id=USER)
+    assert action.status == RewardAction.Status.COMPLETED  # planned unlocked: it read the VIP profile (tasks inline)
+    assert event_side.result.actions[0].status == RewardAction.Status.PENDING
+
+
+@pytest.mark.usefixtures("locked_reward_rule")
+def test_events_checking_the_same_user_s_lock_do_not_wait_for_each_other(monkeypatch):
+    paused, resume = threading.Event(), threading.Event()
+    first = _Side("task_service", _task_done("task-1"))
+    monkeypatch.setattr(services, "insert_rows", _hold_in(first, services.insert_rows, paused, resume))
+    first.start()
+    assert paused.wait(30)
+
+    second = _Side("task_service", _task_done("task-2"))
+    second.start()
+    second.join(30)  # finishes while the first still holds its (shared) lock
+    second_finished_while_first_open = not second.is_alive()
+    resume.set()
+    first.join(30)
+
+    assert (first.error, second.error) == (None, None)
+    assert second_finished_while_first_open
+    assert EconomicEvent.objects.filter(event_type="task.done").count() == 2
+    assert set(RewardAction.objects.values_list("status", flat=True)) == {RewardAction.Status.LOCKED}
