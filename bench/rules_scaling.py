@@ -97,7 +97,7 @@ def _combined(runs: list[dict]) -> dict:
 
 
 def rules_scaling_measure(
-    *, server: Server, key: str, counts: tuple[int, ...], seconds: int, connections: int, rounds: int = 2
+    *, server: Server, key: str, counts: tuple[int, ...], seconds: int, connections: int, rounds: int = 4
 ) -> dict[int, dict]:
     """Events/s per rule count, each count measured ``rounds`` times in a balanced order (``_schedule``)."""
     from django.conf import settings
@@ -110,10 +110,12 @@ def rules_scaling_measure(
         if count != active:
             imports[count].append(rules_activate(count, total=total))
             active = count
-            # Settle the tables (fresh planner statistics, no autovacuum starting mid-run), and let
-            # the web workers' rule caches expire, so every run sees exactly this configuration.
-            pg_admin("VACUUM ANALYZE", dbname=APP_DB)
-            time.sleep(settings.RULES_CACHE_SECONDS + 0.5)
+        # Every run starts alike, whether or not the rules changed: the tables settled (fresh planner
+        # statistics, no autovacuum starting mid-run), the writes that settling made flushed, and
+        # the web workers' rule caches expired, so the run sees exactly this configuration.
+        pg_admin("VACUUM ANALYZE", dbname=APP_DB)
+        pg_admin("CHECKPOINT", dbname=APP_DB)
+        time.sleep(settings.RULES_CACHE_SECONDS + 0.5)
         result = wrk_run(
             server=server,
             mode="rules",

@@ -45,8 +45,8 @@ CELERY_WORKERS = 2
 
 def _durations(quick: bool) -> dict[str, int]:
     if quick:
-        return {"pgbench": 5, "ledger": 3, "http": 5, "e2e": 6, "rules": 5}
-    return {"pgbench": 15, "ledger": 8, "http": 12, "e2e": 15, "rules": 10}
+        return {"pgbench": 5, "ledger": 3, "http": 5, "e2e": 6, "rules": 3}
+    return {"pgbench": 15, "ledger": 8, "http": 12, "e2e": 15, "rules": 6}
 
 
 def _ratio(numerator, denominator) -> float | None:
