@@ -54,38 +54,41 @@ class _Side(threading.Thread):
             connections.close_all()
 
 
-def _hold_in(thread: threading.Thread, original, paused: threading.Event, resume: threading.Event):
-    """``original``, which in the held thread first signals ``paused`` and waits for ``resume``."""
+def _race(monkeypatch, held: _Side, hold_after: tuple, other: _Side, *, wait: float = WAIT) -> bool:
+    """Run ``held`` until it returns from ``hold_after`` (module, function name), keep it there
+    (its transaction open) while ``other`` runs for up to ``wait`` seconds, then let both finish.
+    Returns whether ``other`` finished while ``held`` was still open."""
+    module, name = hold_after
+    original, paused, resume = getattr(module, name), threading.Event(), threading.Event()
 
-    def held(*args, **kwargs):
+    def hold(*args, **kwargs):
         result = original(*args, **kwargs)
-        if threading.current_thread() is thread:
+        if threading.current_thread() is held:
             paused.set()
             assert resume.wait(30), "the test never resumed the held side"
         return result
 
-    return held
+    monkeypatch.setattr(module, name, hold)
+    held.start()
+    assert paused.wait(30), f"{name} was not reached"
+    other.start()
+    other.join(wait)
+    finished_while_held = not other.is_alive()
+    resume.set()
+    held.join(30)
+    other.join(30)
+    assert (held.error, other.error) == (None, None)
+    return finished_while_held
 
 
 @pytest.mark.usefixtures("locked_reward_rule")
 def test_an_upgrade_waits_for_an_event_that_is_storing_a_locked_action(monkeypatch):
-    paused, resume = threading.Event(), threading.Event()
-    event_side = _Side("task_service", _task_done())
-    # Held after its plan (profile read: not VIP) and its actions' INSERT, before the commit.
-    monkeypatch.setattr(services, "insert_rows", _hold_in(event_side, services.insert_rows, paused, resume))
-    event_side.start()
-    assert paused.wait(30)
+    event_side, upgrade_side = _Side("task_service", _task_done()), _Side("user_service", _upgrade())
 
-    upgrade_side = _Side("user_service", _upgrade())
-    upgrade_side.start()
-    upgrade_side.join(WAIT)
-    upgrade_finished_while_event_open = not upgrade_side.is_alive()
-    resume.set()
-    event_side.join(30)
-    upgrade_side.join(30)
+    # The event is held after its plan (profile read: not VIP) and its actions' INSERT, before commit.
+    upgrade_finished_first = _race(monkeypatch, event_side, (services, "insert_rows"), upgrade_side)
 
-    assert (event_side.error, upgrade_side.error) == (None, None)
-    assert not upgrade_finished_while_event_open, "the upgrade must wait for the event's transaction"
+    assert not upgrade_finished_first, "the upgrade must wait for the event's transaction"
     [action] = RewardAction.objects.filter(target_user_id=USER)
     assert action.status == RewardAction.Status.COMPLETED  # released by the upgrade, which saw it (tasks inline)
     assert event_side.result.actions[0].status == RewardAction.Status.LOCKED  # as planned, before
@@ -94,23 +97,12 @@ def test_an_upgrade_waits_for_an_event_that_is_storing_a_locked_action(monkeypat
 
 @pytest.mark.usefixtures("locked_reward_rule")
 def test_an_event_waits_for_an_upgrade_in_progress_and_sees_it(monkeypatch):
-    paused, resume = threading.Event(), threading.Event()
-    upgrade_side = _Side("user_service", _upgrade())
-    # Held after the release of the locked actions it could see, before the commit.
-    monkeypatch.setattr(profiles, "locked_release", _hold_in(upgrade_side, profiles.locked_release, paused, resume))
-    upgrade_side.start()
-    assert paused.wait(30)
+    upgrade_side, event_side = _Side("user_service", _upgrade()), _Side("task_service", _task_done())
 
-    event_side = _Side("task_service", _task_done())
-    event_side.start()
-    event_side.join(WAIT)
-    event_finished_while_upgrade_open = not event_side.is_alive()
-    resume.set()
-    upgrade_side.join(30)
-    event_side.join(30)
+    # The upgrade is held after releasing the locked actions it could see, before commit.
+    event_finished_first = _race(monkeypatch, upgrade_side, (profiles, "locked_release"), event_side)
 
-    assert (event_side.error, upgrade_side.error) == (None, None)
-    assert not event_finished_while_upgrade_open, "the lock check must wait for the upgrade's transaction"
+    assert not event_finished_first, "the lock check must wait for the upgrade's transaction"
     [action] = RewardAction.objects.filter(target_user_id=USER)
     assert action.status == RewardAction.Status.COMPLETED  # planned unlocked: it read the VIP profile (tasks inline)
     assert event_side.result.actions[0].status == RewardAction.Status.PENDING
@@ -118,20 +110,10 @@ def test_an_event_waits_for_an_upgrade_in_progress_and_sees_it(monkeypatch):
 
 @pytest.mark.usefixtures("locked_reward_rule")
 def test_events_checking_the_same_user_s_lock_do_not_wait_for_each_other(monkeypatch):
-    paused, resume = threading.Event(), threading.Event()
-    first = _Side("task_service", _task_done("task-1"))
-    monkeypatch.setattr(services, "insert_rows", _hold_in(first, services.insert_rows, paused, resume))
-    first.start()
-    assert paused.wait(30)
+    first, second = _Side("task_service", _task_done("task-1")), _Side("task_service", _task_done("task-2"))
 
-    second = _Side("task_service", _task_done("task-2"))
-    second.start()
-    second.join(30)  # finishes while the first still holds its (shared) lock
-    second_finished_while_first_open = not second.is_alive()
-    resume.set()
-    first.join(30)
+    second_finished_first = _race(monkeypatch, first, (services, "insert_rows"), second, wait=30)
 
-    assert (first.error, second.error) == (None, None)
-    assert second_finished_while_first_open
+    assert second_finished_first  # the first still held its (shared) lock
     assert EconomicEvent.objects.filter(event_type="task.done").count() == 2
     assert set(RewardAction.objects.values_list("status", flat=True)) == {RewardAction.Status.LOCKED}
