@@ -12,7 +12,8 @@ from .models import EconomicEvent, RewardAction, UserProfile
 MAX_UPLINE_DEPTH = 10
 
 # First key of the transaction-level advisory locks that order lock checks and upgrades per user
-# (the second key is the user id's hashtext; a collision only serialises two users' upgrades).
+# (the second key is the user id's hashtext; a collision only makes two users' upgrades and lock
+# checks wait for each other).
 _UPGRADE_LOCK_SPACE = 0x5052_4F46  # "PROF"
 
 

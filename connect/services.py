@@ -5,6 +5,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -134,7 +135,7 @@ class _NeedsTransaction(Exception):
     checks a line's lock condition (the target's upgrade lock, ``profiles.upgrade_lock``)."""
 
 
-def _needs_transaction(*args) -> int:
+def _needs_transaction(*args) -> NoReturn:
     raise _NeedsTransaction
 
 
