@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import NoReturn
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -16,7 +16,7 @@ from config.api.errors import IdempotencyConflict
 from config.db import insert_rows, insert_unless_conflict, insert_with_dependents_unless_conflict, update_columns
 from config.metrics import EVENTS_INGESTED
 from rules import engine
-from rules.selectors import rules_for_event_type
+from rules.selectors import rules_cache_clear, rules_for_event_type
 
 from .models import EconomicEvent, RewardAction, RewardGrant
 from .profiles import ProfileReader, dispatch_on_commit, profile_apply
@@ -122,12 +122,30 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
     are written in one statement that in autocommit mode is its own transaction; the others, and
     any call inside a caller's transaction, take the transactional path. Both store the same rows.
     """
+    try:
+        return _ingest_once(client_name=client_name, data=data)
+    except IntegrityError as exc:
+        if connection.in_atomic_block or not _is_foreign_key_violation(exc):
+            raise
+    # Another process deleted a rule or reward line this one still had cached (rules are cached
+    # for RULES_CACHE_SECONDS and an edit clears only the editing process's cache): the actions'
+    # foreign keys refused them and nothing was written. Plan again with the rules as they are.
+    rules_cache_clear()
+    return _ingest_once(client_name=client_name, data=data)
+
+
+def _ingest_once(*, client_name: str, data: dict) -> IngestResult:
     if _one_statement_possible(data["event_type"]):
         try:
             return _ingest_in_one_statement(client_name=client_name, data=data)
         except _NeedsTransaction:
             pass
     return _ingest_in_transaction(client_name=client_name, data=data)
+
+
+def _is_foreign_key_violation(exc: IntegrityError) -> bool:
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) == "23503" or "FOREIGN KEY constraint failed" in str(exc)
 
 
 class _NeedsTransaction(Exception):
