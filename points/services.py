@@ -9,8 +9,10 @@ Every operation runs in one database transaction and follows the same steps:
 A refusal raises, which rolls everything back, so it consumes neither points nor the external_id.
 
 Credit and debit, the hot path, do all three steps in one PostgreSQL statement when the account
-exists, the key is new and the funds suffice (``_transfer_in_one_statement``); every other case
-takes the same steps one by one.
+exists, the key is new and the funds suffice (``_transfer_in_one_statement``); so do a hold
+(``_hold_in_one_statement``) and the capture of an active hold of the calling client
+(``_capture_in_one_statement``). Every other case takes the same steps one by one, and so gives
+every replay and refusal.
 """
 
 import contextlib
@@ -211,16 +213,20 @@ _TRANSFER_CLAIM_SQL = """
 
 
 @functools.cache
-def _ledger_sql(template: str, columns: tuple[str, ...]) -> str:
-    """A statement template with the ledger's table names and the given Transaction columns filled in."""
+def _ledger_sql(template: str, columns: tuple[str, ...], hold_columns: tuple[str, ...] = ()) -> str:
+    """A statement template with the ledger's table names and the given Transaction (and Hold) columns filled in."""
     quote = connection.ops.quote_name
     return template.format(
         accounts=quote(Account._meta.db_table),
         transactions=quote(Transaction._meta.db_table),
         entries=quote(Entry._meta.db_table),
+        holds=quote(Hold._meta.db_table),
         account_column=quote(Transaction._meta.get_field("account").column),
+        hold_account_column=quote(Hold._meta.get_field("account").column),
         columns=", ".join(columns),
         placeholders=", ".join(["%s"] * len(columns)),
+        hold_columns=", ".join(hold_columns),
+        hold_placeholders=", ".join(["%s"] * len(hold_columns)),
     )
 
 
@@ -330,27 +336,43 @@ def _transfer_in_one_statement(txn: Transaction, user_id: str, delta: int, count
         Part.AVAILABLE, delta,
         counterpart_id, Part.AVAILABLE, -delta,
     ]  # fmt: skip
-    try:
-        # Alone, the statement is its own transaction; inside a caller's transaction it gets a
-        # savepoint, so a unique-key abort does not take the caller's work with it.
-        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                row = cursor.fetchone()
-    except IntegrityError:
-        return False
+    row = _one_statement_row(sql, params)
     if row is None:
         return False
     account_id, balance, held = row
-    mark_saved(txn)
-    txn.account_id, txn.balance_after, txn.held_after = account_id, balance, held
-    # The account as this operation left it, without reading it back (other fields load on access).
-    txn.account = Account.from_db(
+    _one_statement_saved(txn, _account_as_left(account_id, user_id, balance, held))
+    return True
+
+
+def _one_statement_row(sql: str, params: list):
+    """The row a one-statement operation returns, or None when it did nothing or was refused
+    by a constraint (a key taken concurrently, a balance check): the stepwise path then decides."""
+    try:
+        # Alone, the statement is its own transaction; inside a caller's transaction it gets a
+        # savepoint, so an abort does not take the caller's work with it.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchone()
+    except IntegrityError:
+        return None
+
+
+def _account_as_left(account_id: int, user_id: str, balance: int, held: int) -> Account:
+    """The user's account as an operation left it, without reading it back (other fields load on access)."""
+    return Account.from_db(
         connection.alias,
         ["id", "kind", "user_id", "balance", "held"],
         [account_id, Account.Kind.USER, user_id, balance, held],
     )
-    return True
+
+
+def _one_statement_saved(txn: Transaction, account: Account, hold: Hold | None = None) -> None:
+    mark_saved(txn)
+    txn.account, txn.balance_after, txn.held_after = account, account.balance, account.held
+    if hold is not None:
+        mark_saved(hold)
+        txn.hold = hold
 
 
 @transaction.atomic
@@ -424,7 +446,6 @@ def account_debit(
 
 
 @_counted("hold")
-@transaction.atomic
 def hold_create(
     *,
     source: str,
@@ -443,25 +464,86 @@ def hold_create(
     fingerprint = request_hash(
         "hold", user_id=user_id, amount=amount, reason=reason, metadata=metadata, expires_in=expires_in
     )
+    seconds = expires_in if expires_in is not None else settings.POINTS_DEFAULT_HOLD_SECONDS
+    fields = {"kind": Kind.HOLD, "amount": amount, "reason": reason, "metadata": metadata}
+    if connection.vendor == "postgresql":
+        txn = Transaction(source=source, external_id=external_id, request_hash=fingerprint, **fields)
+        hold = Hold(
+            source=source, amount=amount, expires_at=txn.created_at + timedelta(seconds=seconds),
+            created_at=txn.created_at,
+        )  # fmt: skip
+        if _hold_in_one_statement(txn, hold, user_id):
+            return LedgerResult(txn, False)
+    return _hold_in_steps(source, external_id, user_id, fingerprint, seconds, fields)
+
+
+_HOLD_SQL = """
+    WITH acct AS (
+        UPDATE {accounts} SET held = held + %s
+         WHERE user_id = %s AND balance - (held + %s) >= 0
+           AND NOT EXISTS (SELECT 1 FROM {transactions} WHERE source = %s AND external_id = %s)
+     RETURNING id, balance, held
+    ), placed AS (
+        INSERT INTO {holds} ({hold_columns}, {hold_account_column})
+        SELECT {hold_placeholders}, id FROM acct
+    ), txn AS (
+        INSERT INTO {transactions} ({columns}, {account_column}, balance_after, held_after)
+        SELECT {placeholders}, id, balance, held FROM acct
+        RETURNING id, {account_column}
+    ), legs AS (
+        INSERT INTO {entries} (transaction_id, account_id, part, amount)
+        SELECT id, {account_column}, %s, CAST(%s AS bigint) FROM txn
+         UNION ALL
+        SELECT id, {account_column}, %s, CAST(%s AS bigint) FROM txn
+    )
+    SELECT id, balance, held FROM acct
+"""
+
+
+def _hold_in_one_statement(txn: Transaction, hold: Hold, user_id: str) -> bool:
+    """The common case of a hold as one PostgreSQL statement: move the amount to held, insert the
+    Hold, the Transaction with the balance after it and its two entries. False, with nothing
+    changed, when the key is taken, the user has no account or the funds do not suffice: the
+    stepwise path then sorts it out (as for ``_transfer_in_one_statement``)."""
+    txn.hold_id = hold.pk
+    columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
+    hold_columns, hold_values = column_values(hold, exclude=("account",))
+    amount = hold.amount
+    params = [
+        amount, user_id, amount, txn.source, txn.external_id,
+        *hold_values,
+        *values,
+        Part.AVAILABLE, -amount,
+        Part.HELD, amount,
+    ]  # fmt: skip
+    row = _one_statement_row(_ledger_sql(_HOLD_SQL, tuple(columns), tuple(hold_columns)), params)
+    if row is None:
+        txn.hold_id = None
+        return False
+    account_id, balance, held = row
+    account = _account_as_left(account_id, user_id, balance, held)
+    hold.account = account
+    _one_statement_saved(txn, account, hold)
+    return True
+
+
+@transaction.atomic
+def _hold_in_steps(source: str, external_id: str, user_id: str, fingerprint: str, seconds: int, fields) -> LedgerResult:
     account = _user_account(user_id)
-    txn, replayed = _claim(
-        source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.HOLD,
-        account=account, amount=amount, reason=reason, metadata=metadata,
-    )  # fmt: skip
+    txn, replayed = _claim(source=source, external_id=external_id, fingerprint=fingerprint, account=account, **fields)
     if replayed:
         return LedgerResult(txn, True)
-    balance, held = _apply_or_refuse(account.pk, balance_delta=0, held_delta=amount)
-    seconds = expires_in if expires_in is not None else settings.POINTS_DEFAULT_HOLD_SECONDS
+    balance, held = _apply_or_refuse(account.pk, balance_delta=0, held_delta=fields["amount"])
     hold = Hold.objects.create(
         account=account,
         source=source,
-        amount=amount,
+        amount=fields["amount"],
         expires_at=txn.created_at + timedelta(seconds=seconds),
         created_at=txn.created_at,
     )
     _post(
         txn,
-        [(account.pk, Part.AVAILABLE, -amount), (account.pk, Part.HELD, amount)],
+        [(account.pk, Part.AVAILABLE, -hold.amount), (account.pk, Part.HELD, hold.amount)],
         balance=balance,
         held=held,
         hold=hold,
@@ -503,10 +585,90 @@ def _settle_legs(hold: Hold, captured: int) -> list[tuple[int, str, int]]:
 
 
 @_counted("capture")
-@transaction.atomic
 def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None = None) -> LedgerResult:
     """Spend ``amount`` (default: all) of an active hold; the rest returns to available."""
     _operation_check(external_id=external_id, amount=amount, amount_required=False)
+    if connection.vendor == "postgresql":
+        try:
+            hold_uuid = uuid.UUID(str(hold_id))
+        except ValueError:
+            hold_uuid = None  # the stepwise path answers NotFound
+        if hold_uuid is not None:
+            txn = Transaction(
+                source=source, external_id=external_id, kind=Kind.CAPTURE, hold_id=hold_uuid,
+                request_hash=request_hash("capture", hold_id=str(hold_uuid), amount=amount),
+            )  # fmt: skip
+            if _capture_in_one_statement(txn, amount):
+                return LedgerResult(txn, False)
+    return _capture_in_steps(source=source, external_id=external_id, hold_id=hold_id, amount=amount)
+
+
+_CAPTURE_SQL = """
+    WITH closed AS (
+        UPDATE {holds}
+           SET status = %s, captured_amount = COALESCE(%s, amount),
+               released_amount = amount - COALESCE(%s, amount), closed_at = %s
+         WHERE id = %s AND source = %s AND status = %s AND expires_at > %s AND COALESCE(%s, amount) <= amount
+           AND NOT EXISTS (SELECT 1 FROM {transactions} WHERE source = %s AND external_id = %s)
+     RETURNING id, {hold_account_column} AS account_id, amount, captured_amount, released_amount
+    ), acct AS (
+        UPDATE {accounts} AS account
+           SET balance = account.balance - closed.captured_amount, held = account.held - closed.amount
+          FROM closed
+         WHERE account.id = closed.account_id
+     RETURNING account.id, account.user_id, account.balance, account.held,
+               closed.amount AS hold_amount, closed.captured_amount AS captured, closed.released_amount AS released
+    ), txn AS (
+        INSERT INTO {transactions} ({columns}, {account_column}, amount, balance_after, held_after)
+        SELECT {placeholders}, id, captured, balance, held FROM acct
+        RETURNING id
+    ), legs AS (
+        INSERT INTO {entries} (transaction_id, account_id, part, amount)
+        SELECT txn.id, leg.account_id, leg.part, leg.amount
+          FROM txn, acct,
+               LATERAL (VALUES (acct.id, %s, -acct.hold_amount),
+                               (CAST(%s AS bigint), %s, acct.captured),
+                               (acct.id, %s, acct.released)) AS leg (account_id, part, amount)
+         WHERE leg.amount <> 0
+    )
+    SELECT id, user_id, balance, held, hold_amount, captured, released FROM acct
+"""
+
+
+def _capture_in_one_statement(txn: Transaction, amount: int | None) -> bool:
+    """The common case of a capture as one PostgreSQL statement: close the active hold, move the
+    account's balance and held, insert the Transaction with the balance after it and its entries
+    (the same legs as ``_settle_legs``). False, with nothing changed, when the key is taken or the
+    hold is not this client's, not active, expired or smaller than ``amount``: the stepwise path
+    then answers (a replay, or the refusal in its usual order)."""
+    columns, values = column_values(txn, exclude=("account", "amount", "balance_after", "held_after"))
+    now = txn.created_at
+    params = [
+        Hold.Status.CAPTURED, amount, amount, now,
+        txn.hold_id, txn.source, Hold.Status.ACTIVE, now, amount, txn.source, txn.external_id,
+        *values,
+        Part.HELD,
+        system_account_id(SystemAccount.SPENT), Part.AVAILABLE,
+        Part.AVAILABLE,
+    ]  # fmt: skip
+    row = _one_statement_row(_ledger_sql(_CAPTURE_SQL, tuple(columns)), params)
+    if row is None:
+        return False
+    account_id, user_id, balance, held, hold_amount, captured, released = row
+    account = _account_as_left(account_id, user_id, balance, held)
+    hold = Hold.from_db(
+        connection.alias,
+        ["id", "account_id", "source", "amount", "status", "captured_amount", "released_amount", "closed_at"],
+        [txn.hold_id, account_id, txn.source, hold_amount, Hold.Status.CAPTURED, captured, released, now],
+    )
+    hold.account = account
+    txn.amount = captured
+    _one_statement_saved(txn, account, hold)
+    return True
+
+
+@transaction.atomic
+def _capture_in_steps(*, source: str, external_id: str, hold_id, amount: int | None) -> LedgerResult:
     hold = _hold_for(source, hold_id)
     captured = hold.amount if amount is None else amount
     fingerprint = request_hash("capture", hold_id=str(hold.pk), amount=amount)

@@ -7,11 +7,12 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from points import services
 from points.errors import HoldNotActive, InsufficientFunds
-from points.models import Account, Hold, Transaction
+from points.models import Account, Hold, SystemAccount, Transaction
 
 from .conftest import assert_ledger_ok, capture, credit, debit, hold, release, totals
 
@@ -203,6 +204,9 @@ def test_a_capture_overtaken_by_the_expiry_sweep_is_refused(monkeypatch):
         return close(*args, **kwargs)
 
     monkeypatch.setattr(services, "_hold_close", close_after_the_sweep)
+    # The stepwise capture, whose check and close are separate statements. (The one-statement
+    # capture checks and closes in one guarded UPDATE of the hold row, which the sweep's UPDATE waits for.)
+    monkeypatch.setattr(services, "_capture_in_one_statement", lambda *args: False)
     outcome: dict = {}
     worker = _capture_in_thread(hold_id, outcome)
     try:
@@ -238,6 +242,7 @@ def test_the_expiry_sweep_leaves_a_hold_being_captured_alone(monkeypatch):
         swept.wait(timeout=10)
 
     monkeypatch.setattr(services, "_hold_close", close_then_wait_for_the_sweep)
+    monkeypatch.setattr(services, "_capture_in_one_statement", lambda *args: False)  # the stepwise capture
     outcome: dict = {}
     worker = _capture_in_thread(hold_id, outcome)
     try:
@@ -308,4 +313,45 @@ def test_an_expiry_sweep_is_not_put_off_by_a_busy_account():
     assert expired == 1
     assert Hold.objects.get(pk=hold_id).status == "expired"
     assert totals("alice") == (100, 0, 100)
+    assert_ledger_ok()
+
+
+def test_the_expiry_sweep_leaves_a_hold_captured_in_one_statement_alone():
+    """The one-statement capture's UPDATE holds the hold's row until its transaction ends (here a
+    caller's, kept open): the sweep, coming by after expiry, skips it, and the capture stands."""
+    credit("alice", 100)
+    hold_id = hold("alice", 100).transaction.hold_id
+    expires_at = timezone.now() + timedelta(milliseconds=400)
+    Hold.objects.filter(pk=hold_id).update(expires_at=expires_at)
+    captured, swept = threading.Event(), threading.Event()
+    outcome: dict = {}
+    services.system_account_id(SystemAccount.SPENT)  # cached per process, so the capture does not look it up
+
+    def work():
+        try:
+            with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+                outcome["result"] = capture(hold_id, external_id="cap")
+                outcome["statements"] = [q["sql"].split()[0] for q in queries]
+                captured.set()
+                swept.wait(timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcome["result"] = exc
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        assert captured.wait(timeout=10)
+        _wait_until(expires_at)
+        expired_meanwhile = services.holds_expire_due()
+    finally:
+        swept.set()
+        worker.join(timeout=10)
+
+    assert isinstance(outcome["result"], services.LedgerResult)
+    assert outcome["statements"] == ["SAVEPOINT", "WITH", "RELEASE"]  # it took the one-statement path
+    assert expired_meanwhile == 0
+    assert Hold.objects.get(pk=hold_id).status == "captured"
+    assert totals("alice") == (0, 0, 0)
     assert_ledger_ok()
