@@ -10,8 +10,8 @@ A refusal raises, which rolls everything back, so it consumes neither points nor
 
 Credit and debit, the hot path, do all three steps in one PostgreSQL statement when the account
 exists, the key is new and the funds suffice (``_transfer_in_one_statement``); so do a hold
-(``_hold_in_one_statement``) and the capture of an active hold of the calling client
-(``_capture_in_one_statement``). Every other case takes the same steps one by one, and so gives
+(``_hold_in_one_statement``) and the capture or release of an active hold of the calling client
+(``_settle_in_one_statement``). Every other case takes the same steps one by one, and so gives
 every replay and refusal.
 """
 
@@ -588,22 +588,32 @@ def _settle_legs(hold: Hold, captured: int) -> list[tuple[int, str, int]]:
 def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None = None) -> LedgerResult:
     """Spend ``amount`` (default: all) of an active hold; the rest returns to available."""
     _operation_check(external_id=external_id, amount=amount, amount_required=False)
-    if connection.vendor == "postgresql":
-        try:
-            hold_uuid = uuid.UUID(str(hold_id))
-        except ValueError:
-            hold_uuid = None  # the stepwise path answers NotFound
-        if hold_uuid is not None:
-            txn = Transaction(
-                source=source, external_id=external_id, kind=Kind.CAPTURE, hold_id=hold_uuid,
-                request_hash=request_hash("capture", hold_id=str(hold_uuid), amount=amount),
-            )  # fmt: skip
-            if _capture_in_one_statement(txn, amount):
-                return LedgerResult(txn, False)
+    settled = _settled_in_one_statement(source, external_id, hold_id, kind=Kind.CAPTURE, amount=amount)
+    if settled is not None:
+        return settled
     return _capture_in_steps(source=source, external_id=external_id, hold_id=hold_id, amount=amount)
 
 
-_CAPTURE_SQL = """
+def _settled_in_one_statement(source: str, external_id: str, hold_id, *, kind: str, amount: int | None):
+    """A capture (of ``amount``, None: all) or a release of a hold in one statement when it can be;
+    None when the stepwise path must decide."""
+    if connection.vendor != "postgresql":
+        return None
+    try:
+        hold_uuid = uuid.UUID(str(hold_id))
+    except ValueError:
+        return None  # the stepwise path answers NotFound
+    if kind == Kind.CAPTURE:
+        fingerprint = request_hash("capture", hold_id=str(hold_uuid), amount=amount)
+    else:
+        fingerprint = request_hash("release", hold_id=str(hold_uuid))
+    txn = Transaction(source=source, external_id=external_id, kind=kind, hold_id=hold_uuid, request_hash=fingerprint)
+    if _settle_in_one_statement(txn, captured=amount if kind == Kind.CAPTURE else 0):
+        return LedgerResult(txn, False)
+    return None
+
+
+_SETTLE_SQL = """
     WITH closed AS (
         UPDATE {holds}
            SET status = %s, captured_amount = COALESCE(%s, amount),
@@ -620,7 +630,7 @@ _CAPTURE_SQL = """
                closed.amount AS hold_amount, closed.captured_amount AS captured, closed.released_amount AS released
     ), txn AS (
         INSERT INTO {transactions} ({columns}, {account_column}, amount, balance_after, held_after)
-        SELECT {placeholders}, id, captured, balance, held FROM acct
+        SELECT {placeholders}, id, CASE WHEN %s THEN released ELSE captured END, balance, held FROM acct
         RETURNING id
     ), legs AS (
         INSERT INTO {entries} (transaction_id, account_id, part, amount)
@@ -635,34 +645,37 @@ _CAPTURE_SQL = """
 """
 
 
-def _capture_in_one_statement(txn: Transaction, amount: int | None) -> bool:
-    """The common case of a capture as one PostgreSQL statement: close the active hold, move the
-    account's balance and held, insert the Transaction with the balance after it and its entries
-    (the same legs as ``_settle_legs``). False, with nothing changed, when the key is taken or the
-    hold is not this client's, not active, expired or smaller than ``amount``: the stepwise path
-    then answers (a replay, or the refusal in its usual order)."""
+def _settle_in_one_statement(txn: Transaction, *, captured: int | None) -> bool:
+    """The common case of a capture (``captured`` points, None: all) or a release (0) as one
+    PostgreSQL statement: close the active hold, move the account's balance and held, insert the
+    Transaction with the balance after it and its entries (the legs of ``_settle_legs``). False,
+    with nothing changed, when the key is taken or the hold is not this client's, not active,
+    expired or smaller than ``captured``: the stepwise path then answers (a replay, or the refusal
+    in its usual order)."""
     columns, values = column_values(txn, exclude=("account", "amount", "balance_after", "held_after"))
     now = txn.created_at
+    status = Hold.Status.RELEASED if txn.kind == Kind.RELEASE else Hold.Status.CAPTURED
     params = [
-        Hold.Status.CAPTURED, amount, amount, now,
-        txn.hold_id, txn.source, Hold.Status.ACTIVE, now, amount, txn.source, txn.external_id,
+        status, captured, captured, now,
+        txn.hold_id, txn.source, Hold.Status.ACTIVE, now, captured, txn.source, txn.external_id,
         *values,
+        txn.kind == Kind.RELEASE,
         Part.HELD,
         system_account_id(SystemAccount.SPENT), Part.AVAILABLE,
         Part.AVAILABLE,
     ]  # fmt: skip
-    row = _one_statement_row(_ledger_sql(_CAPTURE_SQL, tuple(columns)), params)
+    row = _one_statement_row(_ledger_sql(_SETTLE_SQL, tuple(columns)), params)
     if row is None:
         return False
-    account_id, user_id, balance, held, hold_amount, captured, released = row
+    account_id, user_id, balance, held, hold_amount, captured_amount, released = row
     account = _account_as_left(account_id, user_id, balance, held)
     hold = Hold.from_db(
         connection.alias,
         ["id", "account_id", "source", "amount", "status", "captured_amount", "released_amount", "closed_at"],
-        [txn.hold_id, account_id, txn.source, hold_amount, Hold.Status.CAPTURED, captured, released, now],
+        [txn.hold_id, account_id, txn.source, hold_amount, status, captured_amount, released, now],
     )
     hold.account = account
-    txn.amount = captured
+    txn.amount = released if txn.kind == Kind.RELEASE else captured_amount
     _one_statement_saved(txn, account, hold)
     return True
 
@@ -689,9 +702,17 @@ def _capture_in_steps(*, source: str, external_id: str, hold_id, amount: int | N
 
 
 @_counted("release")
-@transaction.atomic
 def hold_release(*, source: str, external_id: str, hold_id) -> LedgerResult:
+    """Return an active hold's amount to available."""
     _operation_check(external_id=external_id, amount_required=False)
+    settled = _settled_in_one_statement(source, external_id, hold_id, kind=Kind.RELEASE, amount=None)
+    if settled is not None:
+        return settled
+    return _release_in_steps(source=source, external_id=external_id, hold_id=hold_id)
+
+
+@transaction.atomic
+def _release_in_steps(*, source: str, external_id: str, hold_id) -> LedgerResult:
     hold = _hold_for(source, hold_id)
     fingerprint = request_hash("release", hold_id=str(hold.pk))
     txn, replayed = _claim(

@@ -206,7 +206,7 @@ def test_a_capture_overtaken_by_the_expiry_sweep_is_refused(monkeypatch):
     monkeypatch.setattr(services, "_hold_close", close_after_the_sweep)
     # The stepwise capture, whose check and close are separate statements. (The one-statement
     # capture checks and closes in one guarded UPDATE of the hold row, which the sweep's UPDATE waits for.)
-    monkeypatch.setattr(services, "_capture_in_one_statement", lambda *args: False)
+    monkeypatch.setattr(services, "_settle_in_one_statement", lambda *args, **kwargs: False)
     outcome: dict = {}
     worker = _capture_in_thread(hold_id, outcome)
     try:
@@ -242,7 +242,7 @@ def test_the_expiry_sweep_leaves_a_hold_being_captured_alone(monkeypatch):
         swept.wait(timeout=10)
 
     monkeypatch.setattr(services, "_hold_close", close_then_wait_for_the_sweep)
-    monkeypatch.setattr(services, "_capture_in_one_statement", lambda *args: False)  # the stepwise capture
+    monkeypatch.setattr(services, "_settle_in_one_statement", lambda *args, **kwargs: False)  # the stepwise capture
     outcome: dict = {}
     worker = _capture_in_thread(hold_id, outcome)
     try:

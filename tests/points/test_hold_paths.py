@@ -1,4 +1,4 @@
-"""Hold and capture take one of two paths, as credit and debit do: one statement for the common
+"""Hold, capture and release take one of two paths, as credit and debit do: one statement for the common
 case (the account exists, the key is new, the funds suffice; the hold is this client's, active and
 large enough), the stepwise path for everything else, which also gives every refusal. Both must
 store the same ledger and answer the same body, alone and under concurrency."""
@@ -12,7 +12,7 @@ from points.errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict
 from points.models import Entry, Hold, SystemAccount, Transaction
 from points.serializers import operation_result
 
-from .conftest import SOURCE, assert_ledger_ok, capture, credit, hold, totals
+from .conftest import SOURCE, assert_ledger_ok, capture, credit, hold, release, totals
 from .test_concurrency import THREADS, kinds, run_together, unexpected
 from .test_transfer_paths import _statements
 
@@ -39,16 +39,18 @@ def _ledger_rows(txn: Transaction) -> dict:
 def _hold_then_capture(user: str, *, captured: int | None) -> tuple:
     credit(user, 100)
     held = hold(user, 30, reason="basket", metadata={"order": 7}, expires_in=600)
+    if captured == 0:
+        return held, release(held.transaction.hold_id)
     settled = capture(held.transaction.hold_id, amount=captured)
     return held, settled
 
 
-@pytest.mark.parametrize("captured", [None, 30, 12], ids=["all by default", "all", "part"])
+@pytest.mark.parametrize("captured", [None, 30, 12, 0], ids=["all by default", "all", "part", "released"])
 def test_both_paths_store_the_same_rows_and_answer_the_same_body(captured, monkeypatch):
     one = _hold_then_capture("one", captured=captured)
     with monkeypatch.context() as patch:
         patch.setattr(services, "_hold_in_one_statement", lambda *args: False)
-        patch.setattr(services, "_capture_in_one_statement", lambda *args: False)
+        patch.setattr(services, "_settle_in_one_statement", lambda *args, **kwargs: False)
         steps = _hold_then_capture("steps", captured=captured)
 
     for one_result, steps_result in zip(one, steps, strict=True):
@@ -59,7 +61,8 @@ def test_both_paths_store_the_same_rows_and_answer_the_same_body(captured, monke
         for varying in ("transaction_id", "user_id", "hold_id", "expires_at"):
             body.pop(varying, None), reference.pop(varying, None)
         assert body == reference
-    assert totals("one") == totals("steps") == (100 - (captured or 30), 0, 100 - (captured or 30))
+    spent = 30 if captured is None else captured
+    assert totals("one") == totals("steps") == (100 - spent, 0, 100 - spent)
     assert_ledger_ok()
 
 
@@ -77,6 +80,13 @@ def test_a_hold_and_its_capture_are_one_statement_each():
     settled, statements = _statements(lambda: capture(held.transaction.hold_id, amount=25))
     assert statements == ["WITH"]
     assert (settled.replayed, settled.transaction.amount, settled.transaction.hold.amount) == (False, 25, 40)
+    assert totals("alice") == (75, 0, 75)
+
+    released, statements = _statements(lambda: release(hold("alice", 15).transaction.hold_id))
+    assert statements == ["WITH", "WITH"]  # the hold, then its release
+    assert (released.transaction.kind, released.transaction.amount, released.transaction.hold.status) == (
+        "release", 15, "released",
+    )  # fmt: skip
     assert totals("alice") == (75, 0, 75)
     assert_ledger_ok()
 
@@ -149,4 +159,21 @@ def test_parallel_holds_never_hold_more_than_is_available():
     assert unexpected(outcomes, InsufficientFunds) == []
     assert kinds(outcomes) == {"LedgerResult": 3, "InsufficientFunds": THREADS - 3}
     assert totals("alice") == (100, 90, 10)
+    assert_ledger_ok()
+
+
+def test_parallel_captures_and_releases_of_one_hold_settle_it_once():
+    credit("alice", 100)
+    hold_id = hold("alice", 60).transaction.hold_id
+
+    outcomes = run_together(
+        lambda i: capture(hold_id, amount=10, external_id=f"c-{i}") if i % 2 else release(hold_id, external_id=f"r-{i}")
+    )
+
+    assert unexpected(outcomes, HoldNotActive) == []
+    assert kinds(outcomes) == {"LedgerResult": 1, "HoldNotActive": THREADS - 1}
+    [settlement] = Transaction.objects.filter(hold_id=hold_id).exclude(kind="hold")
+    spent = 10 if settlement.kind == "capture" else 0
+    assert Hold.objects.get(pk=hold_id).status == ("captured" if spent else "released")
+    assert totals("alice") == (100 - spent, 0, 100 - spent)
     assert_ledger_ok()
