@@ -594,7 +594,9 @@ def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None =
     return _capture_in_steps(source=source, external_id=external_id, hold_id=hold_id, amount=amount)
 
 
-def _settled_in_one_statement(source: str, external_id: str, hold_id, *, kind: str, amount: int | None):
+def _settled_in_one_statement(
+    source: str, external_id: str, hold_id, *, kind: str, amount: int | None
+) -> LedgerResult | None:
     """A capture (of ``amount``, None: all) or a release of a hold in one statement when it can be;
     None when the stepwise path must decide."""
     if connection.vendor != "postgresql":
