@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import NoReturn
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -124,13 +124,24 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
     """
     try:
         return _ingest_once(client_name=client_name, data=data)
-    except IntegrityError as exc:
-        if connection.in_atomic_block or not _is_foreign_key_violation(exc):
+    except (IntegrityError, OperationalError) as exc:
+        # Only this call's own transaction can be tried again: in a caller's, the error belongs
+        # to the caller (and a foreign key is checked at its commit).
+        if connection.in_atomic_block:
             raise
-    # Another process deleted a rule or reward line this one still had cached (rules are cached
-    # for RULES_CACHE_SECONDS and an edit clears only the editing process's cache): the actions'
-    # foreign keys refused them and nothing was written. Plan again with the rules as they are.
-    rules_cache_clear()
+        if _sqlstate(exc) == _DEADLOCK:
+            # Two ingests each held a lock the other wanted (row locks, or two upgrades whose
+            # rules reward each other's user under a lock condition); PostgreSQL aborted this
+            # one, and nothing it did is left. The other has gone on: this one now can too.
+            pass
+        elif _is_foreign_key_violation(exc):
+            # Another process deleted a rule or reward line this one still had cached (rules are
+            # cached for RULES_CACHE_SECONDS and an edit clears only the editing process's
+            # cache): the actions' foreign keys refused them and nothing was written. Plan again
+            # with the rules as they are.
+            rules_cache_clear()
+        else:
+            raise
     return _ingest_once(client_name=client_name, data=data)
 
 
@@ -143,9 +154,15 @@ def _ingest_once(*, client_name: str, data: dict) -> IngestResult:
     return _ingest_in_transaction(client_name=client_name, data=data)
 
 
-def _is_foreign_key_violation(exc: IntegrityError) -> bool:
-    cause = exc.__cause__
-    return getattr(cause, "sqlstate", None) == "23503" or "FOREIGN KEY constraint failed" in str(exc)
+_DEADLOCK = "40P01"
+
+
+def _sqlstate(exc: Exception) -> str | None:
+    return getattr(exc.__cause__, "sqlstate", None)
+
+
+def _is_foreign_key_violation(exc: Exception) -> bool:
+    return _sqlstate(exc) == "23503" or "FOREIGN KEY constraint failed" in str(exc)
 
 
 class _NeedsTransaction(Exception):

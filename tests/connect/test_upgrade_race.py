@@ -117,3 +117,39 @@ def test_events_checking_the_same_user_s_lock_do_not_wait_for_each_other(monkeyp
     assert second_finished_first  # the first still held its (shared) lock
     assert EconomicEvent.objects.filter(event_type="task.done").count() == 2
     assert set(RewardAction.objects.values_list("status", flat=True)) == {RewardAction.Status.LOCKED}
+
+
+def test_two_upgrades_rewarding_each_other_under_a_lock_both_go_through(monkeypatch, make_rule):
+    """Each upgrade holds its own user's lock and then checks the other's: a deadlock. PostgreSQL
+    aborts one; ingest tries it again once the other has committed, and nothing is lost or locked."""
+    make_rule(
+        "vip_friend_bonus", "user.upgraded_to_vip",
+        [{"target": "context.friend", "reward_type": "points", "amount": "10", "lock_condition": "vip"}],
+    )  # fmt: skip
+    both_upgraded = threading.Barrier(2, timeout=30)
+    passed: set = set()
+    original = profiles.locked_release
+
+    def release_then_meet(**kwargs):
+        result = original(**kwargs)
+        if threading.current_thread() not in passed:  # only the first attempt of each waits
+            passed.add(threading.current_thread())
+            both_upgraded.wait()
+        return result
+
+    monkeypatch.setattr(profiles, "locked_release", release_then_meet)
+    sides = [
+        _Side("user_service", {"external_id": f"up-{me}", "event_type": "user.upgraded_to_vip",
+                               "actor_user_id": me, "context": {"friend": friend}})
+        for me, friend in (("u-x", "u-y"), ("u-y", "u-x"))
+    ]  # fmt: skip
+    for side in sides:
+        side.start()
+    for side in sides:
+        side.join(60)
+
+    assert [side.error for side in sides] == [None, None]
+    assert EconomicEvent.objects.filter(event_type="user.upgraded_to_vip").count() == 2
+    statuses = dict(RewardAction.objects.values_list("target_user_id", "status"))
+    assert statuses == {"u-x": RewardAction.Status.COMPLETED, "u-y": RewardAction.Status.COMPLETED}  # tasks inline
+    assert set(UserProfile.objects.filter(is_vip=True).values_list("user_id", flat=True)) == {"u-x", "u-y"}
