@@ -127,21 +127,18 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
     except (IntegrityError, OperationalError) as exc:
         # Only this call's own transaction can be tried again: in a caller's, the error belongs
         # to the caller (and a foreign key is checked at its commit).
-        if connection.in_atomic_block:
+        # Two cases leave nothing written and succeed on a second try:
+        # - a deadlock: two ingests each held a lock the other wanted (row locks, or two upgrades
+        #   whose rules reward each other's user under a lock condition); PostgreSQL aborted this
+        #   one and the other has gone on;
+        # - a foreign-key refusal: another process deleted a rule or reward line this one still
+        #   had cached (RULES_CACHE_SECONDS; an edit clears only the editing process's cache), so
+        #   plan again with the rules as they are.
+        deadlock, stale_rules = _sqlstate(exc) == _DEADLOCK, _is_foreign_key_violation(exc)
+        if connection.in_atomic_block or not (deadlock or stale_rules):
             raise
-        if _sqlstate(exc) == _DEADLOCK:
-            # Two ingests each held a lock the other wanted (row locks, or two upgrades whose
-            # rules reward each other's user under a lock condition); PostgreSQL aborted this
-            # one, and nothing it did is left. The other has gone on: this one now can too.
-            pass
-        elif _is_foreign_key_violation(exc):
-            # Another process deleted a rule or reward line this one still had cached (rules are
-            # cached for RULES_CACHE_SECONDS and an edit clears only the editing process's
-            # cache): the actions' foreign keys refused them and nothing was written. Plan again
-            # with the rules as they are.
+        if stale_rules:
             rules_cache_clear()
-        else:
-            raise
     return _ingest_once(client_name=client_name, data=data)
 
 

@@ -467,11 +467,11 @@ def hold_create(
     seconds = expires_in if expires_in is not None else settings.POINTS_DEFAULT_HOLD_SECONDS
     fields = {"kind": Kind.HOLD, "amount": amount, "reason": reason, "metadata": metadata}
     if connection.vendor == "postgresql":
-        txn = Transaction(source=source, external_id=external_id, request_hash=fingerprint, **fields)
-        hold = Hold(
-            source=source, amount=amount, expires_at=txn.created_at + timedelta(seconds=seconds),
-            created_at=txn.created_at,
-        )  # fmt: skip
+        now = timezone.now()
+        hold = Hold(source=source, amount=amount, expires_at=now + timedelta(seconds=seconds), created_at=now)
+        txn = Transaction(
+            source=source, external_id=external_id, request_hash=fingerprint, hold_id=hold.pk, created_at=now, **fields
+        )
         if _hold_in_one_statement(txn, hold, user_id):
             return LedgerResult(txn, False)
     return _hold_in_steps(source, external_id, user_id, fingerprint, seconds, fields)
@@ -505,7 +505,6 @@ def _hold_in_one_statement(txn: Transaction, hold: Hold, user_id: str) -> bool:
     Hold, the Transaction with the balance after it and its two entries. False, with nothing
     changed, when the key is taken, the user has no account or the funds do not suffice: the
     stepwise path then sorts it out (as for ``_transfer_in_one_statement``)."""
-    txn.hold_id = hold.pk
     columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
     hold_columns, hold_values = column_values(hold, exclude=("account",))
     amount = hold.amount
@@ -518,7 +517,6 @@ def _hold_in_one_statement(txn: Transaction, hold: Hold, user_id: str) -> bool:
     ]  # fmt: skip
     row = _one_statement_row(_ledger_sql(_HOLD_SQL, tuple(columns), tuple(hold_columns)), params)
     if row is None:
-        txn.hold_id = None
         return False
     account_id, balance, held = row
     account = _account_as_left(account_id, user_id, balance, held)
@@ -605,14 +603,18 @@ def _settled_in_one_statement(
         hold_uuid = uuid.UUID(str(hold_id))
     except ValueError:
         return None  # the stepwise path answers NotFound
-    if kind == Kind.CAPTURE:
-        fingerprint = request_hash("capture", hold_id=str(hold_uuid), amount=amount)
-    else:
-        fingerprint = request_hash("release", hold_id=str(hold_uuid))
+    fingerprint = _settle_fingerprint(kind, hold_uuid, amount)
     txn = Transaction(source=source, external_id=external_id, kind=kind, hold_id=hold_uuid, request_hash=fingerprint)
     if _settle_in_one_statement(txn, captured=amount if kind == Kind.CAPTURE else 0):
         return LedgerResult(txn, False)
     return None
+
+
+def _settle_fingerprint(kind: str, hold_id: uuid.UUID, amount: int | None) -> str:
+    """The request hash of a capture or release: the same on both paths, or a replay would conflict."""
+    if kind == Kind.CAPTURE:
+        return request_hash("capture", hold_id=str(hold_id), amount=amount)
+    return request_hash("release", hold_id=str(hold_id))
 
 
 _SETTLE_SQL = """
@@ -686,7 +688,7 @@ def _settle_in_one_statement(txn: Transaction, *, captured: int | None) -> bool:
 def _capture_in_steps(*, source: str, external_id: str, hold_id, amount: int | None) -> LedgerResult:
     hold = _hold_for(source, hold_id)
     captured = hold.amount if amount is None else amount
-    fingerprint = request_hash("capture", hold_id=str(hold.pk), amount=amount)
+    fingerprint = _settle_fingerprint(Kind.CAPTURE, hold.pk, amount)
     txn, replayed = _claim(
         source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.CAPTURE,
         account=hold.account, amount=captured, hold=hold,
@@ -716,7 +718,7 @@ def hold_release(*, source: str, external_id: str, hold_id) -> LedgerResult:
 @transaction.atomic
 def _release_in_steps(*, source: str, external_id: str, hold_id) -> LedgerResult:
     hold = _hold_for(source, hold_id)
-    fingerprint = request_hash("release", hold_id=str(hold.pk))
+    fingerprint = _settle_fingerprint(Kind.RELEASE, hold.pk, None)
     txn, replayed = _claim(
         source=source, external_id=external_id, fingerprint=fingerprint, kind=Kind.RELEASE,
         account=hold.account, amount=hold.amount, hold=hold,
