@@ -208,6 +208,11 @@ def returning_columns(model: type[Model]) -> str:
     return ", ".join(column for _, column in _insert_columns(model))
 
 
+def qualified_columns(model: type[Model], alias: str) -> str:
+    """``returning_columns`` with each column prefixed by a table alias, for a row read through a join."""
+    return ", ".join(f"{alias}.{column}" for _, column in _insert_columns(model))
+
+
 @functools.cache
 def _attnames(model: type[Model]) -> list[str]:
     return [field.attname for field in model._meta.concrete_fields]
