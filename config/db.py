@@ -75,24 +75,35 @@ def insert_with_dependents_unless_conflict(
     or not at all, with no BEGIN or COMMIT round trip. Every pk must already be set (a client-side
     default such as a UUID): nothing is read back. True when this call inserted them all (the
     instances are then saved); False when the parent's key already exists, and nothing was written.
+
+    A NULL goes into the text rather than as a parameter: an event with two reward actions then
+    stays within the 50 parameters up to which psycopg caches how it parsed a statement's text
+    (about 0.1 ms of CPU per event otherwise).
     """
     quote = connection.ops.quote_name
     columns, values = column_values(instance)
-    sql = f"WITH parent AS ({_insert_unless_conflict_sql(type(instance)._meta, columns, conflict_fields, '1')})"
-    params = list(values)
+    placeholders = ["NULL" if value is None else "%s" for value in values]
+    sql = "WITH parent AS ({})".format(
+        _insert_unless_conflict_sql(type(instance)._meta, columns, conflict_fields, "1", placeholders)
+    )
+    params = [value for value in values if value is not None]
     if dependents:
         child_meta = type(dependents[0])._meta
         rows = [column_values(child) for child in dependents]
         child_columns = rows[0][0]
         # A VALUES list in a subquery does not take the target columns' types, so each value is cast
         # to its column's type (a NULL or a text literal would otherwise not go into uuid, jsonb ...).
-        casts = _cast_placeholders(type(dependents[0]), tuple(child_columns))
+        casts, null_casts = _cast_placeholders(type(dependents[0]), tuple(child_columns))
+        row_texts = [
+            "(" + ", ".join(n if v is None else c for v, c, n in zip(row, casts, null_casts, strict=True)) + ")"
+            for _, row in rows
+        ]
         sql += (
             f", dependents AS (INSERT INTO {quote(child_meta.db_table)} ({', '.join(child_columns)}) "
-            f"SELECT * FROM (VALUES {', '.join([casts] * len(rows))}) AS row_values "
+            f"SELECT * FROM (VALUES {', '.join(row_texts)}) AS row_values "
             f"WHERE EXISTS (SELECT 1 FROM parent) RETURNING 1)"
         )
-        params += [value for _, row in rows for value in row]
+        params += [value for _, row in rows for value in row if value is not None]
         sql += " SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM dependents)"
     else:
         sql += " SELECT (SELECT count(*) FROM parent), 0"
@@ -108,25 +119,29 @@ def insert_with_dependents_unless_conflict(
     return True
 
 
-def _insert_unless_conflict_sql(meta, columns: Sequence[str], conflict_fields: Sequence[str], returning: str) -> str:
+def _insert_unless_conflict_sql(
+    meta, columns: Sequence[str], conflict_fields: Sequence[str], returning: str, placeholders: Sequence[str] = ()
+) -> str:
     quote = connection.ops.quote_name
     conflict = ", ".join(quote(meta.get_field(name).column) for name in conflict_fields)
     return (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(placeholders or ['%s'] * len(columns))}) "
         f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}"
     )
 
 
 @functools.cache
-def _cast_placeholders(model: type[Model], quoted_columns: tuple[str, ...]) -> str:
-    """``(CAST(%s AS uuid), CAST(%s AS text), ...)`` for these columns of ``model``.
+def _cast_placeholders(model: type[Model], quoted_columns: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``CAST(%s AS uuid)``, ``CAST(%s AS text)`` ... for these columns of ``model``, and the same
+    with NULL in place of the placeholder.
 
     Text goes in as ``text``, not as the column's ``varchar(n)``: an explicit cast to ``varchar(n)``
     silently cuts a longer value, where the INSERT's own conversion refuses it, as a plain INSERT does.
     """
     by_column = {connection.ops.quote_name(field.column): field for field in model._meta.concrete_fields}
-    casts = [f"CAST(%s AS {_cast_type(by_column[column])})" for column in quoted_columns]
-    return "(" + ", ".join(casts) + ")"
+    types = [_cast_type(by_column[column]) for column in quoted_columns]
+    return [f"CAST(%s AS {type_})" for type_ in types], [f"CAST(NULL AS {type_})" for type_ in types]
 
 
 def _cast_type(field: Field) -> str:

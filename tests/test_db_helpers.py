@@ -165,3 +165,27 @@ def test_insert_with_dependents_refuses_a_too_long_text_instead_of_cutting_it():
 
     assert not EconomicEvent.objects.filter(external_id="e-long").exists()  # one statement: nothing written
     assert not RewardAction.objects.exists()
+
+
+def test_an_event_with_two_actions_stays_within_psycopgs_cached_statement_size():
+    """NULLs go into the text, so an event with two reward actions (the common case) is sent with
+    at most 50 parameters, the most for which psycopg reuses how it parsed the statement's text."""
+    from psycopg import _queries
+
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    event = _event("e-cache", primary_subject_user_id="v", occurred_at=None)
+    actions = [_action(event, rule), _action(event, rule, target_user_id="v")]
+    sent = []
+
+    def record(execute, sql, params, many, context):
+        sent.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        assert insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions) is True
+
+    [(sql, params)] = sent
+    assert None not in params and len(params) <= _queries.MAX_CACHED_STATEMENT_PARAMS
+    assert len(sql.encode()) <= _queries.MAX_CACHED_STATEMENT_LENGTH
+    stored = RewardAction.objects.get(pk=actions[0].pk)
+    assert (stored.completed_at, stored.cancelled_by_id) == (None, None)
