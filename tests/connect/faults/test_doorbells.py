@@ -1,13 +1,16 @@
-"""The doorbells of one commit go to the broker (Redis) in one batch; one bad message does not stop
-the others."""
+"""The doorbells of one commit go to the broker (Redis) in one round trip; one bad message does not
+stop the others. Each test runs on both paths: the filled template (this project's Redis transport)
+and Celery's message published through a kombu batch (any other transport)."""
 
 import base64
 import json
 import uuid
 
 import pytest
+import redis
 from kombu.transport.redis import PublishBatch
 
+from connect import dispatch
 from connect.dispatch import dispatch_enqueue_many
 from connect.tasks import dispatch_reward_action
 
@@ -21,53 +24,94 @@ def _queued_action_ids(client) -> list[str]:
     return sorted(ids)
 
 
+@pytest.fixture(params=["template", "publisher"])
+def path(request, monkeypatch):
+    if request.param == "publisher":
+        monkeypatch.setattr(dispatch, "_doorbell_template", lambda task, channel: None)
+    return request.param
+
+
 @pytest.fixture
-def flushes(monkeypatch):
-    counted = []
-    flush = PublishBatch.flush
+def writes(monkeypatch):
+    """Values per LPUSH command sent on its own, and messages per kombu batch flush."""
+    counted = {"lpush": [], "flush": []}
+    flush, lpush = PublishBatch.flush, redis.Redis.lpush
 
     def counting_flush(self):
-        counted.append(self._buffered)
+        if self._buffered:
+            counted["flush"].append(self._buffered)
         return flush(self)
 
+    def counting_lpush(self, name, *values):
+        if not isinstance(self, redis.client.Pipeline):
+            counted["lpush"].append(len(values))
+        return lpush(self, name, *values)
+
     monkeypatch.setattr(PublishBatch, "flush", counting_flush)
+    monkeypatch.setattr(redis.Redis, "lpush", counting_lpush)
     return counted
 
 
-def test_the_doorbells_of_one_commit_go_out_in_one_batch(broker, flushes):
+def _one_round_trip(path: str, writes: dict, count: int) -> bool:
+    if path == "template":
+        return writes == {"lpush": [count], "flush": []}  # one LPUSH with every message
+    return writes == {"lpush": [], "flush": [count]}  # one pipeline of one LPUSH each
+
+
+def test_the_doorbells_of_one_commit_go_out_in_one_round_trip(broker, path, writes):
     action_ids = sorted(str(uuid.uuid4()) for _ in range(3))
 
     assert dispatch_enqueue_many(action_ids) == []
 
     assert _queued_action_ids(broker.client) == action_ids
-    assert [n for n in flushes if n] == [3]  # one pipeline of three LPUSHes
+    assert _one_round_trip(path, writes, 3)
 
 
-def test_a_message_that_cannot_be_sent_does_not_stop_the_others(broker, monkeypatch):
+def test_a_message_that_cannot_be_built_does_not_stop_the_others(broker, path, monkeypatch):
     action_ids = sorted(str(uuid.uuid4()) for _ in range(3))
     unlucky = action_ids[1]
-    amqp = dispatch_reward_action.app.amqp
-    create_task_message = amqp.create_task_message
+    if path == "template":
+        fill = dispatch._DoorbellTemplate.fill
 
-    def failing_for_one(task_id, name, args, kwargs, **options):
-        if args[0] == unlucky:
-            raise ValueError("cannot encode")
-        return create_task_message(task_id, name, args, kwargs, **options)
+        def failing_for_one(self, action_id):
+            if action_id == unlucky:
+                raise ValueError("cannot encode")
+            return fill(self, action_id)
 
-    monkeypatch.setattr(amqp, "create_task_message", failing_for_one)
+        monkeypatch.setattr(dispatch._DoorbellTemplate, "fill", failing_for_one)
+    else:
+        amqp = dispatch_reward_action.app.amqp
+        create_task_message = amqp.create_task_message
+
+        def failing_for_one(task_id, name, args, kwargs, **options):
+            if args[0] == unlucky:
+                raise ValueError("cannot encode")
+            return create_task_message(task_id, name, args, kwargs, **options)
+
+        monkeypatch.setattr(amqp, "create_task_message", failing_for_one)
 
     assert dispatch_enqueue_many(action_ids) == [unlucky]
 
     assert _queued_action_ids(broker.client) == [action_ids[0], action_ids[2]]
 
 
-def test_a_single_doorbell_also_takes_the_batch_path(broker, flushes):
+def test_a_single_doorbell_takes_the_same_path(broker, path, writes):
     action_id = str(uuid.uuid4())
 
     assert dispatch_enqueue_many([action_id]) == []
 
     assert _queued_action_ids(broker.client) == [action_id]
-    assert [n for n in flushes if n] == [1]
+    assert _one_round_trip(path, writes, 1)
+
+
+def test_an_id_that_is_not_plain_text_takes_the_publisher_path(broker, writes):
+    odd = "action'\"id"
+
+    assert dispatch_enqueue_many([odd, str(uuid.uuid4())]) == []
+
+    assert writes == {"lpush": [], "flush": [2]}
+    raw = [json.loads(message) for message in broker.client.lrange("celery", 0, -1)]
+    assert odd in [json.loads(base64.b64decode(message["body"]))[0][0] for message in raw]
 
 
 # Fields that differ between any two messages (ids), and the reply queue apply_async names for
@@ -90,16 +134,20 @@ def _envelope_shape(raw: bytes) -> dict:
     }
 
 
-def test_a_doorbell_is_the_message_apply_async_would_send(broker):
+def test_a_doorbell_is_the_message_apply_async_would_send(broker, path):
     """Same task, arguments, queue, routing, serializer and delivery mode as apply_async: a worker
     runs it exactly as it runs a message sent the usual way."""
     action_id = str(uuid.uuid4())
 
     dispatch_reward_action.apply_async([action_id])
-    dispatch_enqueue_many([action_id])
+    dispatch_enqueue_many([action_id, action_id])
 
-    usual, batched = broker.client.lrange("celery", 0, -1)[::-1]  # LPUSH: the newest first
-    assert _envelope_shape(batched) == _envelope_shape(usual)
+    usual, batched, again = broker.client.lrange("celery", 0, -1)[::-1]  # LPUSH: the newest first
+    assert _envelope_shape(batched) == _envelope_shape(usual) == _envelope_shape(again)
+    ids = [json.loads(raw)["headers"]["id"] for raw in (usual, batched, again)]
+    tags = [json.loads(raw)["properties"]["delivery_tag"] for raw in (usual, batched, again)]
+    assert len(set(ids)) == len(set(tags)) == 3  # every message its own task id and delivery tag
+    assert json.loads(batched)["properties"]["correlation_id"] == ids[1]
     envelope = json.loads(batched)
     assert envelope["headers"]["task"] == "connect.tasks.dispatch_reward_action"
     assert json.loads(base64.b64decode(envelope["body"]))[0] == [action_id]
