@@ -157,3 +157,26 @@ def test_a_doorbell_is_the_message_apply_async_would_send(broker, path):
         dispatch_reward_action.soft_time_limit,
     ]
     assert envelope["headers"]["id"] != json.loads(usual)["headers"]["id"]
+
+
+def test_the_queue_is_declared_once_per_broker_connection(broker, path, monkeypatch):
+    """kombu's cache of declared queues is checked first: the first doorbell on a connection declares
+    the queue, later ones do not call maybe_declare at all."""
+    from kombu import Producer
+
+    declared = []
+    maybe_declare = Producer.maybe_declare
+
+    def counting(self, entity, *args, **kwargs):
+        declared.append(entity.name)
+        return maybe_declare(self, entity, *args, **kwargs)
+
+    monkeypatch.setattr(Producer, "maybe_declare", counting)
+    with dispatch_reward_action.app.producer_or_acquire() as producer:
+        producer.channel.connection.client.declared_entities.clear()  # as on a new connection
+
+    for _ in range(3):
+        assert dispatch_enqueue_many([str(uuid.uuid4())]) == []
+
+    assert declared == ["celery"]
+    assert len(_queued_action_ids(broker.client)) == 3
