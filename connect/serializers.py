@@ -3,7 +3,7 @@ import re
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from config.api.fields import BoundedJSONObjectField, StrictCharField, StrictUUIDField
+from config.api.fields import BoundedJSONObjectField, StrictCharField, StrictUUIDField, storable_text_problem
 
 from .models import EconomicEvent, RewardAction
 
@@ -60,6 +60,54 @@ class EventIn(serializers.Serializer):
         default=None,
         help_text="When it happened (RFC 3339); rules' validity windows use it, else received_at.",
     )
+
+
+# Fields the fast path below reads as plain strings: name -> most characters.
+_EVENT_TEXT_FIELDS = {"external_id": 200, "event_type": 100, "source_service": 100, "actor_user_id": 100}
+_CONTEXT_FIELD = EventIn._declared_fields["context"]  # its checks need no binding (size, storable text)
+
+
+def event_in_validated(data) -> dict | None:
+    """``EventIn(data=data).validated_data`` for a body every field takes as it stands, or None.
+
+    DRF's validation of an event body (fields deep-copied per request, then per field the empty-value
+    handling and four or five validator objects) cost about 0.2 ms of an event POST's 1.8 ms of CPU.
+    This checks the same conditions directly: every string a JSON string of 1 to its most characters,
+    without NUL or lone surrogates; the event type on its pattern; the subject missing, null or such a
+    string; the context missing or an object the context field itself accepts. Anything else (a
+    missing or null field, a wrong type, a bad length, an ``occurred_at`` to parse) gives None and goes
+    through the serializer, which also words the errors. The result has the serializer's keys, order
+    and values; a test compares the two on generated bodies.
+    """
+    if type(data) is not dict:
+        return None
+    validated = {}
+    for name, most in _EVENT_TEXT_FIELDS.items():
+        value = data.get(name)
+        if not _plain_text(value, most):
+            return None
+        validated[name] = value
+    if not re.fullmatch(EVENT_TYPE_PATTERN, validated["event_type"]):
+        return None
+    subject = data.get("primary_subject_user_id")
+    if subject is not None and not _plain_text(subject, 100):
+        return None
+    validated["primary_subject_user_id"] = subject
+    if "context" in data:
+        try:
+            validated["context"] = _CONTEXT_FIELD.run_validation(data["context"])
+        except serializers.ValidationError:
+            return None
+    else:
+        validated["context"] = {}
+    if data.get("occurred_at") is not None:
+        return None
+    validated["occurred_at"] = None
+    return validated
+
+
+def _plain_text(value, most: int) -> bool:
+    return type(value) is str and 1 <= len(value) <= most and storable_text_problem(value) is None
 
 
 # The response serializers below write their output by hand: a ModelSerializer builds (and deep-copies)
