@@ -69,10 +69,10 @@ class EventsView(ApiView):
             raise PermissionDenied(f"This key may not post events of type '{data['event_type']}'.")
         result = event_ingest(client_name=principal.client_name, data=data)
         if result.actions is None:  # a replay: the actions as they are now
-            event = selectors.event_with_actions(event_id=result.event.pk)
+            body = serializers.EventOut(selectors.event_with_actions(event_id=result.event.pk)).data
         else:  # what this request stored, as committed
-            event = selectors.event_with_given_actions(result.event, result.actions)
-        return Response(serializers.EventOut(event).data, status=200 if result.replayed else 201)
+            body = serializers.event_out_data(result.event, selectors.actions_in_read_order(result.actions))
+        return Response(body, status=200 if result.replayed else 201)
 
 
 class EventDetailView(ApiView):

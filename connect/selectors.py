@@ -13,14 +13,9 @@ def event_with_actions(*, event_id) -> EconomicEvent | None:
     )
 
 
-def event_with_given_actions(event: EconomicEvent, actions: list[RewardAction]) -> EconomicEvent:
-    """The event with the actions its ingestion just stored, as ``event_with_actions`` would read
-    them back (same order), without reading them back."""
-    queryset = event.reward_actions.all()
-    queryset._result_cache = sorted(actions, key=lambda action: (action.created_at, action.pk))
-    queryset._prefetch_done = True
-    event._prefetched_objects_cache = {"reward_actions": queryset}
-    return event
+def actions_in_read_order(actions: list[RewardAction]) -> list[RewardAction]:
+    """Actions just stored, in the order ``event_with_actions`` reads an event's actions back."""
+    return sorted(actions, key=lambda action: (action.created_at, action.pk))
 
 
 def reward_actions_filtered(*, target_user_id=None, status=None, reward_type=None, event_id=None):

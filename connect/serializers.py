@@ -184,21 +184,27 @@ class EventOut(serializers.ModelSerializer):
         )  # fmt: skip
 
     def to_representation(self, instance):
-        return {
-            "id": _text(instance.id),
-            "external_id": _text(instance.external_id),
-            "event_type": _text(instance.event_type),
-            "source_service": _text(instance.source_service),
-            "actor_user_id": _text(instance.actor_user_id),
-            "primary_subject_user_id": _text(instance.primary_subject_user_id),
-            "context": _dict(instance.context),
-            "occurred_at": _datetime(instance.occurred_at),
-            "status": _text(instance.status),
-            "error": _text(instance.error),
-            "received_at": _datetime(instance.received_at),
-            # In the order the (prefetched) queryset gives them.
-            "reward_actions": [_reward_action_data(action) for action in instance.reward_actions.all()],
-        }
+        # In the order the (prefetched) queryset gives them.
+        return event_out_data(instance, instance.reward_actions.all())
+
+
+def event_out_data(event: EconomicEvent, actions) -> dict:
+    """``EventOut``'s representation of ``event`` with these reward actions, in the order given: the
+    event POST answers with the rows it has just written, without a queryset to carry them."""
+    return {
+        "id": _text(event.id),
+        "external_id": _text(event.external_id),
+        "event_type": _text(event.event_type),
+        "source_service": _text(event.source_service),
+        "actor_user_id": _text(event.actor_user_id),
+        "primary_subject_user_id": _text(event.primary_subject_user_id),
+        "context": _dict(event.context),
+        "occurred_at": _datetime(event.occurred_at),
+        "status": _text(event.status),
+        "error": _text(event.error),
+        "received_at": _datetime(event.received_at),
+        "reward_actions": [_reward_action_data(action) for action in actions],
+    }
 
 
 class RewardActionFilter(serializers.Serializer):
