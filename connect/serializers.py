@@ -1,3 +1,4 @@
+import copy
 import re
 
 from django.core.validators import RegexValidator
@@ -62,9 +63,14 @@ class EventIn(serializers.Serializer):
     )
 
 
-# Fields the fast path below reads as plain strings: name -> most characters.
-_EVENT_TEXT_FIELDS = {"external_id": 200, "event_type": 100, "source_service": 100, "actor_user_id": 100}
-_CONTEXT_FIELD = EventIn._declared_fields["context"]  # its checks need no binding (size, storable text)
+# What the fast path below reads from EventIn's own fields: the most characters of each required
+# string and of the subject, and a copy of the context field (its checks need no binding).
+_EVENT_TEXT_FIELDS = {
+    name: EventIn._declared_fields[name].max_length
+    for name in ("external_id", "event_type", "source_service", "actor_user_id")
+}
+_SUBJECT_MOST = EventIn._declared_fields["primary_subject_user_id"].max_length
+_CONTEXT_FIELD = copy.deepcopy(EventIn._declared_fields["context"])
 
 
 def event_in_validated(data) -> dict | None:
@@ -90,7 +96,7 @@ def event_in_validated(data) -> dict | None:
     if not re.fullmatch(EVENT_TYPE_PATTERN, validated["event_type"]):
         return None
     subject = data.get("primary_subject_user_id")
-    if subject is not None and not _plain_text(subject, 100):
+    if subject is not None and not _plain_text(subject, _SUBJECT_MOST):
         return None
     validated["primary_subject_user_id"] = subject
     if "context" in data:
