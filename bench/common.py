@@ -322,3 +322,36 @@ def machine() -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "load_average_at_start": load_average(),
     }
+
+
+# --- combining runs ----------------------------------------------------------------------------
+
+
+def balanced_order(items: tuple, rounds: int) -> list:
+    """Items in a balanced order (ABC CBA ABC ...): each item's runs sit, on average, at the same
+    point of the phase, so a machine that speeds up or slows down during it (this kind of shared VM
+    drifts by tens of percent within minutes) biases no item against another."""
+    order: list = []
+    for round_index in range(rounds):
+        order.extend(items if round_index % 2 == 0 else tuple(reversed(items)))
+    return order
+
+
+def runs_combined(runs: list[dict]) -> dict:
+    """Several wrk runs of one configuration as one figure: rates over the summed time, the worst p99."""
+    seconds = sum(run["seconds"] for run in runs)
+    requests = sum(run["requests"] for run in runs)
+    cpu = [run["web_cpu_ms_per_request"] * run["requests"] for run in runs if run["web_cpu_ms_per_request"]]
+    return {
+        "requests": requests,
+        "created": sum(run["created"] for run in runs),
+        "seconds": round(seconds, 2),
+        "rps": round(sum(run["created"] for run in runs) / seconds, 1) if seconds else 0.0,
+        "p50_ms": round(sorted(run["p50_ms"] for run in runs)[len(runs) // 2], 2),
+        "p99_ms": max(run["p99_ms"] for run in runs),
+        "max_ms": max(run["max_ms"] for run in runs),
+        "errors": sum(run["errors"] for run in runs),
+        "web_cpu_ms_per_request": round(sum(cpu) / requests, 2) if cpu and requests else None,
+        "connections": runs[0]["connections"],
+        "rps_runs": [run["rps"] for run in runs],
+    }

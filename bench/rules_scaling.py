@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from .common import APP_DB, log, pg_admin
+from .common import APP_DB, balanced_order, log, pg_admin, runs_combined
 from .http import Server, wrk_run
 
 EVENT_TYPES = 50
@@ -66,47 +66,17 @@ def rules_activate(count: int, *, total: int) -> float:
     return time.perf_counter() - began
 
 
-def _schedule(counts: tuple[int, ...], rounds: int) -> list[int]:
-    """Counts in a balanced order (ABC CBA ABC ...): each configuration's runs sit, on average, at
-    the same point of the phase, so a machine that speeds up or slows down during it (this kind of
-    shared VM drifts by tens of percent within minutes) biases no configuration against another."""
-    order: list[int] = []
-    for round_index in range(rounds):
-        order.extend(counts if round_index % 2 == 0 else tuple(reversed(counts)))
-    return order
-
-
-def _combined(runs: list[dict]) -> dict:
-    """One configuration's runs as one figure: rates over the summed time, the worst p99."""
-    seconds = sum(run["seconds"] for run in runs)
-    requests = sum(run["requests"] for run in runs)
-    cpu = [run["web_cpu_ms_per_request"] * run["requests"] for run in runs if run["web_cpu_ms_per_request"]]
-    return {
-        "requests": requests,
-        "created": sum(run["created"] for run in runs),
-        "seconds": round(seconds, 2),
-        "rps": round(sum(run["created"] for run in runs) / seconds, 1) if seconds else 0.0,
-        "p50_ms": round(sorted(run["p50_ms"] for run in runs)[len(runs) // 2], 2),
-        "p99_ms": max(run["p99_ms"] for run in runs),
-        "max_ms": max(run["max_ms"] for run in runs),
-        "errors": sum(run["errors"] for run in runs),
-        "web_cpu_ms_per_request": round(sum(cpu) / requests, 2) if cpu and requests else None,
-        "connections": runs[0]["connections"],
-        "rps_runs": [run["rps"] for run in runs],
-    }
-
-
 def rules_scaling_measure(
     *, server: Server, key: str, counts: tuple[int, ...], seconds: int, connections: int, rounds: int = 4
 ) -> dict[int, dict]:
-    """Events/s per rule count, each count measured ``rounds`` times in a balanced order (``_schedule``)."""
+    """Events/s per rule count, each count measured ``rounds`` times in a balanced order (``balanced_order``)."""
     from django.conf import settings
 
     total = max(counts)
     runs: dict[int, list[dict]] = {count: [] for count in counts}
     imports: dict[int, list[float]] = {count: [] for count in counts}
     active = None
-    for step, count in enumerate(_schedule(counts, rounds)):
+    for step, count in enumerate(balanced_order(counts, rounds)):
         if count != active:
             imports[count].append(rules_activate(count, total=total))
             active = count
@@ -129,7 +99,7 @@ def rules_scaling_measure(
         log(f"rules x{count} (run {len(runs[count])} of {rounds}): {result['rps']} events/s")
     measured = {}
     for count in counts:
-        measured[count] = _combined(runs[count])
+        measured[count] = runs_combined(runs[count])
         measured[count]["import_seconds"] = [round(value, 2) for value in imports[count]]
         measured[count]["rules_per_event"] = max(1, count // EVENT_TYPES)
     return measured

@@ -26,6 +26,7 @@ from .common import (
     APP_DB,
     RESULTS_DIR,
     BenchError,
+    balanced_order,
     database_drop,
     django_setup,
     load_average,
@@ -33,6 +34,7 @@ from .common import (
     machine,
     program,
     redis_flush,
+    runs_combined,
     services_check,
 )
 
@@ -106,6 +108,7 @@ def table(results: dict) -> str:
         f"PostgreSQL {m['postgresql']}, Python {m['python']}; {m['date']}",
         f"Load average (1/5/15 min): {m['load_average_at_start']} at start, {results['load_average_at_end']} at end",
         f"Web: gunicorn {WEB_WORKERS} sync workers; load: wrk, 1 thread; workers: Celery prefork x{CELERY_WORKERS}",
+        "HTTP: ceiling, events and credit run twice each (ceiling, events, credit, credit, events, ceiling)",
         "cpu ms: CPU time per operation of the measured process (ledger client, web worker, Celery per action)",
         "",
         f"{'measurement':<52} {'conc':>4} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'err':>5} {'ratio':>6}"
@@ -135,7 +138,7 @@ def table(results: dict) -> str:
     if http:
         ceiling = http["ceiling"]["rps"]
         labels = {
-            "ceiling": "HTTP one-INSERT endpoint (ceiling, mean of 2 runs)",
+            "ceiling": "HTTP one-INSERT endpoint (ceiling)",
             "credit": "HTTP POST /internal/credit (÷ ceiling)",
             "events": "HTTP POST /api/v1/events (÷ ceiling)",
             "events_half_rate": "HTTP events at half the max rate (paced)",
@@ -254,19 +257,23 @@ def main(argv: list[str] | None = None) -> int:
         connections = WEB_WORKERS * 2
         stamp = int(time.time())
         if "http" in phases:
-            http = {}
-            # Ceiling, the two endpoints, the ceiling again: the ratios use the mean of both ceiling runs.
-            for mode in ("ceiling", "events", "credit", "ceiling_again"):
+            # The ceiling and the two endpoints twice each, in the balanced order ceiling, events, credit,
+            # credit, events, ceiling: under a drift of the machine's speed (tens of percent within
+            # minutes here) each one's two runs sit at the same mean position, so no endpoint is
+            # favoured by when it ran. Each figure is its two runs over their summed time.
+            runs: dict[str, list[dict]] = {}
+            for mode in balanced_order(("ceiling", "events", "credit"), 2):
+                first = mode not in runs
                 flame = (
-                    RESULTS_DIR / f"profile-web-{mode}.svg" if args.profile and mode in ("events", "credit") else None
+                    RESULTS_DIR / f"profile-web-{mode}.svg" if args.profile and first and mode != "ceiling" else None
                 )
-                http[mode] = wrk_run(
-                    server=server, mode=mode.removesuffix("_again"), key=key, prefix=f"{mode}{stamp}",
-                    seconds=durations["http"], connections=connections, profile=flame,
+                runs.setdefault(mode, []).append(
+                    wrk_run(
+                        server=server, mode=mode, key=key, prefix=f"{mode}{stamp}-{len(runs.get(mode, []))}",
+                        seconds=durations["http"], connections=connections, profile=flame,
+                    )
                 )  # fmt: skip
-            again = http.pop("ceiling_again")
-            http["ceiling"]["rps_runs"] = [http["ceiling"]["rps"], again["rps"]]
-            http["ceiling"]["rps"] = round((http["ceiling"]["rps"] + again["rps"]) / 2, 1)
+            http = {mode: runs_combined(mode_runs) for mode, mode_runs in runs.items()}
             http["events_half_rate"] = wrk_run(
                 server=server, mode="events", key=key, prefix=f"half{stamp}", seconds=durations["http"],
                 connections=connections, rate=max(1.0, http["events"]["rps"] / 2),

@@ -1,8 +1,7 @@
 """The benchmark's report: targets as ratios of figures of one run, and the printed table
 (bench/run.py). The measuring phases need the services and minutes; `make bench` runs them."""
 
-from bench.common import percentile
-from bench.rules_scaling import _combined, _schedule
+from bench.common import balanced_order, percentile, runs_combined
 from bench.run import _targets, table
 
 
@@ -128,16 +127,16 @@ def _run(rps: float, seconds: float, *, p50=10.0, p99=20.0, cpu=5.0, errors=0) -
 
 
 def test_rule_counts_run_in_a_balanced_order():
-    assert _schedule((10, 100, 1000), 2) == [10, 100, 1000, 1000, 100, 10]
-    assert _schedule((10, 100, 1000), 3) == [10, 100, 1000, 1000, 100, 10, 10, 100, 1000]
+    assert balanced_order((10, 100, 1000), 2) == [10, 100, 1000, 1000, 100, 10]
+    assert balanced_order((10, 100, 1000), 3) == [10, 100, 1000, 1000, 100, 10, 10, 100, 1000]
     # Under a steady drift each configuration's runs sit at the same mean position.
-    order = _schedule((10, 100, 1000), 2)
+    order = balanced_order((10, 100, 1000), 2)
     mean_position = {count: sum(i for i, c in enumerate(order) if c == count) / 2 for count in (10, 100, 1000)}
     assert len(set(mean_position.values())) == 1
 
 
 def test_a_configurations_runs_combine_into_one_rate_over_the_summed_time():
-    combined = _combined([_run(300.0, 10.0, cpu=4.0, p99=25.0), _run(200.0, 5.0, cpu=7.0, p99=40.0, errors=1)])
+    combined = runs_combined([_run(300.0, 10.0, cpu=4.0, p99=25.0), _run(200.0, 5.0, cpu=7.0, p99=40.0, errors=1)])
     assert combined["requests"] == 4000
     assert combined["rps"] == round(4000 / 15, 1)  # not the mean of the two rates (250)
     assert combined["p99_ms"] == 40.0  # the worst run's
