@@ -180,3 +180,16 @@ def test_the_queue_is_declared_once_per_broker_connection(broker, path, monkeypa
 
     assert declared == ["celery"]
     assert len(_queued_action_ids(broker.client)) == 3
+
+
+def test_the_template_applies_only_on_this_projects_redis_channel(broker):
+    """kombu's own Redis transport (or any other) gets no template: its doorbells take the publisher path."""
+    from kombu import Connection
+
+    from config.broker import Transport
+
+    with Connection(broker.url) as kombu_own, Connection(broker.url, transport=Transport) as ours:
+        assert dispatch._doorbell_template(dispatch_reward_action, kombu_own.default_channel) is None
+        template = dispatch._doorbell_template(dispatch_reward_action, ours.default_channel)
+        assert template is not None and template.key == "celery"
+        assert dispatch._doorbell_template(dispatch_reward_action, ours.default_channel) is template  # built once
