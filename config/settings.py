@@ -89,6 +89,9 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The hot paths' statements are prepared once per connection (config.db.prepared_cursor). Set 0
+# behind a connection pooler in transaction mode that does not carry prepared statements.
+DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default serves one process; waiting on the file lock beats "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20

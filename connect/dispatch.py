@@ -34,7 +34,7 @@ from kombu.entity import maybe_delivery_mode
 from kombu.utils import json as kombu_json
 
 from config.api.errors import DomainError, NotFound
-from config.db import model_from_row, returning_columns, update_where
+from config.db import model_from_row, prepared_cursor, returning_columns, update_where
 from config.metrics import DISPATCH_SECONDS
 
 from .channels import (
@@ -216,7 +216,7 @@ def _claim_in_one_statement(action_id):
         return None
     now = timezone.now()
     params = [Status.DISPATCHED, now, action_id, Status.PENDING, ready, now + EARLY_RUN_TOLERANCE]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_claim_sql(), params)
         row = cursor.fetchone()
     if row is None:

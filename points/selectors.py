@@ -2,7 +2,7 @@ import functools
 
 from django.db import connection
 
-from config.db import model_from_row, qualified_columns
+from config.db import model_from_row, prepared_cursor, qualified_columns
 
 from .models import Account, ServiceClient, ServiceClientKey, Transaction
 
@@ -33,7 +33,7 @@ def service_key_usable(*, prefix: str) -> ServiceClientKey | None:
     is left to the caller, as with ``get_from_key``.
     """
     sql, key_width = _service_key_sql()
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, [prefix, False, True])
         row = cursor.fetchone()
     if row is None:

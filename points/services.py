@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from config.api.errors import DomainError
 from config.api.fields import storable_text_problem
-from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, update_columns
+from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, prepared_cursor, update_columns
 from config.metrics import LEDGER_OPERATIONS
 
 from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, InvalidRequest, NotFound
@@ -237,7 +237,7 @@ def _transfer_claim(txn: Transaction, user_id: str) -> int | None:
     no account yet.
     """
     columns, values = column_values(txn, exclude=("account",))
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_ledger_sql(_TRANSFER_CLAIM_SQL, tuple(columns)), [*values, user_id])
         row = cursor.fetchone()
     return row[0] if row else None
@@ -253,7 +253,7 @@ _APPLY_SQL = """
 
 def _account_apply(account_id: int, *, balance_delta: int, held_delta: int) -> tuple[int, int] | None:
     """Atomically move the cached totals; None when that would leave available or held below zero."""
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             _ledger_sql(_APPLY_SQL, ()), [balance_delta, held_delta, account_id, held_delta, balance_delta, held_delta]
         )
@@ -351,7 +351,7 @@ def _one_statement_row(sql: str, params: list):
         # Alone, the statement is its own transaction; inside a caller's transaction it gets a
         # savepoint, so an abort does not take the caller's work with it.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-            with connection.cursor() as cursor:
+            with prepared_cursor() as cursor:
                 cursor.execute(sql, params)
                 return cursor.fetchone()
     except IntegrityError:

@@ -1,7 +1,10 @@
 """The single-statement helpers the ledger, the event inbox and dispatch share (config/db.py)."""
 
+import uuid
+
 import pytest
-from django.db import DataError, connection
+from django.db import DataError, IntegrityError, connection, transaction
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from config.db import (
@@ -9,6 +12,7 @@ from config.db import (
     insert_unless_conflict,
     insert_with_dependents_unless_conflict,
     model_from_row,
+    prepared_cursor,
     returning_columns,
     update_columns,
     update_where,
@@ -189,3 +193,66 @@ def test_an_event_with_two_actions_stays_within_psycopgs_cached_statement_size()
     assert len(sql.encode()) <= _queries.MAX_CACHED_STATEMENT_LENGTH
     stored = RewardAction.objects.get(pk=actions[0].pk)
     assert (stored.completed_at, stored.cancelled_by_id) == (None, None)
+
+
+# --- prepared_cursor ------------------------------------------------------------------------------
+
+_PREPARED_SQL = "SELECT %s * %s, %s::text"
+
+
+def _prepared_statements(text: str) -> list[tuple[str, list[str]]]:
+    """This session's server-side prepared statements with ``text`` (psycopg's $n form)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name, parameter_types::text[] FROM pg_prepared_statements WHERE statement = %s", [text])
+        return cursor.fetchall()
+
+
+def test_a_statement_through_prepared_cursor_is_prepared_once_with_every_int_as_bigint():
+    """Parsed and planned once per connection: later runs, whatever the ints' sizes, reuse it.
+    As a bigint, 30000 * 30000 does not overflow the smallint psycopg would otherwise send."""
+    results = []
+    for numbers in ((2, 3), (30000, 30000), (2**40, 2)):
+        with prepared_cursor() as cursor:
+            cursor.execute(_PREPARED_SQL, [*numbers, "x"])
+            results.append(cursor.fetchone())
+
+    assert results == [(6, "x"), (900000000, "x"), (2**41, "x")]
+    [(_, types)] = _prepared_statements("SELECT $1 * $2, $3::text")
+    assert types[:2] == ["bigint", "bigint"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prepared_statement_is_prepared_again_after_a_rollback():
+    """psycopg drops its prepared statements on a rollback; the next run prepares afresh."""
+    with prepared_cursor() as cursor:
+        cursor.execute(_PREPARED_SQL, [1, 2, "a"])
+    with pytest.raises(DataError), transaction.atomic():
+        with prepared_cursor() as cursor:
+            cursor.execute(_PREPARED_SQL, [1, 2, "b"])
+            cursor.execute("SELECT 1 / %s", [0])
+    with prepared_cursor() as cursor:
+        cursor.execute(_PREPARED_SQL, [3, 4, "c"])
+        assert cursor.fetchone() == (12, "c")
+    assert len(_prepared_statements("SELECT $1 * $2, $3::text")) == 1
+
+
+def test_prepared_cursor_logs_and_translates_errors_as_django_cursors_do():
+    with CaptureQueriesContext(connection) as captured:
+        with prepared_cursor() as cursor:
+            cursor.execute(_PREPARED_SQL, [2, 3, "it's"])
+    with CaptureQueriesContext(connection) as plain:
+        with connection.cursor() as cursor:
+            cursor.execute(_PREPARED_SQL, [2, 3, "it's"])
+    assert [q["sql"] for q in captured] == [q["sql"] for q in plain] == ["SELECT 2 * 3, 'it''s'::text"]
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        with prepared_cursor() as cursor:
+            cursor.execute("INSERT INTO connect_economicevent (id) VALUES (%s)", [uuid.uuid4()])  # NOT NULLs
+
+
+@override_settings(DB_PREPARED_STATEMENTS=False)
+def test_with_prepared_statements_off_prepared_cursor_is_djangos_own():
+    with prepared_cursor() as cursor:
+        cursor.execute(_PREPARED_SQL, [2, 3, "x"])
+        assert cursor.fetchone() == (6, "x")
+    assert _prepared_statements("SELECT $1 * $2, $3::text") == []
