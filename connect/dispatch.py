@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -373,12 +373,25 @@ def dispatch_enqueue_many(action_ids) -> list[str]:
     from .tasks import dispatch_reward_action
 
     app = dispatch_reward_action.app
+    plain = all(_PLAIN_ID.fullmatch(action_id) for action_id in action_ids)
+    lane = _doorbell_lane
+    if plain and lane is not None and lane.usable(dispatch_reward_action):
+        try:
+            return _doorbells_push(lane.template, lane.client, action_ids)
+        except Exception:
+            # Try once more through the pool, which reconnects if it must. Should the failed push
+            # have reached Redis after all, an action gets two doorbells: a run is a no-op unless
+            # the action is still pending and due.
+            _doorbell_lane_drop()
     try:
         with app.producer_or_acquire() as producer:
             _doorbell_queue_declare(dispatch_reward_action, producer)
             template = _doorbell_template(dispatch_reward_action, producer.channel)
-            if template is not None and all(_PLAIN_ID.fullmatch(action_id) for action_id in action_ids):
-                return _doorbells_push(template, producer.channel, action_ids)
+            if template is not None and plain:
+                with producer.channel.conn_or_acquire() as client:
+                    unsent = _doorbells_push(template, client, action_ids)
+                _doorbell_lane_set(_DoorbellLane(dispatch_reward_action, template, client))
+                return unsent
             with producer.batch():
                 publish = _doorbell_publisher(dispatch_reward_action, producer)
                 unsent = [action_id for action_id in action_ids if not _ring(publish, action_id)]
@@ -493,7 +506,7 @@ def _doorbell_template_new(task, channel) -> _DoorbellTemplate | None:
     )
 
 
-def _doorbells_push(template: _DoorbellTemplate, channel, action_ids: list[str]) -> list[str]:
+def _doorbells_push(template: _DoorbellTemplate, client, action_ids: list[str]) -> list[str]:
     """One LPUSH of a filled envelope per action: one command, one round trip (a pipeline of one LPUSH
     each, as kombu's batch sends, costs a quarter more CPU for two)."""
     envelopes, unsent = [], []
@@ -506,9 +519,46 @@ def _doorbells_push(template: _DoorbellTemplate, channel, action_ids: list[str])
             )
             unsent.append(action_id)
     if envelopes:
-        with channel.conn_or_acquire() as client:
-            client.lpush(template.key, *envelopes)  # pushed in this order, as one LPUSH each would
+        client.lpush(template.key, *envelopes)  # pushed in this order, as one LPUSH each would
     return unsent
+
+
+@dataclass(frozen=True, eq=False)
+class _DoorbellLane:
+    """Where the last template doorbells went: the template and the Redis client of the channel
+    they were pushed on, so the next ones need neither a producer from kombu's pool nor the check
+    that the queue is declared (about 0.1 ms of CPU per commit).
+
+    A redis-py client is safe to share between threads and reconnects by itself. The lane belongs
+    to one process, one task and one producer pool: a fork, or Celery replacing its pool (a new
+    broker URL), makes it unusable, and an error while pushing through it drops it.
+    """
+
+    task: object
+    template: _DoorbellTemplate
+    client: object
+    producer_pool: object = field(init=False)
+    pid: int = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "producer_pool", self.task.app.amqp.producer_pool)
+        object.__setattr__(self, "pid", os.getpid())
+
+    def usable(self, task) -> bool:
+        return task is self.task and self.pid == os.getpid() and task.app.amqp.producer_pool is self.producer_pool
+
+
+_doorbell_lane: _DoorbellLane | None = None
+
+
+def _doorbell_lane_set(lane: _DoorbellLane) -> None:
+    global _doorbell_lane  # noqa: PLW0603 - one per process, replaced whole
+    _doorbell_lane = lane
+
+
+def _doorbell_lane_drop() -> None:
+    global _doorbell_lane  # noqa: PLW0603
+    _doorbell_lane = None
 
 
 def _doorbell_publisher(task, producer):

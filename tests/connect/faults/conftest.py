@@ -23,6 +23,7 @@ from werkzeug import Request, Response
 
 from config.broker import transport_for
 from config.celery import app as celery_app
+from connect import dispatch
 
 BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL") or "redis://127.0.0.1:6379/5"
 WORKER_SETTINGS = "tests.connect.faults.worker_settings"
@@ -64,10 +65,12 @@ class Broker:
 
 
 def _forget_broker_connections(app) -> None:
-    # Celery caches its connection pools; drop them so the next publish uses the current broker_url.
+    # Celery caches its connection pools, and dispatch the client its doorbells last went out on;
+    # drop them so the next publish uses the current broker_url.
     app._pool = None
     if "amqp" in app.__dict__:
         app.amqp._producer_pool = None
+    dispatch._doorbell_lane_drop()
 
 
 @pytest.fixture

@@ -193,3 +193,71 @@ def test_the_template_applies_only_on_this_projects_redis_channel(broker):
         template = dispatch._doorbell_template(dispatch_reward_action, ours.default_channel)
         assert template is not None and template.key == "celery"
         assert dispatch._doorbell_template(dispatch_reward_action, ours.default_channel) is template  # built once
+
+
+def _producer_acquisitions(monkeypatch) -> list[int]:
+    app = dispatch_reward_action.app
+    acquired = []
+    producer_or_acquire = app.producer_or_acquire
+
+    def counting(*args, **kwargs):
+        acquired.append(1)
+        return producer_or_acquire(*args, **kwargs)
+
+    monkeypatch.setattr(app, "producer_or_acquire", counting)
+    return acquired
+
+
+def test_after_the_first_template_doorbells_the_next_skip_kombus_producer_pool(broker, writes, monkeypatch):
+    acquired = _producer_acquisitions(monkeypatch)
+    batches = [sorted(str(uuid.uuid4()) for _ in range(2)) for _ in range(3)]
+
+    for action_ids in batches:
+        assert dispatch_enqueue_many(action_ids) == []
+
+    assert len(acquired) == 1  # the first commit only
+    assert writes == {"lpush": [2, 2, 2], "flush": []}
+    assert _queued_action_ids(broker.client) == sorted(sum(batches, []))
+
+
+def test_a_failed_push_through_the_lane_goes_through_the_pool_and_the_lane_is_rebuilt(broker, monkeypatch):
+    assert dispatch_enqueue_many([str(uuid.uuid4())]) == []
+    first_lane = dispatch._doorbell_lane
+    acquired = _producer_acquisitions(monkeypatch)
+    lpush, failures = redis.Redis.lpush, []
+
+    def failing_once(self, name, *values):
+        if not failures:
+            failures.append(name)
+            raise redis.ConnectionError("connection reset")
+        return lpush(self, name, *values)
+
+    monkeypatch.setattr(redis.Redis, "lpush", failing_once)
+    action_ids = sorted(str(uuid.uuid4()) for _ in range(2))
+
+    assert dispatch_enqueue_many(action_ids) == []
+
+    assert failures == ["celery"] and len(acquired) == 1
+    assert dispatch._doorbell_lane is not None and dispatch._doorbell_lane is not first_lane
+    assert set(action_ids) <= set(_queued_action_ids(broker.client))
+
+
+def test_the_lane_is_not_used_in_another_process_or_after_the_producer_pool_changed(broker, monkeypatch):
+    assert dispatch_enqueue_many([str(uuid.uuid4())]) == []
+    acquired = _producer_acquisitions(monkeypatch)
+
+    with monkeypatch.context() as forked:
+        forked.setattr(dispatch.os, "getpid", lambda: -1)  # as in a forked child
+        assert dispatch_enqueue_many([str(uuid.uuid4())]) == []
+    assert len(acquired) == 1
+    # Built in "the child": not used back in this process.
+    assert dispatch_enqueue_many([str(uuid.uuid4())]) == []
+    assert len(acquired) == 2
+    # Celery's producer pool is no longer the one the lane was built on (a new broker URL).
+    object.__setattr__(dispatch._doorbell_lane, "producer_pool", object())
+    assert dispatch_enqueue_many([str(uuid.uuid4())]) == []
+    assert len(acquired) == 3
+    assert dispatch_enqueue_many([str(uuid.uuid4())]) == []  # the lane rebuilt is used again
+    assert len(acquired) == 3
+
+    assert len(_queued_action_ids(broker.client)) == 5
