@@ -43,12 +43,14 @@ RULE_COUNTS = (10, 100, 1000)
 # One sync worker per core (the machine's cores are shared with PostgreSQL and the load generator).
 WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS") or os.cpu_count() or 2)
 CELERY_WORKERS = 2
+# Runs of each HTTP endpoint: more and shorter runs interleave them more finely against the machine's drift.
+HTTP_ROUNDS = 4
 
 
 def _durations(quick: bool) -> dict[str, int]:
     if quick:
-        return {"pgbench": 5, "ledger": 3, "http": 5, "e2e": 6, "rules": 3}
-    return {"pgbench": 15, "ledger": 8, "http": 12, "e2e": 15, "rules": 6}
+        return {"pgbench": 5, "ledger": 3, "http": 3, "http_paced": 5, "e2e": 6, "rules": 3}
+    return {"pgbench": 15, "ledger": 8, "http": 6, "http_paced": 12, "e2e": 15, "rules": 6}
 
 
 def _ratio(numerator, denominator) -> float | None:
@@ -108,7 +110,8 @@ def table(results: dict) -> str:
         f"PostgreSQL {m['postgresql']}, Python {m['python']}; {m['date']}",
         f"Load average (1/5/15 min): {m['load_average_at_start']} at start, {results['load_average_at_end']} at end",
         f"Web: gunicorn {WEB_WORKERS} sync workers; load: wrk, 1 thread; workers: Celery prefork x{CELERY_WORKERS}",
-        "HTTP: ceiling, events and credit run twice each (ceiling, events, credit, credit, events, ceiling)",
+        f"HTTP: ceiling, events and credit run {HTTP_ROUNDS} times each, {results['durations_s']['http']} s a run, in a balanced order"
+        " (ceiling, events, credit, credit, events, ceiling, ...)",
         "cpu ms: CPU time per operation of the measured process (ledger client, web worker, Celery per action)",
         "",
         f"{'measurement':<52} {'conc':>4} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'err':>5} {'ratio':>6}"
@@ -257,12 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         connections = WEB_WORKERS * 2
         stamp = int(time.time())
         if "http" in phases:
-            # The ceiling and the two endpoints twice each, in the balanced order ceiling, events, credit,
-            # credit, events, ceiling: under a drift of the machine's speed (tens of percent within
-            # minutes here) each one's two runs sit at the same mean position, so no endpoint is
-            # favoured by when it ran. Each figure is its two runs over their summed time.
+            # The ceiling and the two endpoints HTTP_ROUNDS times each, in the balanced order ceiling,
+            # events, credit, credit, events, ceiling, ceiling, ...: under a drift of the machine's
+            # speed (tens of percent within minutes here) each one's runs sit at the same mean
+            # position, so no endpoint is favoured by when it ran. Each figure is its runs over
+            # their summed time.
             runs: dict[str, list[dict]] = {}
-            for mode in balanced_order(("ceiling", "events", "credit"), 2):
+            for mode in balanced_order(("ceiling", "events", "credit"), HTTP_ROUNDS):
                 first = mode not in runs
                 flame = (
                     RESULTS_DIR / f"profile-web-{mode}.svg" if args.profile and first and mode != "ceiling" else None
@@ -275,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
             http = {mode: runs_combined(mode_runs) for mode, mode_runs in runs.items()}
             http["events_half_rate"] = wrk_run(
-                server=server, mode="events", key=key, prefix=f"half{stamp}", seconds=durations["http"],
+                server=server, mode="events", key=key, prefix=f"half{stamp}", seconds=durations["http_paced"],
                 connections=connections, rate=max(1.0, http["events"]["rps"] / 2),
             )  # fmt: skip
             results["http"] = http

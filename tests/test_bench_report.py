@@ -26,6 +26,7 @@ def _results(*, events_rps=300.0, ceiling_rps=400.0, e2e_rate=250.0, half_p99=30
             "load_average_at_start": "0.1 0.1 0.1",
         },  # fmt: skip
         "load_average_at_end": "1.0 1.0 1.0",
+        "durations_s": {"http": 6},
         "pgbench": {1: {"tps": 500.0}, 2: {"tps": 900.0}, 4: {"tps": 2000.0}},
         "ledger": {
             "credit_distinct": {1: _ledger(500), 2: _ledger(900), 4: _ledger(1100)},
@@ -101,6 +102,7 @@ def test_the_table_states_the_machine_and_every_measured_row():
     printed = table(results)
 
     assert printed.startswith("Machine: 2 cores (CPU), 8 GiB RAM")
+    assert "HTTP: ceiling, events and credit run 4 times each, 6 s a run, in a balanced order" in printed
     assert "pgbench TPC-B-like (tps)                                4   2,000.0" in printed
     assert "ledger credit, distinct users (÷ pgbench)               4   1,100.0" in printed
     assert "HTTP POST /api/v1/events (÷ ceiling)" in printed and "0.75" in printed
