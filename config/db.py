@@ -63,7 +63,14 @@ class _PreparingCursor(ServerBindingCursor):
                 # Django's query log (DEBUG, tests capturing queries) reads the text a client-binding
                 # cursor sent: give it that text, the parameters in place, as Django does for its
                 # own server-binding cursor. Built only when queries are logged.
-                self._query = _SentText(connection.ops.compose_sql(query, params).encode())
+                self._query = _logged_text(query, params)
+
+
+def _logged_text(query, params) -> _SentText | None:
+    try:
+        return _SentText(connection.ops.compose_sql(query, params).encode())
+    except Exception:  # a value psycopg cannot quote: logged without its text, as Django does
+        return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -256,3 +256,15 @@ def test_with_prepared_statements_off_prepared_cursor_is_djangos_own():
         cursor.execute(_PREPARED_SQL, [2, 3, "x"])
         assert cursor.fetchone() == (6, "x")
     assert _prepared_statements("SELECT $1 * $2, $3::text") == []
+
+
+def test_a_statement_whose_text_cannot_be_composed_for_the_log_still_runs(monkeypatch):
+    def refuse(sql, params):
+        raise DataError("cannot quote")
+
+    monkeypatch.setattr(connection.ops, "compose_sql", refuse)
+    with CaptureQueriesContext(connection) as captured:
+        with prepared_cursor() as cursor:
+            cursor.execute(_PREPARED_SQL, [2, 3, "x"])
+            assert cursor.fetchone() == (6, "x")
+    assert [q["sql"] for q in captured] == [None]
