@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -372,7 +372,6 @@ def dispatch_enqueue_many(action_ids) -> list[str]:
         return [action_id for action_id in action_ids if not _ring(dispatch_enqueue, action_id)]
     from .tasks import dispatch_reward_action
 
-    app = dispatch_reward_action.app
     plain = all(_PLAIN_ID.fullmatch(action_id) for action_id in action_ids)
     lane = _doorbell_lane
     if plain and lane is not None and lane.usable(dispatch_reward_action):
@@ -384,13 +383,13 @@ def dispatch_enqueue_many(action_ids) -> list[str]:
             # the action is still pending and due.
             _doorbell_lane_drop()
     try:
-        with app.producer_or_acquire() as producer:
+        with dispatch_reward_action.app.producer_or_acquire() as producer:
             _doorbell_queue_declare(dispatch_reward_action, producer)
             template = _doorbell_template(dispatch_reward_action, producer.channel)
             if template is not None and plain:
                 with producer.channel.conn_or_acquire() as client:
                     unsent = _doorbells_push(template, client, action_ids)
-                _doorbell_lane_set(_DoorbellLane(dispatch_reward_action, template, client))
+                _doorbell_lane_set(_DoorbellLane.here(dispatch_reward_action, template, client))
                 return unsent
             with producer.batch():
                 publish = _doorbell_publisher(dispatch_reward_action, producer)
@@ -537,12 +536,13 @@ class _DoorbellLane:
     task: object
     template: _DoorbellTemplate
     client: object
-    producer_pool: object = field(init=False)
-    pid: int = field(init=False)
+    producer_pool: object
+    pid: int
 
-    def __post_init__(self):
-        object.__setattr__(self, "producer_pool", self.task.app.amqp.producer_pool)
-        object.__setattr__(self, "pid", os.getpid())
+    @classmethod
+    def here(cls, task, template: _DoorbellTemplate, client) -> _DoorbellLane:
+        """The lane of this process, on the producer pool Celery uses now."""
+        return cls(task, template, client, task.app.amqp.producer_pool, os.getpid())
 
     def usable(self, task) -> bool:
         return task is self.task and self.pid == os.getpid() and task.app.amqp.producer_pool is self.producer_pool
