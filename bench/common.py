@@ -230,6 +230,18 @@ class Started:
             self.popen.wait(timeout=5)
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy, summed over its cores (/proc/stat: user, nice,
+    system, irq and softirq time; not idle, iowait or the time the hypervisor gave to others).
+
+    Per operation it is what one operation costs everything involved (web workers, PostgreSQL,
+    Redis, the load generator, Celery), which bounds the rate the cores allow: cores ÷ that cost.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(value) for value in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def _status_kib(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -342,6 +354,7 @@ def runs_combined(runs: list[dict]) -> dict:
     seconds = sum(run["seconds"] for run in runs)
     requests = sum(run["requests"] for run in runs)
     cpu = [run["web_cpu_ms_per_request"] * run["requests"] for run in runs if run["web_cpu_ms_per_request"]]
+    host = [run["host_cpu_ms_per_request"] * run["requests"] for run in runs if run.get("host_cpu_ms_per_request")]
     return {
         "requests": requests,
         "created": sum(run["created"] for run in runs),
@@ -352,6 +365,7 @@ def runs_combined(runs: list[dict]) -> dict:
         "max_ms": max(run["max_ms"] for run in runs),
         "errors": sum(run["errors"] for run in runs),
         "web_cpu_ms_per_request": round(sum(cpu) / requests, 2) if cpu and requests else None,
+        "host_cpu_ms_per_request": round(sum(host) / requests, 2) if host and requests else None,
         "connections": runs[0]["connections"],
         "rps_runs": [run["rps"] for run in runs],
     }

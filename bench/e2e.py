@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from .common import BIN, BenchError, Started, app_environment, log, redis_flush, start
+from .common import BIN, BenchError, Started, app_environment, log, machine_cpu_seconds, redis_flush, start
 from .http import Server, wrk_run
 
 DRAIN_TIMEOUT_SECONDS = 180
@@ -51,7 +51,7 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
     redis_flush()  # earlier phases ran without workers: their queued doorbells are not this run's
     worker = celery_start(concurrency=workers)
     try:
-        worker_cpu_before = worker.cpu_seconds()
+        worker_cpu_before, host_before = worker.cpu_seconds(), machine_cpu_seconds()
         since = datetime.now(UTC)
         began = time.time()
         posted = wrk_run(
@@ -67,7 +67,7 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
             if time.monotonic() > deadline:
                 break
             time.sleep(0.25)
-        worker_cpu = worker.cpu_seconds() - worker_cpu_before
+        worker_cpu, host_cpu = worker.cpu_seconds() - worker_cpu_before, machine_cpu_seconds() - host_before
         memory = worker.memory_summary()
     finally:
         worker.stop(timeout=30)
@@ -90,6 +90,8 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
         "complete": completed == total,
         "workers": workers,
         "worker_cpu_ms_per_action": round(1000 * worker_cpu / completed, 2) if completed else None,
+        # Everything on the machine from the first POST until every action was done (or the wait gave up).
+        "host_cpu_ms_per_event": round(1000 * host_cpu / events, 2) if events else None,
     }
     log(f"e2e: {result}")
     return result, memory

@@ -21,6 +21,7 @@ from .common import (
     app_environment,
     free_port,
     log,
+    machine_cpu_seconds,
     profiler_start,
     program,
     start,
@@ -196,9 +197,9 @@ def wrk_run(
         ]  # fmt: skip
         web_workers = server.process.tree()[1:]
         profiler = profiler_start(web_workers[0], seconds, profile) if profile and web_workers else None
-        cpu_before = server.process.cpu_seconds()
+        cpu_before, host_before = server.process.cpu_seconds(), machine_cpu_seconds()
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-        cpu_used = server.process.cpu_seconds() - cpu_before
+        cpu_used, host_used = server.process.cpu_seconds() - cpu_before, machine_cpu_seconds() - host_before
         if profiler is not None:
             profiler.wait(timeout=60)
     finally:
@@ -220,6 +221,7 @@ def wrk_run(
         "max_ms": round(raw["max_us"] / 1000, 2),
         "errors": errors,
         "web_cpu_ms_per_request": round(1000 * cpu_used / raw["requests"], 2) if raw["requests"] else None,
+        "host_cpu_ms_per_request": round(1000 * host_used / raw["requests"], 2) if raw["requests"] else None,
         "last_bad_status": raw["last_bad_status"] or None,
         "connections": connections,
         "target_rate": rate or None,
