@@ -224,7 +224,10 @@ def table(results: dict) -> str:
         if target.get("per_round"):
             line += "; per round " + ", ".join(_fmt(value) for value in target["per_round"])
         if target.get("cores_allow") is not None:
-            line += f"; the cores allow at most {_fmt(target['cores_allow'])} (host ms per event end to end)"
+            line += (
+                f"; the cores allow at most {_fmt(target['cores_allow'])} ({m['cores']} cores ÷ "
+                f"{_fmt(results['e2e']['host_cpu_ms_per_event'])} host ms per event end to end)"
+            )
         out.append(line)
     return "\n".join(out)
 

@@ -144,7 +144,10 @@ def test_the_table_states_the_machine_and_every_measured_row():
         in printed
     )
     assert "(>= 0.6); per round 0.68, 0.83" in printed
-    assert "end-to-end events/s / HTTP events/s: 0.83 (>= 0.8); the cores allow at most 1.33" in printed
+    assert (
+        "end-to-end events/s / HTTP events/s: 0.83 (>= 0.8); the cores allow at most 1.33 "
+        "(2 cores ÷ 5.00 host ms per event end to end)"
+    ) in printed
 
 
 def test_percentile_is_nearest_rank():
