@@ -2,7 +2,8 @@
 
 Every value comes from the environment (django-environ) with a default that works on a laptop.
 Without DATABASE_URL / CELERY_BROKER_URL the project runs embedded: SQLite and in-process tasks.
-Secrets have no production default: with DEBUG off, SECRET_KEY must be set.
+Secrets have no production default: with DEBUG off and a DATABASE_URL, SECRET_KEY must be set.
+Embedded, without one, a random key is made once and kept in this checkout (``.secret-key``).
 """
 
 from pathlib import Path
@@ -11,18 +12,26 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from config.broker import transport_for
+from config.local_secret import local_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
 DEBUG = env.bool("DEBUG", default=False)
+# The embedded default: no DATABASE_URL, so a SQLite file in this checkout, never a production database.
+EMBEDDED = not env.str("DATABASE_URL", default="")
 
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
-    if not DEBUG:
+    if DEBUG:
+        SECRET_KEY = "insecure-development-key-only-used-with-debug-on"
+    elif EMBEDDED:
+        # So that `manage.py create_service_client`, `demo` or `import_rules` work beside `make run`
+        # with no environment at all, as the embedded default promises.
+        SECRET_KEY = local_secret_key(BASE_DIR / ".secret-key")
+    else:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-    SECRET_KEY = "insecure-development-key-only-used-with-debug-on"
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

@@ -36,9 +36,30 @@ def test_production_settings_pass_check_deploy_without_warnings():
 
 
 def test_secret_key_is_required_when_debug_is_off():
-    result = _manage("check", ALLOWED_HOSTS="rewards.example.com")
+    result = _manage(
+        "check", ALLOWED_HOSTS="rewards.example.com", DATABASE_URL="postgres://root@127.0.0.1:5432/postgres"
+    )
     assert result.returncode != 0
     assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_the_embedded_default_keeps_a_key_of_its_own_so_commands_run_with_no_environment():
+    # No DATABASE_URL: the SQLite file of this checkout, where `make run` serves. `check` reads
+    # settings only; the key file is the one `make run`'s neighbours would use (gitignored).
+    key_file = ROOT / ".secret-key"
+    existed = key_file.exists()
+    code = "import django; django.setup(); from django.conf import settings as s; print(s.SECRET_KEY, s.DEBUG)"
+    try:
+        first, second = _manage(python=code), _manage(python=code)
+        assert first.returncode == 0, first.stderr
+        key, debug = first.stdout.split()
+        assert (debug, second.stdout) == ("False", first.stdout)  # DEBUG stays off; the same key each time
+        assert key == key_file.read_text().strip() and len(key) >= 50
+        assert key_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+        assert _manage("check").returncode == 0
+    finally:
+        if not existed:
+            key_file.unlink(missing_ok=True)
 
 
 def test_https_settings_are_on_by_default_and_switchable():
