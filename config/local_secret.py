@@ -17,6 +17,8 @@ def local_secret_key(path: Path) -> str:
         return _read(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise ImproperlyConfigured(f"SECRET_KEY is not set and {path} cannot be read: {exc}. Set SECRET_KEY.") from exc
     temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -53,3 +53,11 @@ def test_a_directory_it_cannot_write_gives_a_clear_error(tmp_path):
 
     with pytest.raises(ImproperlyConfigured, match="Set SECRET_KEY"):
         local_secret_key(missing)
+
+
+def test_a_key_path_that_cannot_be_read_gives_a_clear_error(tmp_path):
+    path = tmp_path / ".secret-key"
+    path.mkdir()  # not a file: reading it fails (as root, file permissions would not)
+
+    with pytest.raises(ImproperlyConfigured, match="cannot be read"):
+        local_secret_key(path)
