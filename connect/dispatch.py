@@ -380,7 +380,13 @@ def dispatch_enqueue_many(action_ids) -> list[str]:
         except Exception:
             # Try once more through the pool, which reconnects if it must. Should the failed push
             # have reached Redis after all, an action gets two doorbells: a run is a no-op unless
-            # the action is still pending and due.
+            # the action is still pending and due. Logged even when the pool then succeeds, so a
+            # flaky broker connection shows up before it costs a doorbell.
+            logger.warning(
+                "doorbell push on the cached broker connection failed; retrying through the pool",
+                exc_info=True,
+                extra={"actions": len(action_ids)},
+            )
             _doorbell_lane_drop()
     try:
         with dispatch_reward_action.app.producer_or_acquire() as producer:

@@ -220,7 +220,7 @@ def test_after_the_first_template_doorbells_the_next_skip_kombus_producer_pool(b
     assert _queued_action_ids(broker.client) == sorted(sum(batches, []))
 
 
-def test_a_failed_push_through_the_lane_goes_through_the_pool_and_the_lane_is_rebuilt(broker, monkeypatch):
+def test_a_failed_push_through_the_lane_goes_through_the_pool_and_the_lane_is_rebuilt(broker, monkeypatch, caplog):
     assert dispatch_enqueue_many([str(uuid.uuid4())]) == []
     first_lane = dispatch._doorbell_lane
     acquired = _producer_acquisitions(monkeypatch)
@@ -240,6 +240,10 @@ def test_a_failed_push_through_the_lane_goes_through_the_pool_and_the_lane_is_re
     assert failures == ["celery"] and len(acquired) == 1
     assert dispatch._doorbell_lane is not None and dispatch._doorbell_lane is not first_lane
     assert set(action_ids) <= set(_queued_action_ids(broker.client))
+    # The recovered failure is still told: a warning with the error that caused it.
+    [record] = [r for r in caplog.records if r.name == "connect.dispatch" and r.levelname == "WARNING"]
+    assert "retrying through the pool" in record.getMessage()
+    assert record.exc_info[0] is redis.ConnectionError and record.actions == 2
 
 
 def test_the_lane_is_not_used_in_another_process_or_after_the_producer_pool_changed(broker, monkeypatch):
