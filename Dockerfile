@@ -25,5 +25,6 @@ USER app
 
 EXPOSE 8000
 
-# The web process; the worker and beat use the same image with another command (see docker-compose.yml).
-CMD ["gunicorn", "config.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-", "--timeout", "30"]
+# The web process (bind, workers and timeout in config/gunicorn_conf.py, which `make bench` also
+# reads); the worker and beat use the same image with another command (see docker-compose.yml).
+CMD ["gunicorn", "--config", "config/gunicorn_conf.py", "--access-logfile", "-", "config.wsgi:application"]

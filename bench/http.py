@@ -9,6 +9,7 @@ rate paces requests from a monotonic clock (LuaJIT FFI), so "half the maximum ra
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from .common import (
     BIN,
+    ROOT,
     BenchError,
     Started,
     app_environment,
@@ -142,10 +144,19 @@ class Server:
     base_url: str
 
 
+GUNICORN_CONF = ROOT / "config" / "gunicorn_conf.py"
+
+
+def gunicorn_settings() -> dict:
+    """The deployed web process's gunicorn settings (the file the image's command reads)."""
+    return runpy.run_path(str(GUNICORN_CONF))
+
+
 def gunicorn_start(*, workers: int, name: str = "gunicorn") -> Server:
     port = free_port()
     argv = [
         str(BIN / "gunicorn"),
+        "--config", str(GUNICORN_CONF),
         "config.wsgi:application",
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers),

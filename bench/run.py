@@ -37,11 +37,12 @@ from .common import (
     runs_combined,
     services_check,
 )
+from .http import gunicorn_settings
 
 CONCURRENCY = (1, 2, 4)
 RULE_COUNTS = (10, 100, 1000)
-# One sync worker per core (the machine's cores are shared with PostgreSQL and the load generator).
-WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS") or os.cpu_count() or 2)
+# The web process as deployed (config/gunicorn_conf.py); BENCH_WEB_WORKERS tries another count.
+WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS") or gunicorn_settings()["workers"])
 CELERY_WORKERS = 2
 # Runs of each HTTP endpoint: more and shorter runs interleave them more finely against the machine's drift.
 HTTP_ROUNDS = 4

@@ -1,5 +1,6 @@
 """Production settings pass Django's deployment checks; secrets have no production default."""
 
+import json
 import os
 import secrets
 import subprocess
@@ -71,3 +72,35 @@ def test_https_settings_are_on_by_default_and_switchable():
     assert on.stdout.split() == ["False", "True", "True", "True", "31536000"], on.stderr
     off = _manage(python=code, SECRET_KEY="x" * 60, SECURE_SSL_REDIRECT="0")
     assert off.stdout.split()[1] == "False"
+
+
+def _gunicorn_print_config(*args: str, **env: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "gunicorn"), "--print-config", *args, "config.wsgi:application"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return {
+        name.strip(): value.strip() for name, _, value in (line.partition("=") for line in result.stdout.splitlines())
+    }
+
+
+def test_the_image_serves_with_the_gunicorn_settings_the_benchmark_reads():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [cmd] = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    command = json.loads(cmd.removeprefix("CMD "))
+    assert command[:3] == ["gunicorn", "--config", "config/gunicorn_conf.py"]
+    assert command[-1] == "config.wsgi:application"
+
+    settings = _gunicorn_print_config(*command[1:3])
+    assert settings["workers"] == "3" and settings["bind"] == "['0.0.0.0:8000']" and settings["timeout"] == "30"
+    assert _gunicorn_print_config(*command[1:3], WEB_CONCURRENCY="5")["workers"] == "5"
+
+    from bench.http import gunicorn_settings
+
+    assert gunicorn_settings()["workers"] == 3
