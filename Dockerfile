@@ -10,8 +10,9 @@ WORKDIR /app
 
 RUN groupadd --system app && useradd --system --gid app --home-dir /app --shell /usr/sbin/nologin app
 
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# Only what the processes import: the test and benchmark tools of requirements.txt stay out.
+COPY requirements-production.txt .
+RUN pip install -r requirements-production.txt
 
 COPY . .
 

@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: install run test lint worker beat services browser bench
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt requirements-production.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt

@@ -1,11 +1,16 @@
 """Production settings pass Django's deployment checks; secrets have no production default."""
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,3 +109,110 @@ def test_the_image_serves_with_the_gunicorn_settings_the_benchmark_reads():
     from bench.http import gunicorn_settings
 
     assert gunicorn_settings()["workers"] == 3
+
+
+# --- what the image installs --------------------------------------------------------------------
+
+RUNTIME_PACKAGES = ("config", "connect", "points", "rules")
+
+
+def test_the_image_installs_the_production_requirements_only():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    installs = [line for line in dockerfile.splitlines() if "pip install" in line]
+    assert installs == ["RUN pip install -r requirements-production.txt"]
+    assert "COPY requirements-production.txt ." in dockerfile
+    # Development installs the same pins, and the tools on top of them.
+    assert "-r requirements-production.txt" in (ROOT / "requirements.txt").read_text().splitlines()
+    assert not _requirement_names(ROOT / "requirements-production.txt") & {"pytest", "py-spy", "playwright", "ruff"}
+
+
+def test_every_third_party_module_the_deployed_code_imports_is_a_production_requirement():
+    """The image has only requirements-production.txt: an import of a package that only
+    requirements.txt brings (a test or benchmark tool) would work in development and CI, and fail
+    in production. Imports anywhere in the apps and config, at module level or inside a function,
+    and the apps, middleware and classes the settings name as dotted paths."""
+    from django.conf import settings
+
+    provided = _distributions_closure(_requirement_names(ROOT / "requirements-production.txt"))
+    by_module = importlib.metadata.packages_distributions()
+    local = set(RUNTIME_PACKAGES)
+    missing = {}
+    for module, where in _third_party_imports(settings).items():
+        if module in local or module in sys.stdlib_module_names:
+            continue
+        distributions = {_canonical(name) for name in by_module.get(module, [])}
+        if not distributions & provided:
+            missing[module] = sorted(where)[:3]
+    assert missing == {}, f"imported by the deployed code but not in requirements-production.txt: {missing}"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.add(_canonical(Requirement(line).name))
+    return names
+
+
+def _distributions_closure(names: set[str]) -> set[str]:
+    """The named distributions (with the extras their pins ask for) and everything they require."""
+    pins = {}
+    for line in (ROOT / "requirements-production.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            pins[_canonical(requirement.name)] = set(requirement.extras)
+    seen, todo = set(), [(name, frozenset(pins.get(name, ()))) for name in names]
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        for text in importlib.metadata.requires(name) or []:
+            requirement = Requirement(text)
+            wanted = requirement.marker is None or any(
+                requirement.marker.evaluate({"extra": extra}) for extra in (*extras, "")
+            )
+            if wanted:
+                todo.append((_canonical(requirement.name), frozenset(requirement.extras)))
+    return {name for name, _ in seen}
+
+
+def _third_party_imports(settings) -> dict[str, set[str]]:
+    """Top-level module -> where it is imported, for every absolute import in the runtime packages
+    and every dotted path the settings name."""
+    found: dict[str, set[str]] = {}
+    files = [ROOT / "manage.py"] + [path for package in RUNTIME_PACKAGES for path in (ROOT / package).rglob("*.py")]
+    for path in files:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                found.setdefault(module.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    named = [*settings.INSTALLED_APPS, *settings.MIDDLEWARE, *settings.AUTHENTICATION_BACKENDS]
+    named += [value for value in _strings(settings.REST_FRAMEWORK) if "." in value and " " not in value]
+    named += [settings.CELERY_BROKER_TRANSPORT or "", settings.CACHES["default"]["BACKEND"]]
+    for path in filter(None, named):
+        found.setdefault(path.split(".")[0].split(":")[0], set()).add("config/settings.py")
+    return found
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
