@@ -122,6 +122,34 @@ def services_check() -> None:
         raise BenchError(f"Redis is not reachable at 127.0.0.1:6379: {exc}") from exc
 
 
+def pg_role_check(*, checkpoint: bool, user: str = PG_USER) -> None:
+    """Refuse to start, before anything is created or measured, when the PostgreSQL role lacks what
+    the run needs: creating its scratch databases and, for the rule-scaling phase, ``CHECKPOINT``
+    before each run (a superuser, or a member of ``pg_checkpoint`` from PostgreSQL 15)."""
+    import psycopg
+
+    sql = """
+        SELECT r.rolsuper, r.rolcreatedb,
+               EXISTS (SELECT 1 FROM pg_roles c WHERE c.rolname = 'pg_checkpoint' AND pg_has_role(r.oid, c.oid, 'MEMBER'))
+        FROM pg_roles r WHERE r.rolname = %s
+    """
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="postgres", autocommit=True) as conn:
+        superuser, createdb, checkpointer = conn.execute(sql, [user]).fetchone()
+    missing = []
+    if not (superuser or createdb):
+        missing.append(f"it cannot create the scratch databases (ALTER ROLE {user} CREATEDB)")
+    if checkpoint and not (superuser or checkpointer):
+        missing.append(
+            f"it cannot run the CHECKPOINT before each rule-scaling run (GRANT pg_checkpoint TO {user}, "
+            "PostgreSQL 15 or later; or leave the phase out with --only)"
+        )
+    if missing:
+        raise BenchError(
+            f"the PostgreSQL role {user} lacks what the benchmark needs: {'; '.join(missing)}. "
+            "BENCH_PG_USER names another role."
+        )
+
+
 # --- external programs ----------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from .common import (
     load_average,
     log,
     machine,
+    pg_role_check,
     program,
     redis_flush,
     runs_combined,
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     program("wrk", debian_package="wrk")
     services_check()
+    pg_role_check(checkpoint="rules" in phases)
     results: dict = {"machine": machine(), "durations_s": durations, "quick": args.quick, "phases": sorted(phases)}
     log(f"machine: {results['machine']}")
 
