@@ -1,4 +1,5 @@
-"""Production settings pass Django's deployment checks; secrets have no production default."""
+"""Production settings pass Django's deployment checks; secrets have no production default; the image
+serves with the settings the benchmark reads and installs only what the deployed code imports."""
 
 import ast
 import importlib.metadata
@@ -123,7 +124,7 @@ def test_the_image_installs_the_production_requirements_only():
     assert "COPY requirements-production.txt ." in dockerfile
     # Development installs the same pins, and the tools on top of them.
     assert "-r requirements-production.txt" in (ROOT / "requirements.txt").read_text().splitlines()
-    assert not _requirement_names(ROOT / "requirements-production.txt") & {"pytest", "py-spy", "playwright", "ruff"}
+    assert not _requirements(ROOT / "requirements-production.txt").keys() & {"pytest", "py-spy", "playwright", "ruff"}
 
 
 def test_every_third_party_module_the_deployed_code_imports_is_a_production_requirement():
@@ -133,7 +134,7 @@ def test_every_third_party_module_the_deployed_code_imports_is_a_production_requ
     and the apps, middleware and classes the settings name as dotted paths."""
     from django.conf import settings
 
-    provided = _distributions_closure(_requirement_names(ROOT / "requirements-production.txt"))
+    provided = _distributions_closure(_requirements(ROOT / "requirements-production.txt"))
     by_module = importlib.metadata.packages_distributions()
     local = set(RUNTIME_PACKAGES)
     missing = {}
@@ -150,24 +151,20 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _requirement_names(path: Path) -> set[str]:
-    names = set()
+def _requirements(path: Path) -> dict[str, frozenset[str]]:
+    """Each pinned distribution of a requirements file with the extras it asks for (includes skipped)."""
+    pins = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line and not line.startswith("-"):
-            names.add(_canonical(Requirement(line).name))
-    return names
-
-
-def _distributions_closure(names: set[str]) -> set[str]:
-    """The named distributions (with the extras their pins ask for) and everything they require."""
-    pins = {}
-    for line in (ROOT / "requirements-production.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
             requirement = Requirement(line)
-            pins[_canonical(requirement.name)] = set(requirement.extras)
-    seen, todo = set(), [(name, frozenset(pins.get(name, ()))) for name in names]
+            pins[_canonical(requirement.name)] = frozenset(requirement.extras)
+    return pins
+
+
+def _distributions_closure(pins: dict[str, frozenset[str]]) -> set[str]:
+    """The pinned distributions (with their extras) and everything they require, recursively."""
+    seen, todo = set(), list(pins.items())
     while todo:
         name, extras = todo.pop()
         if (name, extras) in seen:
