@@ -152,17 +152,20 @@ def gunicorn_settings() -> dict:
     return runpy.run_path(str(GUNICORN_CONF))
 
 
-def gunicorn_start(*, workers: int, name: str = "gunicorn") -> Server:
-    port = free_port()
-    argv = [
-        str(BIN / "gunicorn"),
+def gunicorn_options(*, port: int, workers: int) -> list[str]:
+    """The deployed settings file, with the benchmark's own port, worker count and a listen backlog
+    deep enough for the load generator's connections; everything else (timeout ...) as deployed."""
+    return [
         "--config", str(GUNICORN_CONF),
-        "config.wsgi:application",
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers),
         "--backlog", "2048",
-        "--timeout", "60",
     ]  # fmt: skip
+
+
+def gunicorn_start(*, workers: int, name: str = "gunicorn") -> Server:
+    port = free_port()
+    argv = [str(BIN / "gunicorn"), *gunicorn_options(port=port, workers=workers), "config.wsgi:application"]
     process = start(name, argv, app_environment())
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -126,10 +126,7 @@ def _per_round(numerator: dict, denominator: dict) -> list[float] | None:
 def _by_cost(numerator: dict, denominator: dict) -> float | None:
     """The same ratio from what one request costs the whole machine (the denominator's host ms over
     the numerator's). A disk stall idles the CPUs and costs a run requests, but not CPU time."""
-    top, bottom = numerator.get("host_cpu_ms_per_request"), denominator.get("host_cpu_ms_per_request")
-    if not top or not bottom:
-        return None
-    return _ratio(bottom, top)
+    return _ratio(denominator.get("host_cpu_ms_per_request"), numerator.get("host_cpu_ms_per_request"))
 
 
 def _e2e_bound(results: dict) -> float | None:

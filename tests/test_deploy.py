@@ -107,9 +107,13 @@ def test_the_image_serves_with_the_gunicorn_settings_the_benchmark_reads():
     assert settings["workers"] == "3" and settings["bind"] == "['0.0.0.0:8000']" and settings["timeout"] == "30"
     assert _gunicorn_print_config(*command[1:3], WEB_CONCURRENCY="5")["workers"] == "5"
 
-    from bench.http import gunicorn_settings
+    from bench.http import gunicorn_options, gunicorn_settings
 
     assert gunicorn_settings()["workers"] == 3
+    # make bench starts gunicorn from the same file: only its port, worker count and backlog differ.
+    bench = _gunicorn_print_config(*gunicorn_options(port=8123, workers=2))
+    assert bench["bind"] == "['127.0.0.1:8123']" and bench["workers"] == "2" and bench["backlog"] == "2048"
+    assert bench["config"] == str(ROOT / "config" / "gunicorn_conf.py") and bench["timeout"] == settings["timeout"]
 
 
 # --- what the image installs --------------------------------------------------------------------
