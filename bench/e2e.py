@@ -2,6 +2,9 @@
 
 The clock starts with the first POST and stops at the ``completed_at`` of the last RewardAction the run
 made, read from the database, which is what a user would wait for.
+
+Beside it, what the same worker spends on a task that does nothing: the least any design with one
+Celery task per action (SPEC §8) costs per action on this machine, whatever the task does.
 """
 
 from __future__ import annotations
@@ -9,10 +12,23 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from .common import BIN, BenchError, Started, app_environment, log, machine_cpu_seconds, redis_flush, start
+from .common import (
+    BIN,
+    REDIS_URL,
+    BenchError,
+    Started,
+    app_environment,
+    log,
+    machine_cpu_seconds,
+    redis_flush,
+    start,
+)
 from .http import Server, wrk_run
 
 DRAIN_TIMEOUT_SECONDS = 180
+# A registered task of Celery itself that returns its arguments: a message through the broker, the
+# worker and its pool with nothing done in the task. Acks late with time limits, as dispatch does.
+NOOP_TASK = "celery.accumulate"
 
 
 def celery_start(*, concurrency: int) -> Started:
@@ -95,3 +111,58 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
     }
     log(f"e2e: {result}")
     return result, memory
+
+
+def _queue_backlog(client, queue: str) -> int:
+    """Messages still in the queue or taken but not yet acknowledged (kombu's unacked hash)."""
+    from kombu.transport.redis import Channel
+
+    return client.llen(queue) + client.hlen(Channel.unacked_key)
+
+
+def task_floor_measure(*, messages: int, workers: int) -> dict:
+    """Queue ``messages`` runs of a task that does nothing, start the worker as the end-to-end run
+    does, and measure its drain: messages/s, the worker's and the whole machine's CPU per message."""
+    import redis
+
+    from config.celery import app
+
+    if NOOP_TASK not in app.tasks:
+        raise BenchError(f"Celery has no task {NOOP_TASK}: the no-op drain needs a registered task that does nothing")
+    redis_flush()
+    queue = app.conf.task_default_queue
+    with app.producer_or_acquire() as producer:
+        for n in range(messages):
+            app.send_task(NOOP_TASK, args=(n,), producer=producer, ignore_result=True)
+    client = redis.Redis.from_url(REDIS_URL)
+    worker = celery_start(concurrency=workers)
+    try:
+        # The worker drains from the moment it is ready; what is left now is what gets measured.
+        worker_before, host_before, began = worker.cpu_seconds(), machine_cpu_seconds(), time.monotonic()
+        measured = _queue_backlog(client, queue)
+        deadline = began + DRAIN_TIMEOUT_SECONDS
+        while _queue_backlog(client, queue) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seconds = time.monotonic() - began
+        worker_cpu, host_cpu = worker.cpu_seconds() - worker_before, machine_cpu_seconds() - host_before
+        left = _queue_backlog(client, queue)
+    finally:
+        worker.stop(timeout=30)
+        redis_flush()
+    if left or measured < messages // 2:
+        raise BenchError(
+            f"the no-op drain measured {measured} of {messages} messages and left {left}; see {worker.log_path}"
+        )
+    if "unregistered task" in worker.log_path.read_text(errors="replace"):
+        # A rejected message never reaches the pool: the drain would look cheaper than a real task.
+        raise BenchError(f"the worker did not know {NOOP_TASK}; see {worker.log_path}")
+    result = {
+        "task": NOOP_TASK,
+        "workers": workers,
+        "messages": measured,
+        "per_s": round(measured / seconds, 1),
+        "worker_cpu_ms_per_message": round(1000 * worker_cpu / measured, 3),
+        "host_cpu_ms_per_message": round(1000 * host_cpu / measured, 3),
+    }
+    log(f"task floor: {result}")
+    return result

@@ -5,6 +5,7 @@
 3. HTTP through gunicorn with production settings: events, credits, and a one-INSERT endpoint of the
    same stack (the framework's ceiling); p99 at half the maximum event rate;
 4. end to end with two Celery worker processes: from the first POST to the last completed credit;
+   beside it the same worker draining a task that does nothing, Celery's own cost per action;
 5. events/s with 10, 100 and 1,000 active rules;
 6. peak RSS of the web and worker processes; SQL statements per request.
 
@@ -45,6 +46,8 @@ RULE_COUNTS = (10, 100, 1000)
 # The web process as deployed (config/gunicorn_conf.py); BENCH_WEB_WORKERS tries another count.
 WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS") or gunicorn_settings()["workers"])
 CELERY_WORKERS = 2
+# Messages of the task that does nothing drained beside the end-to-end run (quick, full): a few seconds' worth.
+TASK_FLOOR_MESSAGES = (1000, 4000)
 # Runs of each HTTP endpoint: more and shorter runs interleave them more finely against the machine's drift.
 HTTP_ROUNDS = 4
 
@@ -93,6 +96,7 @@ def _targets(results: dict) -> list[dict]:
                 _ratio(e2e["events_per_s"], http["events"]["rps"]),
                 0.8,
                 cores_allow=_e2e_bound(results),
+                task_floor_allows=_e2e_task_floor_bound(results),
             )
         half = http["events_half_rate"]
         targets.append(
@@ -137,6 +141,17 @@ def _e2e_bound(results: dict) -> float | None:
     if not host_ms:
         return None
     return _ratio(results["machine"]["cores"] * 1000 / host_ms, results["http"]["events"]["rps"])
+
+
+def _e2e_task_floor_bound(results: dict) -> float | None:
+    """The end-to-end ratio one Celery task per action allows at most even if the task did nothing:
+    an event's POST and its actions' messages share the cores, so the ratio is at most the POST's
+    host ms over the POST's plus each action's no-op message (both measured in this run)."""
+    floor, e2e = results.get("task_floor"), results["e2e"]
+    post_ms = results["http"]["events"].get("host_cpu_ms_per_request")
+    if not floor or not post_ms or not e2e.get("events"):
+        return None
+    return _ratio(post_ms, post_ms + e2e["actions"] / e2e["events"] * floor["host_cpu_ms_per_message"])
 
 
 def _fmt(value, unit: str = "") -> str:
@@ -201,6 +216,10 @@ def table(results: dict) -> str:
         row("end to end, events/s to last credit (÷ HTTP events)", e2e["workers"], e2e["events_per_s"], None, None,
             e2e["errors"], _ratio(e2e["events_per_s"], http["events"]["rps"]) if http else None,
             e2e["worker_cpu_ms_per_action"], e2e.get("host_cpu_ms_per_event"))  # fmt: skip
+    floor = results.get("task_floor")
+    if floor:
+        row("Celery task doing nothing, drain (messages/s)", floor["workers"], floor["per_s"], None, None, None,
+            None, floor["worker_cpu_ms_per_message"], floor["host_cpu_ms_per_message"])  # fmt: skip
     rules = results.get("rules")
     if rules:
         for count, item in rules.items():
@@ -242,6 +261,14 @@ def table(results: dict) -> str:
                 f"; the cores allow at most {_fmt(target['cores_allow'])} ({m['cores']} cores ÷ "
                 f"{_fmt(results['e2e']['host_cpu_ms_per_event'])} host ms per event end to end)"
             )
+        if target.get("task_floor_allows") is not None:
+            e2e, floor = results["e2e"], results["task_floor"]
+            line += (
+                f"; one Celery task per action allows at most {_fmt(target['task_floor_allows'])} even if it did "
+                f"nothing (an event POST {_fmt(results['http']['events']['host_cpu_ms_per_request'])} host ms + "
+                f"{_fmt(e2e['actions'] / e2e['events'])} × {_fmt(floor['host_cpu_ms_per_message'])} host ms "
+                "per message of a no-op task)"
+            )
         out.append(line)
     return "\n".join(out)
 
@@ -277,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     django_setup()
     from .app import app_prepare
-    from .e2e import e2e_measure
+    from .e2e import e2e_measure, task_floor_measure
     from .http import gunicorn_start, wrk_run
     from .ledger import SCENARIOS, ledger_measure
     from .pgbench import pgbench_drop, pgbench_measure, pgbench_prepare
@@ -338,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             results["http"] = http
         if "e2e" in phases:
+            results["task_floor"] = task_floor_measure(
+                messages=TASK_FLOOR_MESSAGES[0 if args.quick else 1], workers=CELERY_WORKERS
+            )
             results["e2e"], results["memory"]["worker"] = e2e_measure(
                 server=server, key=key, seconds=durations["e2e"], connections=connections, workers=CELERY_WORKERS
             )
