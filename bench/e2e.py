@@ -131,7 +131,9 @@ def task_floor_measure(*, messages: int, workers: int) -> dict:
         raise BenchError(f"Celery has no task {NOOP_TASK}: the no-op drain needs a registered task that does nothing")
     redis_flush()
     queue = app.conf.task_default_queue
-    with app.producer_or_acquire() as producer:
+    # To the broker the worker reads (app_environment's), whatever broker this process is set up with.
+    with app.connection_for_write(REDIS_URL) as connection:
+        producer = app.amqp.Producer(connection)
         for n in range(messages):
             app.send_task(NOOP_TASK, args=(n,), producer=producer, ignore_result=True)
     client = redis.Redis.from_url(REDIS_URL)
@@ -149,13 +151,13 @@ def task_floor_measure(*, messages: int, workers: int) -> dict:
     finally:
         worker.stop(timeout=30)
         redis_flush()
+    if "unregistered task" in worker.log_path.read_text(errors="replace"):
+        # A rejected message never reaches the pool: the drain would look cheaper than a real task.
+        raise BenchError(f"the worker did not know {NOOP_TASK}; see {worker.log_path}")
     if left or measured < messages // 2:
         raise BenchError(
             f"the no-op drain measured {measured} of {messages} messages and left {left}; see {worker.log_path}"
         )
-    if "unregistered task" in worker.log_path.read_text(errors="replace"):
-        # A rejected message never reaches the pool: the drain would look cheaper than a real task.
-        raise BenchError(f"the worker did not know {NOOP_TASK}; see {worker.log_path}")
     result = {
         "task": NOOP_TASK,
         "workers": workers,
