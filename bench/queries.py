@@ -20,9 +20,9 @@ def _count(callable_):
 def queries_measure(*, key: str) -> dict:
     """Statements per event POST, per credit POST, per ceiling POST and per reward-action dispatch,
     for users whose accounts exist (bench.app), as in the timed phases."""
+    from connect.dispatch import reward_action_dispatch
     from django.test import Client
 
-    from connect.dispatch import reward_action_dispatch
     from connect.models import RewardAction
 
     client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Api-Key {key}")

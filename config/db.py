@@ -4,89 +4,16 @@ Each saves round trips or ORM work on a hot path: a claim that is one ``INSERT .
 NOTHING RETURNING`` instead of a savepoint, an INSERT and a release; the same claim with the rows
 that depend on it, in one statement that in autocommit mode is also its own transaction; several
 rows in one INSERT that also hands back their keys; an UPDATE of named columns, or one guarded by
-the row's current values, without a queryset; and a model instance from a row a statement returned.
-The hot paths' statements go through ``prepared_cursor``: parsed and planned once per connection.
+the row's current values, without a queryset.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
-from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
-from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.db.models import CharField, Field, Model
-from psycopg.pq import Format
-from psycopg.types.numeric import Int8Dumper
-
-# psycopg prepares a statement by itself after this many runs of it; Django turns that off (a None
-# threshold, which also refuses prepare=True). Set to a count no statement reaches, so that only
-# the statements run through prepared_cursor, which asks for it, are prepared.
-_NO_AUTOMATIC_PREPARE = 2**62
-
-
-@contextlib.contextmanager
-def prepared_cursor() -> Iterator:
-    """A cursor for a hot path's statement: PostgreSQL parses, analyses and plans it once per
-    connection, and each later run sends only the parameters.
-
-    Django's psycopg cursors bind parameters on the client, so every statement reaches PostgreSQL
-    as new text to parse and plan; for an event with two reward actions that was about a third of
-    the statement's server CPU. This cursor is Django's server-side-binding one (the cursor
-    ``OPTIONS["server_side_binding"]`` selects) asking psycopg to prepare each statement, one per
-    statement text and parameter types, kept in psycopg's per-connection cache (100, least recently
-    used dropped; cleared on a rollback). It is wrapped as any Django cursor is: query logging,
-    execute wrappers and error translation work as usual.
-
-    Every int parameter goes as a bigint: one prepared form per statement text, whatever the
-    values' sizes, and no smallint arithmetic between two parameters. Off, giving Django's own
-    cursor, with ``DB_PREPARED_STATEMENTS=0`` (a connection pooler in transaction mode that does
-    not carry prepared statements) and on any database but PostgreSQL.
-    """
-    with connection.cursor() as cursor:
-        if settings.DB_PREPARED_STATEMENTS and connection.vendor == "postgresql":
-            cursor.cursor.close()
-            cursor.cursor = _preparing_cursor(connection.connection)
-        yield cursor
-
-
-class _PreparingCursor(ServerBindingCursor):
-    def execute(self, query, params=None, *, prepare=None, binary=None):
-        try:
-            return super().execute(query, params, prepare=True, binary=binary)
-        finally:
-            if connection.queries_logged:
-                # Django's query log (DEBUG, tests capturing queries) reads the text a client-binding
-                # cursor sent: give it that text, the parameters in place, as Django does for its
-                # own server-binding cursor. Built only when queries are logged.
-                self._query = _logged_text(query, params)
-
-
-def _logged_text(query, params) -> _SentText | None:
-    try:
-        return _SentText(connection.ops.compose_sql(query, params).encode())
-    except Exception:  # a value psycopg cannot quote: logged without its text, as Django does
-        return None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _SentText:
-    query: bytes
-
-
-def _preparing_cursor(raw) -> _PreparingCursor:
-    if raw.prepare_threshold is None:
-        raw.prepare_threshold = _NO_AUTOMATIC_PREPARE
-    cursor = _PreparingCursor(raw)
-    cursor.adapters.register_dumper(int, Int8Dumper)
-    # As Django's create_cursor does for its own cursors.
-    if connection.timezone != raw.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT).timezone:
-        register_tzloader(connection.timezone, cursor)
-    return cursor
 
 
 def column_values(instance: Model, *, exclude: Sequence[str] = ()) -> tuple[list[str], list]:
@@ -129,7 +56,7 @@ def insert_unless_conflict(instance: Model, conflict_fields: Sequence[str]) -> b
     meta = type(instance)._meta
     columns, values = column_values(instance)
     sql = _insert_unless_conflict_sql(meta, columns, conflict_fields, connection.ops.quote_name(meta.pk.column))
-    with prepared_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(sql, values)
         row = cursor.fetchone()
     if row is None:
@@ -149,9 +76,7 @@ def insert_with_dependents_unless_conflict(
     default such as a UUID): nothing is read back. True when this call inserted them all (the
     instances are then saved); False when the parent's key already exists, and nothing was written.
 
-    A NULL goes into the text rather than as a parameter: an event with two reward actions then
-    stays within the 50 parameters up to which psycopg caches how it parsed a statement's text
-    (about 0.1 ms of CPU per event otherwise).
+    A NULL goes into the text rather than as a parameter, so the statement has fewer parameters.
     """
     quote = connection.ops.quote_name
     columns, values = column_values(instance)
@@ -180,7 +105,7 @@ def insert_with_dependents_unless_conflict(
         sql += " SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM dependents)"
     else:
         sql += " SELECT (SELECT count(*) FROM parent), 0"
-    with prepared_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
         inserted, dependents_inserted = cursor.fetchone()
     if not inserted:
@@ -237,7 +162,7 @@ def insert_rows(instances: Sequence[Model]) -> None:
         f"{', '.join([placeholders] * len(rows))} RETURNING {quote(meta.pk.column)}"
     )
     params = [value for _, values in rows for value in values]
-    with prepared_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
         pks = [row[0] for row in cursor.fetchall()]
     # PostgreSQL returns the rows of a multi-row VALUES in the order they were given.
@@ -262,7 +187,7 @@ def update_where(model: type[Model], pk, values: Mapping[str, object], *, where:
     params = [field.get_db_prep_save(values[field.name], db) for field in set_fields]
     params.append(pk_field.get_db_prep_value(pk, db))
     params += [field.get_db_prep_value(where[field.name], db) for field in where_fields]
-    with prepared_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 
@@ -277,42 +202,3 @@ def _update_where_sql(model: type[Model], set_names: tuple[str, ...], where_name
     conditions = "".join(f" AND {quote(field.column)} = %s" for field in where_fields)
     sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s{conditions}"
     return sql, set_fields, where_fields, meta.pk
-
-
-def model_from_row(model: type[Model], values: Sequence) -> Model:
-    """An instance of ``model`` from a row holding every concrete field in declaration order (as
-    ``returning_columns`` lists them), with the database-to-Python conversions a queryset applies."""
-    converters = _row_converters(model)
-    values = list(values)
-    db = connections[DEFAULT_DB_ALIAS]
-    for index, expression, functions in converters:
-        for convert in functions:
-            values[index] = convert(values[index], expression, db)
-    return model.from_db(DEFAULT_DB_ALIAS, _attnames(model), values)
-
-
-def returning_columns(model: type[Model]) -> str:
-    """Every concrete column of ``model`` in declaration order, quoted."""
-    return ", ".join(column for _, column in _insert_columns(model))
-
-
-def qualified_columns(model: type[Model], alias: str) -> str:
-    """``returning_columns`` with each column prefixed by a table alias, for a row read through a join."""
-    return ", ".join(f"{alias}.{column}" for _, column in _insert_columns(model))
-
-
-@functools.cache
-def _attnames(model: type[Model]) -> list[str]:
-    return [field.attname for field in model._meta.concrete_fields]
-
-
-@functools.cache
-def _row_converters(model: type[Model]) -> list[tuple[int, object, list]]:
-    """(position, column expression, converters) of each field whose values need converting."""
-    out = []
-    for index, field in enumerate(model._meta.concrete_fields):
-        expression = field.get_col(model._meta.db_table)
-        functions = connection.ops.get_db_converters(expression) + field.get_db_converters(connection)
-        if functions:
-            out.append((index, expression, functions))
-    return out

@@ -1,7 +1,7 @@
 """Prometheus metrics of the platform (exposed at /metrics, with django-prometheus' request metrics).
 
-Counters and histograms are updated where the work happens; the state of the reward-action
-outbox is read from the database at scrape time, so it is right whatever process did the work.
+Counters and histograms are updated where the work happens; state such as the reward-action outbox
+is read from the database at scrape time by collectors the apps register.
 With several gunicorn workers set PROMETHEUS_MULTIPROC_DIR so their counters are aggregated.
 """
 
@@ -9,7 +9,6 @@ import os
 
 import prometheus_client
 from prometheus_client import Counter, Histogram, multiprocess
-from prometheus_client.core import GaugeMetricFamily
 
 EVENTS_INGESTED = Counter(
     "rewards_events_ingested_total",
@@ -29,24 +28,14 @@ DISPATCH_SECONDS = Histogram(
 )
 
 
-class RewardActionCollector:
-    """rewards_reward_actions{status, channel}: the outbox counted by status and channel at scrape."""
-
-    def collect(self):
-        from django.db.models import Count
-
-        from connect.models import RewardAction
-
-        family = GaugeMetricFamily(
-            "rewards_reward_actions", "Reward actions by status and channel.", labels=["status", "channel"]
-        )
-        rows = RewardAction.objects.values("status", "reward_type").annotate(n=Count("pk")).order_by()
-        for row in rows:
-            family.add_metric([row["status"], row["reward_type"]], row["n"])
-        yield family
+# Collectors that read the database at scrape time, so they are right whatever process did the work;
+# the apps register theirs (config imports no app).
+_scrape_time_collectors: list = []
 
 
-_ACTION_COLLECTOR = RewardActionCollector()
+def scrape_time_collector_register(collector) -> None:
+    if collector not in _scrape_time_collectors:
+        _scrape_time_collectors.append(collector)
 
 
 def render_latest() -> bytes:
@@ -57,5 +46,6 @@ def render_latest() -> bytes:
         registry = prometheus_client.REGISTRY
     output = prometheus_client.generate_latest(registry)
     scrape_time = prometheus_client.CollectorRegistry()
-    scrape_time.register(_ACTION_COLLECTOR)
+    for collector in _scrape_time_collectors:
+        scrape_time.register(collector)
     return output + prometheus_client.generate_latest(scrape_time)

@@ -11,7 +11,6 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from config.broker import transport_for
 from config.local_secret import local_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -98,9 +97,6 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# The hot paths' statements are prepared once per connection (config.db.prepared_cursor). Set 0
-# behind a connection pooler in transaction mode that does not carry prepared statements.
-DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default serves one process; waiting on the file lock beats "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
@@ -110,8 +106,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Throttle counters live here; point CACHE_URL at Redis so all web processes share them.
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
-if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
-    CACHES["default"]["BACKEND"] = "config.cache.RedisCache"  # one Redis client per pool, not per call
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -177,8 +171,6 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery: without a broker, tasks run eagerly in-process (the embedded default).
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
-# For a Redis broker, kombu's Redis transport reusing its synchronous client (config/broker.py).
-CELERY_BROKER_TRANSPORT = transport_for(CELERY_BROKER_URL)
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_RESULT_BACKEND = None
@@ -199,6 +191,13 @@ DISPATCH_RETRY_BASE_SECONDS = env.float("DISPATCH_RETRY_BASE_SECONDS", default=5
 DISPATCH_RETRY_MAX_SECONDS = env.float("DISPATCH_RETRY_MAX_SECONDS", default=600)
 SWEEPER_INTERVAL_SECONDS = env.float("SWEEPER_INTERVAL_SECONDS", default=30)
 SWEEPER_STALE_SECONDS = env.float("SWEEPER_STALE_SECONDS", default=60)
+# A drain claims this many due actions at a time and sends at most CHANNEL_CONCURRENCY HTTP requests
+# at once. It takes no new batch after DISPATCH_DRAIN_SECONDS (a new run continues), and a process
+# rings at most one doorbell at once per DISPATCH_DOORBELL_SECONDS, one more at its end covering the rest.
+DISPATCH_BATCH_SIZE = env.int("DISPATCH_BATCH_SIZE", default=200)
+CHANNEL_CONCURRENCY = env.int("CHANNEL_CONCURRENCY", default=8)
+DISPATCH_DRAIN_SECONDS = env.float("DISPATCH_DRAIN_SECONDS", default=20)
+DISPATCH_DOORBELL_SECONDS = env.float("DISPATCH_DOORBELL_SECONDS", default=0.1)
 HOLD_EXPIRY_INTERVAL_SECONDS = env.float("HOLD_EXPIRY_INTERVAL_SECONDS", default=30)
 # Redis redelivers an unacked message after this long; it must exceed the longest retry delay.
 CELERY_BROKER_TRANSPORT_OPTIONS = {

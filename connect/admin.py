@@ -1,7 +1,7 @@
 """Operations admin: events, reward actions (retry / cancel through the dispatch services), profiles,
 and the dashboard that puts the ledger and the reward actions side by side.
 
-Everything here is read-only; the only writes are the staff actions of ``connect.dispatch``.
+Everything here is read-only; the only writes are the staff actions of ``connect.staff``.
 """
 
 import json
@@ -32,9 +32,10 @@ from rules import engine
 from rules.admin import SimulationWorld, simulation_world_register
 from rules.models import RuleVersion
 
-from .dispatch import channel_problems, reward_action_cancel, reward_action_retry
+from .channels import channel_problems
 from .models import EconomicEvent, RewardAction, RewardGrant, UserProfile
 from .profiles import ProfileReader, profile_apply
+from .staff import reward_action_cancel, reward_action_retry
 
 # One admin request handles at most this many actions; "select all" on a huge list is refused.
 MAX_ACTIONS_PER_REQUEST = 500

@@ -57,11 +57,9 @@ class EventsView(ApiView):
         tags=["events"],
     )
     def post(self, request):
-        data = serializers.event_in_validated(request.data)
-        if data is None:  # something to refuse, or to parse: the serializer judges it
-            serializer = serializers.EventIn(data=request.data)
-            serializer.is_valid(raise_exception=True)
-            data = serializer.validated_data
+        serializer = serializers.EventIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
         principal = request.user
         if data["source_service"] != principal.client_name:
             raise PermissionDenied("source_service must be the calling client's name.")

@@ -149,15 +149,3 @@ def locked_release(*, user_id: str) -> list[str]:
             status=RewardAction.Status.PENDING, updated_at=now, next_attempt_at=now
         )
     return [str(pk) for pk in released]
-
-
-def dispatch_on_commit(action_ids: list[str]) -> None:
-    """Ring the doorbell for each action once the transaction that made it pending commits.
-
-    A broker outage after commit must not turn a stored event into an error: the callbacks are
-    robust and the sweeper re-enqueues whatever they could not.
-    """
-    if action_ids:
-        from .dispatch import dispatch_enqueue_on_commit
-
-        dispatch_enqueue_on_commit(action_ids)

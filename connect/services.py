@@ -18,8 +18,9 @@ from config.metrics import EVENTS_INGESTED
 from rules import engine
 from rules.selectors import rules_cache_clear, rules_for_event_type
 
+from .doorbell import doorbell_ring_on_commit
 from .models import EconomicEvent, RewardAction, RewardGrant
-from .profiles import ProfileReader, dispatch_on_commit, profile_apply
+from .profiles import ProfileReader, profile_apply
 
 logger = logging.getLogger("connect.ingest")
 
@@ -206,7 +207,7 @@ def _ingest_in_one_statement(*, client_name: str, data: dict) -> IngestResult:
             event.status = EconomicEvent.Status.IGNORED
     if not insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions):
         return IngestResult(event=_event_stored(event), replayed=True)
-    dispatch_on_commit([str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING])
+    doorbell_ring_on_commit([str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING])
     _record(event, len(actions), has_rules=bool(rules))
     return IngestResult(event=event, replayed=False, actions=actions)
 
@@ -225,7 +226,7 @@ def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
         plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile)
     except engine.RuleEvaluationFailed as failure:
         _status_set(event, EconomicEvent.Status.FAILED, _failure_message(failure))
-        dispatch_on_commit(to_dispatch)
+        doorbell_ring_on_commit(to_dispatch)
         _record(event, 0, has_rules=True)
         return IngestResult(event=event, replayed=False, actions=[])
 
@@ -235,7 +236,7 @@ def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
     if not actions:
         _status_set(event, EconomicEvent.Status.IGNORED)
     to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
-    dispatch_on_commit(to_dispatch)
+    doorbell_ring_on_commit(to_dispatch)
     _record(event, len(actions), has_rules=bool(rules))
     return IngestResult(event=event, replayed=False, actions=actions)
 

@@ -1,50 +1,50 @@
-"""Thin Celery tasks: load by id, call a service, schedule what comes next. The row is the source of truth."""
+"""Thin Celery tasks: drain the outbox when a doorbell rings, sweep for what a lost doorbell left behind."""
 
-import logging
+import math
+import uuid
 
 from celery import shared_task
 from django.conf import settings
 
-logger = logging.getLogger("connect.dispatch")
-
-# One delivery is a claim, at most one HTTP call bounded by the channel timeouts, and a record;
-# anything longer is stuck. The soft limit turns into a transient error on the action. With the
-# default timings the hard limit (58 s) is below SWEEPER_STALE_SECONDS (60 s), so the sweeper never
-# re-queues a run that is still alive; if it did, the guarded record and idempotent channels keep that safe.
-DISPATCH_SOFT_TIME_LIMIT = min(
-    settings.CELERY_TASK_SOFT_TIME_LIMIT,
-    int(settings.CHANNEL_CONNECT_TIMEOUT_SECONDS + settings.CHANNEL_READ_TIMEOUT_SECONDS) + 30,
+# A drain stops taking new batches after DISPATCH_DRAIN_SECONDS; its last batch may then still wait
+# for every HTTP call at CHANNEL_CONCURRENCY at a time, each bounded by the channel timeouts.
+_BATCH_SECONDS = math.ceil(max(1, settings.DISPATCH_BATCH_SIZE) / max(1, settings.CHANNEL_CONCURRENCY)) * (
+    settings.CHANNEL_CONNECT_TIMEOUT_SECONDS + settings.CHANNEL_READ_TIMEOUT_SECONDS
 )
-DISPATCH_TIME_LIMIT = min(settings.CELERY_TASK_TIME_LIMIT, DISPATCH_SOFT_TIME_LIMIT + 15)
+DRAIN_SOFT_TIME_LIMIT = int(settings.DISPATCH_DRAIN_SECONDS + _BATCH_SECONDS) + 30
+DRAIN_TIME_LIMIT = DRAIN_SOFT_TIME_LIMIT + 15
 
 
 @shared_task(
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
-    soft_time_limit=DISPATCH_SOFT_TIME_LIMIT,
-    time_limit=DISPATCH_TIME_LIMIT,
+    soft_time_limit=DRAIN_SOFT_TIME_LIMIT,
+    time_limit=DRAIN_TIME_LIMIT,
 )
-def dispatch_reward_action(action_id: str) -> str | None:
-    """Deliver one RewardAction; safe to run twice or in parallel (a no-op unless it is pending and due)."""
-    from .dispatch import dispatch_enqueue, reward_action_dispatch
+def drain_reward_actions(first_ids=()) -> int:
+    """Deliver due actions in batches, ``first_ids`` first; safe to run twice or in parallel."""
+    from .delivery import reward_actions_drain
+    from .doorbell import doorbell_ring, doorbell_ring_later
 
-    outcome = reward_action_dispatch(action_id=action_id)
-    if outcome.retry_in is not None:
-        # Without a broker (tasks inline) this is skipped and the sweeper retries when due.
-        try:
-            dispatch_enqueue(action_id, countdown=outcome.retry_in)
-        except Exception:
-            # The row is pending with its next_attempt_at: the sweeper retries it when due.
-            logger.warning(
-                "could not schedule the retry; left to the sweeper", exc_info=True, extra={"action_id": action_id}
-            )
-    return outcome.status
+    result = reward_actions_drain(first_ids=[action_id for action_id in map(_parsed, first_ids or ()) if action_id])
+    if result.more:
+        doorbell_ring()  # the rest in a new run, so no run outlives its time limit
+    for countdown in result.retry_in:
+        doorbell_ring_later(countdown=countdown)
+    return result.delivered
 
 
 @shared_task(acks_late=True, ignore_result=True, soft_time_limit=60, time_limit=90)
 def sweep_reward_actions() -> int:
-    """Celery beat: re-enqueue actions a lost message or a killed worker left behind."""
-    from .dispatch import reward_actions_sweep
+    """Celery beat: ring for the actions a lost doorbell or a killed worker left behind."""
+    from .doorbell import reward_actions_sweep
 
     return reward_actions_sweep()
+
+
+def _parsed(action_id) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(action_id))
+    except ValueError:
+        return None

@@ -4,7 +4,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 
-from .selectors import service_key_usable
+from .models import ServiceClientKey
 
 KEYWORD = "Api-Key"
 
@@ -52,10 +52,10 @@ class ApiKeyAuthentication(BaseAuthentication):
         key = key.strip()
         if keyword.lower() != KEYWORD.lower() or not key or " " in key:
             raise exceptions.AuthenticationFailed("Use the header 'Authorization: Api-Key <key>'.")
-        # What ServiceClientKey.objects.get_from_key(key) does, with the lookup in one statement.
-        api_key = service_key_usable(prefix=key.partition(".")[0])
-        if api_key is None or not api_key.is_valid(key):
-            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        try:
+            api_key = ServiceClientKey.objects.get_from_key(key)  # usable keys only, its client loaded
+        except ServiceClientKey.DoesNotExist:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API key.") from None
         if api_key.has_expired:
             raise exceptions.AuthenticationFailed("The API key has expired.")
         return ServicePrincipal(api_key.client), api_key

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,7 +32,7 @@ from django.utils import timezone
 
 from config.api.errors import DomainError
 from config.api.fields import storable_text_problem
-from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, prepared_cursor, update_columns
+from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, update_columns
 from config.metrics import LEDGER_OPERATIONS
 
 from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, InvalidRequest, NotFound
@@ -237,7 +238,7 @@ def _transfer_claim(txn: Transaction, user_id: str) -> int | None:
     no account yet.
     """
     columns, values = column_values(txn, exclude=("account",))
-    with prepared_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(_ledger_sql(_TRANSFER_CLAIM_SQL, tuple(columns)), [*values, user_id])
         row = cursor.fetchone()
     return row[0] if row else None
@@ -253,7 +254,7 @@ _APPLY_SQL = """
 
 def _account_apply(account_id: int, *, balance_delta: int, held_delta: int) -> tuple[int, int] | None:
     """Atomically move the cached totals; None when that would leave available or held below zero."""
-    with prepared_cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(
             _ledger_sql(_APPLY_SQL, ()), [balance_delta, held_delta, account_id, held_delta, balance_delta, held_delta]
         )
@@ -351,7 +352,7 @@ def _one_statement_row(sql: str, params: list):
         # Alone, the statement is its own transaction; inside a caller's transaction it gets a
         # savepoint, so an abort does not take the caller's work with it.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-            with prepared_cursor() as cursor:
+            with connection.cursor() as cursor:
                 cursor.execute(sql, params)
                 return cursor.fetchone()
     except IntegrityError:
@@ -432,6 +433,48 @@ def account_credit(
         kind=Kind.CREDIT, counterpart=SystemAccount.ISSUED, sign=1, source=source, external_id=external_id,
         user_id=user_id, amount=amount, reason=reason, metadata=metadata,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CreditIn:
+    """One credit of a batch: ``account_credit``'s arguments but the source."""
+
+    external_id: str
+    user_id: str
+    amount: int
+    reason: str = ""
+    metadata: dict | None = None
+
+
+def account_credit_many(
+    *, source: str, credits: Sequence[CreditIn]
+) -> dict[str, LedgerResult | DomainError | IntegrityError]:
+    """Post ``credits`` in one ledger transaction; each one's outcome by its ``external_id``.
+
+    Each credit is ``account_credit`` itself, so it is idempotent on ``(source, external_id)`` and
+    atomic inside this transaction (its own savepoint): a refused credit (its DomainError, or the
+    IntegrityError of a constraint, is its outcome) leaves the others posted. The users' accounts are created first (empty, committed
+    on their own) and then locked in the order of their user ids before anything is posted, and
+    the credits are posted in the order of their keys: two batches touching the same accounts wait
+    for each other instead of deadlocking. A database error of the transaction itself (an outage)
+    propagates and posts nothing. Must not be called inside a caller's transaction.
+    """
+    user_ids = sorted({credit.user_id for credit in credits if isinstance(credit.user_id, str)})
+    Account.objects.bulk_create(
+        [Account(user_id=user_id, kind=Account.Kind.USER) for user_id in user_ids], ignore_conflicts=True
+    )
+    outcomes: dict[str, LedgerResult | DomainError | IntegrityError] = {}
+    with transaction.atomic():
+        list(Account.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id").values_list("pk"))
+        for credit in sorted(credits, key=lambda credit: str(credit.external_id)):
+            try:
+                outcomes[credit.external_id] = account_credit(
+                    source=source, external_id=credit.external_id, user_id=credit.user_id, amount=credit.amount,
+                    reason=credit.reason, metadata=credit.metadata,
+                )  # fmt: skip
+            except (DomainError, IntegrityError) as exc:
+                outcomes[credit.external_id] = exc
+    return outcomes
 
 
 @_counted("debit")

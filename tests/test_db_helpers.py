@@ -1,19 +1,14 @@
 """The single-statement helpers the ledger, the event inbox and dispatch share (config/db.py)."""
 
-import uuid
 
 import pytest
-from django.db import DataError, IntegrityError, connection, transaction
-from django.test import override_settings
+from django.db import DataError, connection
 from django.test.utils import CaptureQueriesContext
 
 from config.db import (
     insert_rows,
     insert_unless_conflict,
     insert_with_dependents_unless_conflict,
-    model_from_row,
-    prepared_cursor,
-    returning_columns,
     update_columns,
     update_where,
 )
@@ -142,22 +137,6 @@ def test_update_where_changes_the_row_only_while_the_guard_holds():
     assert RewardAction.objects.get(pk=action.pk).status == "completed"
 
 
-def test_model_from_row_gives_what_the_orm_loads():
-    action = _stored_action(params={"badge": ["gold", 1]}, next_attempt_at=None)
-    table = connection.ops.quote_name(RewardAction._meta.db_table)
-
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {returning_columns(RewardAction)} FROM {table} WHERE id = %s", [action.pk])
-        row = cursor.fetchone()
-    built = model_from_row(RewardAction, row)
-
-    loaded = RewardAction.objects.get(pk=action.pk)
-    names = [field.attname for field in RewardAction._meta.concrete_fields]
-    assert [getattr(built, name) for name in names] == [getattr(loaded, name) for name in names]
-    assert built.params == {"badge": ["gold", 1]}  # JSON converted, not left as text
-    assert built._state.adding is False and built._state.db == "default"
-
-
 @pytest.mark.django_db(transaction=True)
 def test_insert_with_dependents_refuses_a_too_long_text_instead_of_cutting_it():
     rule = Rule.objects.create(code="r", name="r", event_type="t")
@@ -171,100 +150,3 @@ def test_insert_with_dependents_refuses_a_too_long_text_instead_of_cutting_it():
     assert not RewardAction.objects.exists()
 
 
-def test_an_event_with_two_actions_stays_within_psycopgs_cached_statement_size():
-    """NULLs go into the text, so an event with two reward actions (the common case) is sent with
-    at most 50 parameters, the most for which psycopg reuses how it parsed the statement's text."""
-    from psycopg import _queries
-
-    rule = Rule.objects.create(code="r", name="r", event_type="t")
-    event = _event("e-cache", primary_subject_user_id="v", occurred_at=None)
-    actions = [_action(event, rule), _action(event, rule, target_user_id="v")]
-    sent = []
-
-    def record(execute, sql, params, many, context):
-        sent.append((sql, params))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(record):
-        assert insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions) is True
-
-    [(sql, params)] = sent
-    assert None not in params and len(params) <= _queries.MAX_CACHED_STATEMENT_PARAMS
-    assert len(sql.encode()) <= _queries.MAX_CACHED_STATEMENT_LENGTH
-    stored = RewardAction.objects.get(pk=actions[0].pk)
-    assert (stored.completed_at, stored.cancelled_by_id) == (None, None)
-
-
-# --- prepared_cursor ------------------------------------------------------------------------------
-
-_PREPARED_SQL = "SELECT %s * %s, %s::text"
-
-
-def _prepared_statements(text: str) -> list[tuple[str, list[str]]]:
-    """This session's server-side prepared statements with ``text`` (psycopg's $n form)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT name, parameter_types::text[] FROM pg_prepared_statements WHERE statement = %s", [text])
-        return cursor.fetchall()
-
-
-def test_a_statement_through_prepared_cursor_is_prepared_once_with_every_int_as_bigint():
-    """Parsed and planned once per connection: later runs, whatever the ints' sizes, reuse it.
-    As a bigint, 30000 * 30000 does not overflow the smallint psycopg would otherwise send."""
-    results = []
-    for numbers in ((2, 3), (30000, 30000), (2**40, 2)):
-        with prepared_cursor() as cursor:
-            cursor.execute(_PREPARED_SQL, [*numbers, "x"])
-            results.append(cursor.fetchone())
-
-    assert results == [(6, "x"), (900000000, "x"), (2**41, "x")]
-    [(_, types)] = _prepared_statements("SELECT $1 * $2, $3::text")
-    assert types[:2] == ["bigint", "bigint"]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_prepared_statement_is_prepared_again_after_a_rollback():
-    """psycopg drops its prepared statements on a rollback; the next run prepares afresh."""
-    with prepared_cursor() as cursor:
-        cursor.execute(_PREPARED_SQL, [1, 2, "a"])
-    with pytest.raises(DataError), transaction.atomic():
-        with prepared_cursor() as cursor:
-            cursor.execute(_PREPARED_SQL, [1, 2, "b"])
-            cursor.execute("SELECT 1 / %s", [0])
-    with prepared_cursor() as cursor:
-        cursor.execute(_PREPARED_SQL, [3, 4, "c"])
-        assert cursor.fetchone() == (12, "c")
-    assert len(_prepared_statements("SELECT $1 * $2, $3::text")) == 1
-
-
-def test_prepared_cursor_logs_and_translates_errors_as_django_cursors_do():
-    with CaptureQueriesContext(connection) as captured:
-        with prepared_cursor() as cursor:
-            cursor.execute(_PREPARED_SQL, [2, 3, "it's"])
-    with CaptureQueriesContext(connection) as plain:
-        with connection.cursor() as cursor:
-            cursor.execute(_PREPARED_SQL, [2, 3, "it's"])
-    assert [q["sql"] for q in captured] == [q["sql"] for q in plain] == ["SELECT 2 * 3, 'it''s'::text"]
-
-    with pytest.raises(IntegrityError), transaction.atomic():
-        with prepared_cursor() as cursor:
-            cursor.execute("INSERT INTO connect_economicevent (id) VALUES (%s)", [uuid.uuid4()])  # NOT NULLs
-
-
-@override_settings(DB_PREPARED_STATEMENTS=False)
-def test_with_prepared_statements_off_prepared_cursor_is_djangos_own():
-    with prepared_cursor() as cursor:
-        cursor.execute(_PREPARED_SQL, [2, 3, "x"])
-        assert cursor.fetchone() == (6, "x")
-    assert _prepared_statements("SELECT $1 * $2, $3::text") == []
-
-
-def test_a_statement_whose_text_cannot_be_composed_for_the_log_still_runs(monkeypatch):
-    def refuse(sql, params):
-        raise DataError("cannot quote")
-
-    monkeypatch.setattr(connection.ops, "compose_sql", refuse)
-    with CaptureQueriesContext(connection) as captured:
-        with prepared_cursor() as cursor:
-            cursor.execute(_PREPARED_SQL, [2, 3, "x"])
-            assert cursor.fetchone() == (6, "x")
-    assert [q["sql"] for q in captured] == [None]

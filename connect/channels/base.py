@@ -1,6 +1,6 @@
-"""The outbound edge of dispatch: what a channel promises, the errors it may raise, and the registry.
+"""The outbound edge of dispatch: what a channel promises and the errors it may report.
 
-A channel delivers one RewardAction and returns the JSON-able result to keep on the action. It must be
+A channel delivers a batch of RewardActions and gives, per action, the JSON-able result to keep on it. It must be
 safe to call twice for the same action (the ledger is idempotent on the action id; HTTP channels send
 ``Idempotency-Key: <action id>``), because a killed worker or a lost acknowledgement re-runs it.
 """
@@ -46,32 +46,6 @@ class Channel(Protocol):
     def configuration_error(self) -> str | None:
         """Why the channel cannot deliver now (e.g. "NFT_SERVICE_URL is not configured"), or None."""
 
-    def deliver(self, action: RewardAction) -> dict:
-        """Deliver the action; return the result to store on it, or raise a ChannelError."""
-
-
-_registry: dict[str, Channel] = {}
-
-
-def channel_register(channel: Channel) -> Channel:
-    _registry[channel.reward_type] = channel
-    return channel
-
-
-def channel_for(reward_type: str) -> Channel:
-    """The channel of a reward type; PermanentChannelError for a type no channel serves."""
-    _load_builtin_channels()
-    try:
-        return _registry[reward_type]
-    except KeyError:
-        raise PermanentChannelError(f"No channel delivers reward type '{reward_type}'.") from None
-
-
-def channels_all() -> dict[str, Channel]:
-    _load_builtin_channels()
-    return dict(_registry)
-
-
-def _load_builtin_channels() -> None:
-    # Imported here, not at module load, so the channel modules can import this one.
-    from . import gateway, nft, points  # noqa: F401
+    def deliver_many(self, actions: list[RewardAction]) -> dict:
+        """Deliver the actions; for each action id, the result to store on it or the ChannelError
+        that kept it from being delivered. One action's failure never holds back the others."""

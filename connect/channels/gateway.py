@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from .base import channel_register
-from .http import json_post
+from .http import deliver_concurrently, json_post
 
 if TYPE_CHECKING:
     from connect.models import RewardAction
@@ -28,6 +27,9 @@ class G2aGatewayChannel:
             "params": action.params or {},
         }
 
+    def deliver_many(self, actions: list[RewardAction]) -> dict:
+        return deliver_concurrently(self.deliver, actions)
+
     def deliver(self, action: RewardAction) -> dict:
         return json_post(
             service=self.service,
@@ -37,6 +39,3 @@ class G2aGatewayChannel:
             idempotency_key=str(action.pk),
             payload=self.payload(action),
         )
-
-
-channel_register(G2aGatewayChannel())

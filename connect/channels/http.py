@@ -9,17 +9,36 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import requests
 from django.conf import settings
 
-from .base import ChannelNotConfigured, PermanentChannelError, TransientChannelError
+from .base import ChannelError, ChannelNotConfigured, PermanentChannelError, TransientChannelError
 
 USER_AGENT = "rewards-connect/1.0"
 TRANSIENT_CLIENT_ERRORS = frozenset({408, 425, 429})
 EXCERPT_CHARS = 300
+
+
+def deliver_concurrently(deliver: Callable, actions: list) -> dict:
+    """``deliver(action)`` for each action, at most ``CHANNEL_CONCURRENCY`` at a time; for each action
+    id, what it returned or the ChannelError it raised. Nothing here touches the database."""
+
+    def one(action):
+        try:
+            return deliver(action)
+        except ChannelError as exc:
+            return exc
+
+    workers = max(1, min(int(settings.CHANNEL_CONCURRENCY), len(actions)))
+    if workers == 1:
+        return {action.pk: one(action) for action in actions}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="channel") as pool:
+        return {action.pk: outcome for action, outcome in zip(actions, pool.map(one, actions), strict=True)}
 
 
 def json_post(*, service: str, base_url: str, path: str, token: str, idempotency_key: str, payload: dict) -> dict:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from .base import PermanentChannelError, channel_register
-from .http import json_post
+from .base import PermanentChannelError
+from .http import deliver_concurrently, json_post
 
 if TYPE_CHECKING:
     from connect.models import RewardAction
@@ -32,6 +32,9 @@ class NftChannel:
             "params": params,
         }
 
+    def deliver_many(self, actions: list[RewardAction]) -> dict:
+        return deliver_concurrently(self.deliver, actions)
+
     def deliver(self, action: RewardAction) -> dict:
         return json_post(
             service=self.service,
@@ -41,6 +44,3 @@ class NftChannel:
             idempotency_key=str(action.pk),
             payload=self.payload(action),
         )
-
-
-channel_register(NftChannel())

@@ -13,9 +13,9 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError
 
 from config.api.errors import DomainError
-from points.services import MAX_AMOUNT, account_credit
+from points.services import MAX_AMOUNT, CreditIn, account_credit_many
 
-from .base import PermanentChannelError, TransientChannelError, channel_register
+from .base import ChannelError, PermanentChannelError, TransientChannelError
 
 if TYPE_CHECKING:
     from connect.models import RewardAction
@@ -39,32 +39,49 @@ class PointsChannel:
             "rule_version": action.rule_version,
         }
 
-    def deliver(self, action: RewardAction) -> dict:
-        if not isinstance(action.amount, int) or not 1 <= action.amount <= MAX_AMOUNT:
-            raise PermanentChannelError(f"A points reward must be 1..{MAX_AMOUNT} points, not {action.amount}.")
-        try:
-            outcome = account_credit(
-                source=settings.CONNECT_LEDGER_SOURCE,
-                external_id=str(action.pk),
-                user_id=action.target_user_id,
-                amount=action.amount,
-                reason=f"reward:{action.rule_code}"[:200],
-                metadata=self.metadata(action),
+    def deliver_many(self, actions: list[RewardAction]) -> dict:
+        """All the credits in one ledger transaction (``account_credit_many``)."""
+        outcomes, credits = {}, []
+        for action in actions:
+            if not isinstance(action.amount, int) or not 1 <= action.amount <= MAX_AMOUNT:
+                outcomes[action.pk] = PermanentChannelError(
+                    f"A points reward must be 1..{MAX_AMOUNT} points, not {action.amount}."
+                )
+                continue
+            credits.append(
+                CreditIn(
+                    external_id=str(action.pk),
+                    user_id=action.target_user_id,
+                    amount=action.amount,
+                    reason=f"reward:{action.rule_code}"[:200],
+                    metadata=self.metadata(action),
+                )
             )
-        except DomainError as exc:
-            raise PermanentChannelError(f"The ledger refused the credit ({exc.code}): {exc.message}") from exc
-        except IntegrityError as exc:
-            raise PermanentChannelError(f"The ledger refused the credit: {exc}") from exc
+        if not credits:
+            return outcomes
+        try:
+            posted = account_credit_many(source=settings.CONNECT_LEDGER_SOURCE, credits=credits)
         except DatabaseError as exc:
-            raise TransientChannelError(f"The ledger is unavailable: {exc.__class__.__name__}: {exc}") from exc
-        txn = outcome.transaction
-        return {
-            "transaction_id": str(txn.pk),
-            "balance": txn.balance_after,
-            "held": txn.held_after,
-            "available": txn.available_after,
-            "replayed": outcome.replayed,
-        }
+            error = TransientChannelError(f"The ledger is unavailable: {exc.__class__.__name__}: {exc}")
+            posted = dict.fromkeys((credit.external_id for credit in credits), error)
+        for action in actions:
+            if action.pk not in outcomes:
+                outcomes[action.pk] = _outcome(posted[str(action.pk)])
+        return outcomes
 
 
-channel_register(PointsChannel())
+def _outcome(posted) -> dict | ChannelError:
+    if isinstance(posted, ChannelError):
+        return posted
+    if isinstance(posted, DomainError):
+        return PermanentChannelError(f"The ledger refused the credit ({posted.code}): {posted.message}")
+    if isinstance(posted, IntegrityError):
+        return PermanentChannelError(f"The ledger refused the credit: {posted}")
+    txn = posted.transaction
+    return {
+        "transaction_id": str(txn.pk),
+        "balance": txn.balance_after,
+        "held": txn.held_after,
+        "available": txn.available_after,
+        "replayed": posted.replayed,
+    }

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+from connect.dispatch import channel_problems, channel_status
 from werkzeug import Response
 
 from connect.channels import (
@@ -15,7 +16,6 @@ from connect.channels import (
     TransientChannelError,
     channel_for,
 )
-from connect.dispatch import channel_problems, channel_status
 from connect.models import EconomicEvent, RewardAction
 from points.models import Transaction
 from points.selectors import account_totals

@@ -4,13 +4,6 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.core.management import call_command
-from django.db import connection, transaction
-from django.utils import timezone
-
-from connect import dispatch as dispatch_module
-from connect.channels import nft as nft_module
 from connect.dispatch import (
     RewardActionStateError,
     backoff_with_jitter,
@@ -19,6 +12,13 @@ from connect.dispatch import (
     reward_action_retry,
     reward_actions_sweep,
 )
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import connection, transaction
+from django.utils import timezone
+
+from connect import dispatch as dispatch_module
+from connect.channels import nft as nft_module
 from connect.models import RewardAction
 from connect.tasks import dispatch_reward_action, sweep_reward_actions
 from points.models import Transaction

@@ -9,12 +9,12 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from connect.dispatch import reward_action_dispatch
 from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from config.celery import _database_connections_check, app
-from connect.dispatch import reward_action_dispatch
 from connect.models import RewardAction
 from points.selectors import account_totals
 from points.services import account_credit

@@ -394,47 +394,6 @@ def test_a_bad_key_or_wrong_keyword_is_401(make_client, method, path, scope, hea
     assert snapshot() == before
 
 
-def test_the_key_lookup_finds_what_get_from_key_finds_in_one_statement(make_client):
-    """The hand-written lookup against the library's queryset, key by key: the same key or none."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from points.selectors import service_key_usable
-
-    active, active_key = make_client("svc", ["points:read", "events:write:quest."])
-    _, expiring = ServiceClientKey.objects.create_key(
-        client=active, name="later", expiry_date=timezone.now() + timedelta(days=1)
-    )
-    _, expired = ServiceClientKey.objects.create_key(
-        client=active, name="old", expiry_date=timezone.now() - timedelta(minutes=1)
-    )
-    _, revoked = ServiceClientKey.objects.create_key(client=active, name="revoked", revoked=True)
-    idle, idle_key = make_client("idle")
-    ServiceClient.objects.filter(pk=idle.pk).update(is_active=False)
-    prefix = active_key.partition(".")[0]
-    candidates = [active_key, expiring, expired, revoked, idle_key, f"{prefix}.wrong-secret", "nothing.here", ""]
-    for key in candidates:
-        try:
-            expected = ServiceClientKey.objects.get_from_key(key)
-        except ServiceClientKey.DoesNotExist:
-            expected = None
-        with CaptureQueriesContext(connection) as queries:
-            found = service_key_usable(prefix=key.partition(".")[0])
-        assert len(queries) == 1
-        if found is not None and not found.is_valid(key):
-            found = None
-        assert (found and found.pk) == (expected and expected.pk), key
-        if found is not None:
-            assert (found.expiry_date, found.has_expired) == (expected.expiry_date, expected.has_expired)
-            client = found.client
-            assert (client.pk, client.name, client.scopes) == (active.pk, "svc", ["points:read", "events:write:quest."])
-            assert not found._state.adding and not found.client._state.adding
-    api = APIClient()
-    for key, status in ((active_key, 200), (expiring, 200), (expired, 401), (revoked, 401), (idle_key, 401)):
-        api.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
-        assert api.get("/internal/accounts/u").status_code == status, key
-
-
 def test_the_keyword_is_case_insensitive(make_client):
     _, key = make_client("svc")
     api = APIClient()

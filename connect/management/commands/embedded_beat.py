@@ -3,7 +3,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from connect.dispatch import reward_actions_sweep
+from connect.doorbell import reward_actions_sweep
 from points.services import holds_expire_due
 
 

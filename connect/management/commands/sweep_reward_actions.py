@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from connect.dispatch import SWEEP_LIMIT, reward_actions_sweep
+from connect.doorbell import SWEEP_LIMIT, reward_actions_sweep
 
 
 class Command(BaseCommand):

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from config.broker import transport_for
 from django.conf import settings
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from config.broker import transport_for
 from config.celery import app as celery_app
 from connect import dispatch
 

@@ -4,10 +4,10 @@ channel that keeps failing, and locked rewards released by an upgrade. Every rew
 from collections import Counter
 
 import pytest
+from connect.dispatch import reward_action_retry
 from django.contrib.auth import get_user_model
 from django.db import connection
 
-from connect.dispatch import reward_action_retry
 from connect.models import RewardAction
 from connect.services import event_ingest
 from points.models import Transaction

@@ -7,6 +7,7 @@ the broker, as in production.
 import os
 
 from config.broker import transport_for
+
 from config.settings_test import *  # noqa: F403
 
 CELERY_BROKER_URL = os.environ["TEST_CELERY_BROKER_URL"]

@@ -1,0 +1,280 @@
+"""The delivery state machine of RewardActions (SPEC §8): claim a batch, deliver it, record each outcome.
+
+The action row is the source of truth:
+- a run claims up to ``DISPATCH_BATCH_SIZE`` due ``pending`` actions (``pending`` → ``dispatched``,
+  attempts + 1) in a short transaction with ``SELECT … FOR UPDATE SKIP LOCKED`` and commits, so two
+  runs never claim the same action;
+- it delivers them grouped by channel, outside any row lock (the ledger posts a batch in one
+  transaction, an HTTP channel sends its requests concurrently);
+- it records every outcome in one UPDATE guarded on (``dispatched``, the attempt it claimed), so a
+  run that was given up on and re-queued cannot overwrite a later one;
+- a transient error puts the action back to ``pending`` with ``next_attempt_at`` (exponential
+  backoff with jitter); after ``DISPATCH_MAX_ATTEMPTS`` tries it is ``failed``;
+- every channel is idempotent on the action id, so a re-run never pays twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from config.metrics import DISPATCH_SECONDS
+
+from .channels import (
+    CHANNELS,
+    ChannelError,
+    ChannelNotConfigured,
+    PermanentChannelError,
+    TransientChannelError,
+)
+from .models import RewardAction
+
+logger = logging.getLogger("connect.dispatch")
+
+Status = RewardAction.Status
+
+# A delayed run may reach a worker a little before the moment stored on the row (clock skew).
+EARLY_RUN_TOLERANCE = timedelta(seconds=2)
+MAX_ERROR_CHARS = 2000
+RECORDED_FIELDS = ("status", "attempts", "result", "last_error", "next_attempt_at", "completed_at", "updated_at")
+
+
+@dataclass(frozen=True)
+class DispatchOutcome:
+    """What a run did with one action; ``status`` is None when there was nothing for it to do, or its
+    outcome was dropped because the row had moved on."""
+
+    action_id: uuid.UUID | None = None
+    status: str | None = None
+    retry_in: float | None = None
+    error: str = ""
+
+    @property
+    def ran(self) -> bool:
+        return self.status is not None
+
+
+SKIPPED = DispatchOutcome()
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    delivered: int  # actions this drain claimed and delivered (whatever the outcome)
+    retry_in: tuple[float, ...]  # when the retries it scheduled fall due: one delayed doorbell each
+    more: bool  # stopped at its time budget with due actions perhaps left
+
+
+def backoff_with_jitter(attempt: int) -> float:
+    """Seconds to wait after the ``attempt``-th failed try (1-based) before the next one.
+
+    Exponential (``DISPATCH_RETRY_BASE_SECONDS`` doubling per try, capped at
+    ``DISPATCH_RETRY_MAX_SECONDS``) with equal jitter: half of the step is fixed, half is random, so
+    retries spread out without ever coming back sooner than half the step.
+    """
+    base = max(0.0, float(settings.DISPATCH_RETRY_BASE_SECONDS))
+    cap = max(0.0, float(settings.DISPATCH_RETRY_MAX_SECONDS))
+    step = min(cap, base * 2.0 ** min(max(attempt, 1) - 1, 60))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+def reward_actions_drain(*, first_ids=(), seconds: float | None = None) -> DrainResult:
+    """Dispatch batches of due actions (``first_ids`` first) until one comes back short of a full
+    batch or ``seconds`` have passed. Must not be called inside a transaction."""
+    deadline = time.monotonic() + (seconds if seconds is not None else float(settings.DISPATCH_DRAIN_SECONDS))
+    limit = max(1, int(settings.DISPATCH_BATCH_SIZE))
+    delivered, retries = 0, []
+    while True:
+        outcomes = reward_actions_dispatch(first_ids=first_ids, limit=limit)
+        first_ids = ()
+        delivered += len(outcomes)
+        retries += [outcome.retry_in for outcome in outcomes if outcome.retry_in is not None]
+        if len(outcomes) < limit or time.monotonic() >= deadline:
+            return DrainResult(delivered, _retry_times(retries), more=len(outcomes) == limit)
+
+
+def _retry_times(delays: list[float]) -> tuple[float, ...]:
+    """The retry delays rounded up to a grid of about eight steps per doubling (at least a second), so
+    a batch's retries share a few doorbells: each one drains every action due by then."""
+    times = set()
+    for delay in delays:
+        grid = max(1.0, 2.0 ** math.floor(math.log2(max(delay, 1.0))) / 8)
+        times.add(math.ceil(delay / grid) * grid)
+    return tuple(sorted(times))
+
+
+def reward_action_dispatch(*, action_id) -> DispatchOutcome:
+    """Deliver this one action if it is ``pending`` and due; a no-op for any other state or a row
+    another run holds. Must not be called inside a transaction."""
+    try:
+        action_id = uuid.UUID(str(action_id))
+    except ValueError:
+        logger.warning("dispatch of a malformed reward action id ignored", extra={"action_id": str(action_id)})
+        return SKIPPED
+    outcomes = reward_actions_dispatch(first_ids=[action_id], limit=1, others=False)
+    return outcomes[0] if outcomes else SKIPPED
+
+
+def reward_actions_dispatch(*, first_ids=(), limit: int, others: bool = True) -> list[DispatchOutcome]:
+    """Claim up to ``limit`` due ``pending`` actions — ``first_ids`` first, then (with ``others``) any
+    other due ones, the longest due first — deliver them and record their outcomes, one per action."""
+    actions = _claim(first_ids=list(first_ids), limit=limit, others=others)
+    if not actions:
+        return []
+    results: dict = {}
+    seconds: dict = {}
+    by_type: dict[str, list[RewardAction]] = defaultdict(list)
+    for action in actions:
+        by_type[action.reward_type].append(action)
+    for reward_type, group in by_type.items():
+        started = time.perf_counter()
+        results.update(_deliver(reward_type, group))
+        seconds[reward_type] = time.perf_counter() - started
+    outcomes = _record(actions, results)
+    for action, outcome in zip(actions, outcomes, strict=True):
+        _attempt_log(action, outcome, seconds[action.reward_type])
+    return outcomes
+
+
+@transaction.atomic
+def _claim(*, first_ids: list, limit: int, others: bool) -> list[RewardAction]:
+    now = timezone.now()
+    due = (
+        RewardAction.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("event")
+        .filter(status=Status.PENDING)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + EARLY_RUN_TOLERANCE))
+    )
+    actions = list(due.filter(pk__in=first_ids)[:limit]) if first_ids else []
+    if others and len(actions) < limit:
+        claimed = [action.pk for action in actions]
+        actions += list(due.exclude(pk__in=claimed).order_by("next_attempt_at")[: limit - len(actions)])
+    if actions:
+        RewardAction.objects.filter(pk__in=[action.pk for action in actions]).update(
+            status=Status.DISPATCHED, attempts=F("attempts") + 1, next_attempt_at=None, updated_at=now
+        )
+        for action in actions:
+            action.status, action.attempts, action.next_attempt_at, action.updated_at = (
+                Status.DISPATCHED, action.attempts + 1, None, now
+            )  # fmt: skip
+    return actions
+
+
+def _deliver(reward_type: str, actions: list[RewardAction]) -> dict:
+    """For each action id, the channel's result or the ChannelError that kept it from being delivered."""
+    channel = CHANNELS.get(reward_type)
+    if channel is None:
+        error = PermanentChannelError(f"No channel delivers reward type '{reward_type}'.")
+        return {action.pk: error for action in actions}
+    problem = channel.configuration_error()
+    if problem:
+        return {action.pk: ChannelNotConfigured(problem) for action in actions}
+    try:
+        results = channel.deliver_many(actions)
+    except Exception as exc:
+        # A bug or an outage nobody classified: retried like a transient error and, when the
+        # attempts run out, visible to staff as failed, rather than stuck in ``dispatched``.
+        logger.exception("reward channel raised", extra={"channel": reward_type, "actions": len(actions)})
+        error = TransientChannelError(f"Unexpected error: {exc.__class__.__name__}: {exc}")
+        return {action.pk: error for action in actions}
+    return results
+
+
+def _record(actions: list[RewardAction], results: dict) -> list[DispatchOutcome]:
+    """Store every outcome in one UPDATE, each row guarded on (``dispatched``, the attempt this run
+    claimed); an outcome whose row moved on is dropped and logged."""
+    now = timezone.now()
+    outcomes = [_apply(action, results.get(action.pk), now) for action in actions]
+    claimed_attempts: dict[int, list] = defaultdict(list)
+    guard = Q()
+    for action in actions:
+        claimed_attempts[action.claimed_attempt].append(action.pk)
+    for attempt, ids in claimed_attempts.items():
+        guard |= Q(attempts=attempt, pk__in=ids)
+    stored = RewardAction.objects.filter(guard, status=Status.DISPATCHED).bulk_update(actions, RECORDED_FIELDS)
+    if stored == len(actions):
+        return outcomes
+    kept = set(RewardAction.objects.filter(pk__in=[a.pk for a in actions], updated_at=now).values_list("pk", flat=True))
+    for index, action in enumerate(actions):
+        if action.pk not in kept:
+            logger.warning(
+                "reward action moved on before its outcome was recorded; outcome dropped",
+                extra={"action_id": str(action.pk), "attempt": action.claimed_attempt, "outcome": action.status},
+            )
+            outcomes[index] = DispatchOutcome(action_id=action.pk)
+    return outcomes
+
+
+def _apply(action: RewardAction, result, now) -> DispatchOutcome:
+    """Set the outcome of this attempt on the instance (not yet stored) and say what it was."""
+    action.claimed_attempt = attempt = action.attempts
+    action.updated_at = now
+    if isinstance(result, dict):
+        action.status, action.result, action.completed_at = Status.COMPLETED, result, now
+        action.last_error, action.next_attempt_at = "", None
+        return DispatchOutcome(action_id=action.pk, status=Status.COMPLETED)
+    if not isinstance(result, ChannelError):
+        result = TransientChannelError(f"The channel gave no outcome for this action: {result!r}"[:MAX_ERROR_CHARS])
+    message = result.message[:MAX_ERROR_CHARS]
+    if isinstance(result, ChannelNotConfigured):
+        # Not a try: nothing was sent. The attempt is given back; the sweeper comes back later.
+        action.status, action.attempts, action.last_error = Status.PENDING, attempt - 1, message
+        action.next_attempt_at = now + timedelta(seconds=float(settings.SWEEPER_INTERVAL_SECONDS))
+        return DispatchOutcome(action_id=action.pk, status=Status.PENDING, error=message)
+    if isinstance(result, TransientChannelError) and attempt < settings.DISPATCH_MAX_ATTEMPTS:
+        delay = backoff_with_jitter(attempt)
+        if result.retry_after:
+            # The receiver's Retry-After is honoured, but never beyond the configured cap.
+            delay = max(delay, min(result.retry_after, float(settings.DISPATCH_RETRY_MAX_SECONDS)))
+        action.status, action.last_error = Status.PENDING, message
+        action.next_attempt_at = now + timedelta(seconds=delay)
+        return DispatchOutcome(action_id=action.pk, status=Status.PENDING, retry_in=delay, error=message)
+    if isinstance(result, TransientChannelError):
+        message = f"{message} (gave up after {attempt} attempts)"[:MAX_ERROR_CHARS]
+    action.status, action.last_error, action.next_attempt_at = Status.FAILED, message, None
+    return DispatchOutcome(action_id=action.pk, status=Status.FAILED, error=message)
+
+
+def _attempt_outcome(outcome: DispatchOutcome) -> str:
+    """The attempt's outcome as logged and measured: completed, failed, retry, not_configured or superseded."""
+    if outcome.status == Status.COMPLETED:
+        return "completed"
+    if outcome.status == Status.FAILED:
+        return "failed"
+    if outcome.status == Status.PENDING:
+        return "retry" if outcome.retry_in is not None else "not_configured"
+    return "superseded"  # the row moved on (re-queued and claimed again); this outcome was dropped
+
+
+def _attempt_log(action: RewardAction, outcome: DispatchOutcome, seconds: float) -> None:
+    """One line and one histogram sample per attempt (``seconds``: its channel's batch). The error text
+    stays on the row (last_error): it may quote the receiving service's answer, which is not logged."""
+    label = _attempt_outcome(outcome)
+    DISPATCH_SECONDS.labels(action.reward_type, label).observe(seconds)
+    if outcome.status == Status.FAILED:
+        logger.warning(
+            "reward action failed; see its last_error",
+            extra={"action_id": str(action.pk), "event_id": str(action.event_id), "channel": action.reward_type},
+        )
+    logger.info(
+        "dispatch attempt",
+        extra={
+            "action_id": str(action.pk),
+            "event_id": str(action.event_id),
+            "channel": action.reward_type,
+            "outcome": label,
+            "attempt": action.claimed_attempt,
+            "duration_ms": round(seconds * 1000, 2),
+            "retry_in": round(outcome.retry_in, 3) if outcome.retry_in is not None else None,
+        },
+    )
