@@ -144,12 +144,10 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
 
 
 def _ingest_once(*, client_name: str, data: dict) -> IngestResult:
-    if _one_statement_possible(data["event_type"]):
-        try:
-            return _ingest_in_one_statement(client_name=client_name, data=data)
-        except _NeedsTransaction:
-            pass
-    return _ingest_in_transaction(client_name=client_name, data=data)
+    rules = rules_for_event_type(data["event_type"])
+    if _one_statement_possible(data["event_type"], rules):
+        return _ingest_in_one_statement(client_name=client_name, data=data, rules=rules)
+    return _ingest_in_transaction(client_name=client_name, data=data, rules=rules)
 
 
 _DEADLOCK = "40P01"
@@ -163,16 +161,16 @@ def _is_foreign_key_violation(exc: Exception) -> bool:
     return _sqlstate(exc) == "23503" or "FOREIGN KEY constraint failed" in str(exc)
 
 
-class _NeedsTransaction(Exception):
-    """The plan holds a lock until the commit: it counts once-only grants (their counter rows) or
-    checks a line's lock condition (the target's upgrade lock, ``profiles.upgrade_lock``)."""
+def _holds_no_lock(*args) -> NoReturn:
+    # Only lines with a max_per_target or a lock_condition call these, and their events take the
+    # transactional path (``_one_statement_possible``): reaching here is a bug.
+    raise RuntimeError("a rule needing a lock was planned on the one-statement path")
 
 
-def _needs_transaction(*args) -> NoReturn:
-    raise _NeedsTransaction
-
-
-def _one_statement_possible(event_type: str) -> bool:
+def _one_statement_possible(event_type: str, rules) -> bool:
+    """True when nothing about the event holds a lock until the commit: it projects no profile, and
+    none of its rules' lines counts once-only grants (their counter rows) or checks a lock condition
+    (the target's upgrade lock, ``profiles.upgrade_lock``)."""
     profile_types = (
         settings.PROFILE_SPONSOR_EVENT_TYPES,
         settings.PROFILE_VIP_EVENT_TYPES,
@@ -183,21 +181,22 @@ def _one_statement_possible(event_type: str) -> bool:
         and connection.get_autocommit()  # the statement must be its own transaction
         and not connection.in_atomic_block
         and not any(event_type in types for types in profile_types)
+        and not any(
+            line.max_per_target is not None or line.lock_condition for rule in rules for line in rule.rewards.all()
+        )
     )
 
 
-def _ingest_in_one_statement(*, client_name: str, data: dict) -> IngestResult:
+def _ingest_in_one_statement(*, client_name: str, data: dict, rules) -> IngestResult:
     """Plan first, then write the event and its actions in one statement (the claim decides).
 
-    Nothing is written before that statement, so a replay or a fallback to the transactional path
-    leaves no trace. Profiles are read outside a transaction, as each statement of the
+    Nothing is written before that statement, so a replay leaves no trace. Profiles are read outside a transaction, as each statement of the
     transactional path reads them (READ COMMITTED).
     """
     event = _event_new(source_service=client_name, data=data)
     reader = ProfileReader()
-    rules = rules_for_event_type(event.event_type)
     try:
-        plan = _plan(event, rules, reader, granted_count=_needs_transaction, lock_profile=_needs_transaction)
+        plan = _plan(event, rules, reader, granted_count=_holds_no_lock, lock_profile=_holds_no_lock)
     except engine.RuleEvaluationFailed as failure:
         event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(failure)
         actions = []
@@ -213,7 +212,7 @@ def _ingest_in_one_statement(*, client_name: str, data: dict) -> IngestResult:
 
 
 @transaction.atomic
-def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
+def _ingest_in_transaction(*, client_name: str, data: dict, rules) -> IngestResult:
     event, created = _event_insert_or_get(source_service=client_name, data=data)
     if not created:
         return IngestResult(event=event, replayed=True)
@@ -221,7 +220,6 @@ def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
     to_dispatch = profile_apply(event=event)
     reader = ProfileReader()
     grants = _GrantCounter()
-    rules = rules_for_event_type(event.event_type)
     try:
         plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile)
     except engine.RuleEvaluationFailed as failure:

@@ -53,17 +53,14 @@ of the expression.
 
 Implementation
 --------------
-Evaluation runs on ``simpleeval`` (pinned 1.0.8): a subclass of ``simpleeval.SimpleEval`` supplies
-its own operator table (the null-aware, type-checked, bounded functions below) and its own handlers
-for names, dotted paths and calls; simpleeval's node dispatch, constants, unary/binary/boolean ops
-and chained comparisons are used as they are. simpleeval alone cannot give the semantics above
-(its missing attributes raise, ``getattr`` on a dict reaches methods such as ``context.items``, its
-``+``/``*`` accept any types), hence the compile-time rewrite: after validation, each dotted path is
-replaced by a private ``_Path`` node holding its root and keys, and the literal names become
-constants, so evaluation never calls ``getattr`` on data and never sees an unvalidated node.
-The evaluator is created per evaluation without ``SimpleEval.__init__`` (which toggles the global
-warning filters — not thread-safe — and would cost more than the evaluation); the compiled tree is
-never mutated, so one ``Expression`` is safe to share between threads.
+The source is parsed with Python's ``ast`` and validated against the whitelist above; after
+validation each dotted path is replaced by a ``_Path`` node holding its root and keys, and the
+literal names become constants. What is left has six kinds of node (constant, unary, binary, boolean
+and comparison operators, calls of the listed functions, paths), which ``_Evaluator`` walks with the
+null-aware, type-checked, bounded operator table below. Evaluation never calls ``getattr`` on data
+and never sees an unvalidated node; the compiled tree is never mutated, so one ``Expression`` is
+safe to share between threads. (A general evaluator such as simpleeval would bring nothing this
+walk needs and needs its internals overridden to keep to these semantics.)
 """
 
 from __future__ import annotations
@@ -78,8 +75,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import simpleeval
 
 MAX_SOURCE_LENGTH = 1000
 MAX_NODES = 500
@@ -573,18 +568,11 @@ class _CallbackFailure(Exception):
 # Evaluator
 
 
-class _Evaluator(simpleeval.SimpleEval):
-    """simpleeval over a validated, rewritten tree; one instance per evaluation (holds the context)."""
+class _Evaluator:
+    """Walks a validated, rewritten tree; one instance per evaluation (holds the context)."""
 
-    def __init__(self, source: str, ctx: EvaluationContext) -> None:
-        # SimpleEval.__init__ is deliberately not called: see the module docstring.
-        self.expr = source
+    def __init__(self, ctx: EvaluationContext) -> None:
         self.ctx = ctx
-        self.operators = _OPERATORS
-        self.functions = _PURE_FUNCTIONS
-        self.names = {}
-        self.allowed_attrs = None
-        self.ATTR_INDEX_FALLBACK = False
         self._profiles: dict[str, ProfileView | None] = {}
         self.nodes = {
             ast.Constant: self._eval_constant,
@@ -596,11 +584,39 @@ class _Evaluator(simpleeval.SimpleEval):
             _Path: self._eval_path,
         }
 
-    def _check_disallowed_items(self, item: Any) -> None:
-        # The validated tree can only produce JSON data and values of the whitelisted operators and
-        # functions (never a callable or module), so simpleeval's recursive scan of every
-        # intermediate value — costly on a large context — is not needed.
-        return None
+    def eval(self, node: ast.AST) -> Any:
+        return self.nodes[type(node)](node)
+
+    @staticmethod
+    def _eval_constant(node: ast.Constant) -> Any:
+        return node.value
+
+    def _eval_unaryop(self, node: ast.UnaryOp) -> Any:
+        return _OPERATORS[type(node.op)](self.eval(node.operand))
+
+    def _eval_binop(self, node: ast.BinOp) -> Any:
+        return _OPERATORS[type(node.op)](self.eval(node.left), self.eval(node.right))
+
+    def _eval_boolop(self, node: ast.BoolOp) -> Any:
+        # As Python's ``and``/``or``: the deciding operand itself, evaluated left to right.
+        value: Any = False
+        stop_when = not isinstance(node.op, ast.And)
+        for operand in node.values:
+            value = self.eval(operand)
+            if bool(value) is stop_when:
+                break
+        return value
+
+    def _eval_compare(self, node: ast.Compare) -> Any:
+        # A chained comparison stops at the first false link, as in Python.
+        right = self.eval(node.left)
+        result: Any = True
+        for operation, comparator in zip(node.ops, node.comparators, strict=True):
+            left, right = right, self.eval(comparator)
+            result = _OPERATORS[type(operation)](left, right)
+            if not result:
+                break
+        return result
 
     def _eval_path(self, node: _Path) -> Any:
         ctx = self.ctx
@@ -633,10 +649,10 @@ class _Evaluator(simpleeval.SimpleEval):
 
     def _eval_call(self, node: ast.Call) -> Any:
         name = node.func.id
-        args = [self._eval(a) for a in node.args]
+        args = [self.eval(a) for a in node.args]
         if name == "upline":
             return self._upline(*args)
-        return self.functions[name](*args)
+        return _PURE_FUNCTIONS[name](*args)
 
     def _upline(self, user: Any, n: Any) -> Any:
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_UPLINE_LEVEL:
@@ -660,7 +676,7 @@ class Expression:
     def evaluate(self, ctx: EvaluationContext) -> Any:
         """Evaluate against one event; raises EvaluationError only (callback errors propagate as they are)."""
         try:
-            result = _Evaluator(self.source, ctx)._eval(self._body)
+            result = _Evaluator(ctx).eval(self._body)
             return _bounded(result)
         except EvaluationError:
             raise
@@ -668,7 +684,7 @@ class Expression:
             raise failure.original from None
         except RecursionError:
             raise EvaluationError("expression is too deeply nested to evaluate") from None
-        except (ArithmeticError, TypeError, ValueError, simpleeval.InvalidExpression) as exc:
+        except (ArithmeticError, TypeError, ValueError) as exc:
             # Safety net: the operators above check types themselves; anything left is still an
             # evaluation failure of this expression, never a crash of the caller.
             raise EvaluationError(f"cannot evaluate: {exc}") from None
