@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -192,27 +192,53 @@ def _deliver(reward_type: str, actions: list[RewardAction]) -> dict:
 
 def _record(actions: list[RewardAction], results: dict) -> list[DispatchOutcome]:
     """Store every outcome in one UPDATE, each row guarded on (``dispatched``, the attempt this run
-    claimed); an outcome whose row moved on is dropped and logged."""
+    claimed); an outcome whose row moved on is dropped and logged. Should the batch's UPDATE fail
+    (an outcome the database refuses, such as a result it cannot store), each outcome is stored on
+    its own, and one that still cannot be is logged and its action recorded as failed instead."""
     now = timezone.now()
     outcomes = [_apply(action, results.get(action.pk), now) for action in actions]
-    claimed_attempts: dict[int, list] = defaultdict(list)
-    guard = Q()
-    for action in actions:
-        claimed_attempts[action.claimed_attempt].append(action.pk)
-    for attempt, ids in claimed_attempts.items():
-        guard |= Q(attempts=attempt, pk__in=ids)
-    stored = RewardAction.objects.filter(guard, status=Status.DISPATCHED).bulk_update(actions, RECORDED_FIELDS)
-    if stored == len(actions):
-        return outcomes
-    kept = set(RewardAction.objects.filter(pk__in=[a.pk for a in actions], updated_at=now).values_list("pk", flat=True))
+    try:
+        stored = _store(actions, now)
+    except (DatabaseError, TypeError, ValueError):
+        stored = set()
+        for index, action in enumerate(actions):
+            try:
+                stored |= _store([action], now)
+            except (DatabaseError, TypeError, ValueError) as exc:
+                logger.warning(
+                    "reward action outcome could not be stored; recorded as failed",
+                    exc_info=True,
+                    extra={"action_id": str(action.pk), "attempt": action.claimed_attempt},
+                )
+                message = f"The outcome could not be stored: {exc.__class__.__name__}: {exc}"[:MAX_ERROR_CHARS]
+                action.status, action.result, action.last_error = Status.FAILED, {}, message
+                action.next_attempt_at = action.completed_at = None
+                outcomes[index] = DispatchOutcome(action_id=action.pk, status=Status.FAILED, error=message)
+                stored |= _store([action], now)
     for index, action in enumerate(actions):
-        if action.pk not in kept:
+        if action.pk not in stored:
             logger.warning(
                 "reward action moved on before its outcome was recorded; outcome dropped",
                 extra={"action_id": str(action.pk), "attempt": action.claimed_attempt, "outcome": action.status},
             )
             outcomes[index] = DispatchOutcome(action_id=action.pk)
     return outcomes
+
+
+def _store(actions: list[RewardAction], now) -> set:
+    """UPDATE the rows still ``dispatched`` at the attempt this run claimed; the ids it changed."""
+    claimed_attempts: dict[int, list] = defaultdict(list)
+    for action in actions:
+        claimed_attempts[action.claimed_attempt].append(action.pk)
+    guard = Q()
+    for attempt, ids in claimed_attempts.items():
+        guard |= Q(attempts=attempt, pk__in=ids)
+    ids = [action.pk for action in actions]
+    with transaction.atomic():
+        stored = RewardAction.objects.filter(guard, status=Status.DISPATCHED).bulk_update(actions, RECORDED_FIELDS)
+    if stored == len(actions):
+        return set(ids)
+    return set(RewardAction.objects.filter(pk__in=ids, updated_at=now).values_list("pk", flat=True))
 
 
 def _apply(action: RewardAction, result, now) -> DispatchOutcome:

@@ -42,3 +42,19 @@ def post_event():
         return api.post("/api/v1/events", body, format="json")
 
     return post
+
+
+@pytest.fixture
+def threaded_httpserver():
+    """A local HTTP server answering requests in parallel (pytest-httpserver's own fixture answers one
+    at a time, which would make concurrent calls wait on each other)."""
+    from pytest_httpserver import HTTPServer
+
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.clear()
+        if server.is_running():
+            server.stop()

@@ -7,14 +7,15 @@ import time
 import uuid
 
 import pytest
-from connect.dispatch import channel_problems, channel_status
 from werkzeug import Response
 
 from connect.channels import (
+    CHANNELS,
     ChannelNotConfigured,
     PermanentChannelError,
     TransientChannelError,
-    channel_for,
+    channel_problems,
+    channel_status,
 )
 from connect.models import EconomicEvent, RewardAction
 from points.models import Transaction
@@ -62,7 +63,7 @@ def test_nft_badge_is_posted_with_bearer_token_and_idempotency_key(nft_service):
         },
     ).respond_with_json({"badge_id": "b-77", "status": "minted"}, status=201)
 
-    result = channel_for("nft").deliver(action)
+    result = CHANNELS["nft"].deliver(action)
 
     assert result == {"badge_id": "b-77", "status": "minted"}
     nft_service.check_assertions()
@@ -75,7 +76,7 @@ def test_nft_client_error_is_permanent(nft_service):
         {"error": "unknown badge type"}, status=400
     )
     with pytest.raises(PermanentChannelError, match="400.*unknown badge type"):
-        channel_for("nft").deliver(_action("nft", params={"badge_type": "nope"}))
+        CHANNELS["nft"].deliver(_action("nft", params={"badge_type": "nope"}))
 
 
 @pytest.mark.parametrize("status", [408, 429])
@@ -84,7 +85,7 @@ def test_nft_request_timeout_and_throttling_answers_are_transient(nft_service, s
         "slow down", status=status, headers={"Retry-After": "7"}
     )
     with pytest.raises(TransientChannelError) as caught:
-        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+        CHANNELS["nft"].deliver(_action("nft", params={"badge_type": "b"}))
     assert str(status) in caught.value.message
     assert caught.value.retry_after == 7
 
@@ -92,7 +93,7 @@ def test_nft_request_timeout_and_throttling_answers_are_transient(nft_service, s
 def test_nft_server_error_is_transient(nft_service):
     nft_service.expect_request("/nft/badges").respond_with_data("upstream down", status=503)
     with pytest.raises(TransientChannelError, match="503"):
-        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+        CHANNELS["nft"].deliver(_action("nft", params={"badge_type": "b"}))
 
 
 def _slow_handler(body: str, status: int):
@@ -112,7 +113,7 @@ def test_nft_slow_answer_times_out_as_transient(nft_service):
     nft_service.expect_request("/nft/badges").respond_with_handler(handler)
     started = time.monotonic()
     with pytest.raises(TransientChannelError, match="timed out"):
-        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+        CHANNELS["nft"].deliver(_action("nft", params={"badge_type": "b"}))
     assert time.monotonic() - started < 1.1, "the read timeout from settings bounds the call"
     assert done.wait(5)
 
@@ -123,7 +124,7 @@ def test_nft_redirect_is_not_followed_and_is_permanent(nft_service):
     )
     nft_service.expect_request("/elsewhere").respond_with_json({"stolen": True})
     with pytest.raises(PermanentChannelError, match="redirect"):
-        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+        CHANNELS["nft"].deliver(_action("nft", params={"badge_type": "b"}))
     assert [request.path for request, _ in nft_service.log] == ["/nft/badges"]
 
 
@@ -139,12 +140,12 @@ def test_nft_redirect_is_not_followed_and_is_permanent(nft_service):
 def test_nft_success_without_a_json_object_is_transient(nft_service, body, content_type):
     nft_service.expect_request("/nft/badges").respond_with_data(body, status=200, content_type=content_type)
     with pytest.raises(TransientChannelError, match="without a JSON object"):
-        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+        CHANNELS["nft"].deliver(_action("nft", params={"badge_type": "b"}))
 
 
 def test_nft_without_badge_type_is_refused_before_sending(nft_service):
     with pytest.raises(PermanentChannelError, match="badge_type"):
-        channel_for("nft").deliver(_action("nft", params={}))
+        CHANNELS["nft"].deliver(_action("nft", params={}))
     assert nft_service.log == []
 
 
@@ -154,13 +155,13 @@ def test_unreachable_service_is_transient(settings):
         port = sock.getsockname()[1]
     settings.NFT_SERVICE_URL = f"http://127.0.0.1:{port}"
     with pytest.raises(TransientChannelError, match="unreachable"):
-        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+        CHANNELS["nft"].deliver(_action("nft", params={"badge_type": "b"}))
 
 
 def test_invalid_url_counts_as_not_configured(settings):
     settings.NFT_SERVICE_URL = "nft-service-without-scheme"
     with pytest.raises(ChannelNotConfigured, match="invalid"):
-        channel_for("nft").deliver(_action("nft", params={"badge_type": "b"}))
+        CHANNELS["nft"].deliver(_action("nft", params={"badge_type": "b"}))
 
 
 # --- token gateway ---------------------------------------------------------------------------
@@ -175,40 +176,40 @@ def test_gateway_payout_is_posted_with_bearer_token_and_idempotency_key(gateway)
         json={"user_id": "partner-9", "amount": 120, "action_id": str(action.pk), "params": {"currency": "G2A"}},
     ).respond_with_json({"payout_id": "p-1"}, status=200)
 
-    assert channel_for("g2a_offchain").deliver(action) == {"payout_id": "p-1"}
+    assert CHANNELS["g2a_offchain"].deliver(action) == {"payout_id": "p-1"}
     gateway.check_assertions()
 
 
 def test_gateway_client_error_is_permanent(gateway):
     gateway.expect_request("/g2a/payouts").respond_with_json({"error": "no wallet"}, status=422)
     with pytest.raises(PermanentChannelError, match="422"):
-        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+        CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
 
 
 def test_gateway_server_error_is_transient(gateway):
     gateway.expect_request("/g2a/payouts").respond_with_data("bad gateway", status=502)
     with pytest.raises(TransientChannelError, match="502"):
-        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+        CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
 
 
 def test_gateway_slow_answer_times_out_as_transient(gateway):
     handler, done = _slow_handler("{}", 200)
     gateway.expect_request("/g2a/payouts").respond_with_handler(handler)
     with pytest.raises(TransientChannelError, match="timed out"):
-        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+        CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
     assert done.wait(5)
 
 
 def test_gateway_redirect_is_permanent(gateway):
     gateway.expect_request("/g2a/payouts").respond_with_data("", status=302, headers={"Location": "http://x/"})
     with pytest.raises(PermanentChannelError, match="redirect"):
-        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+        CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
 
 
 def test_gateway_malformed_success_is_transient(gateway):
     gateway.expect_request("/g2a/payouts").respond_with_data('"done"', status=201, content_type="application/json")
     with pytest.raises(TransientChannelError, match="without a JSON object"):
-        channel_for("g2a_offchain").deliver(_action("g2a_offchain", amount=5))
+        CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -219,11 +220,6 @@ def test_channel_status_reports_which_channels_are_configured(settings):
     settings.G2A_GATEWAY_URL = "http://127.0.0.1:9/"
     assert channel_status() == {"points": True, "nft": False, "g2a_offchain": True}
     assert channel_problems() == {"nft": "NFT_SERVICE_URL is not configured"}
-
-
-def test_unknown_reward_type_has_no_channel():
-    with pytest.raises(PermanentChannelError, match="No channel"):
-        channel_for("carrier_pigeon")
 
 
 # --- points ------------------------------------------------------------------------------------
@@ -243,10 +239,10 @@ def stored_action(db, make_rule):
 
 
 def test_points_channel_credits_the_ledger_once_under_the_action_id(stored_action, settings):
-    channel = channel_for("points")
+    channel = CHANNELS["points"]
 
-    first = channel.deliver(stored_action)
-    again = channel.deliver(stored_action)
+    first = channel.deliver_many([stored_action])[stored_action.pk]
+    again = channel.deliver_many([stored_action])[stored_action.pk]
 
     txn = Transaction.objects.get(source=settings.CONNECT_LEDGER_SOURCE, external_id=str(stored_action.pk))
     assert txn.kind == Transaction.Kind.CREDIT and txn.amount == 40
@@ -264,6 +260,43 @@ def test_points_channel_refuses_a_conflicting_ledger_entry(stored_action, settin
     account_credit(
         source=settings.CONNECT_LEDGER_SOURCE, external_id=str(stored_action.pk), user_id="mallory", amount=1
     )
-    with pytest.raises(PermanentChannelError, match="idempotency_conflict"):
-        channel_for("points").deliver(stored_action)
+    refused = CHANNELS["points"].deliver_many([stored_action])[stored_action.pk]
+    assert isinstance(refused, PermanentChannelError) and "idempotency_conflict" in refused.message
     assert account_totals(user_id="alice")["balance"] == 0
+
+
+def test_channels_are_a_plain_mapping_of_reward_type_to_channel():
+    assert {reward_type: channel.reward_type for reward_type, channel in CHANNELS.items()} == {
+        "points": "points",
+        "nft": "nft",
+        "g2a_offchain": "g2a_offchain",
+    }
+
+
+def test_an_http_channel_sends_a_batch_concurrently_and_one_timeout_fails_only_its_action(
+    threaded_httpserver, settings
+):
+    nft_service = threaded_httpserver
+    settings.NFT_SERVICE_URL = nft_service.url_for("/nft")
+    settings.CHANNEL_CONCURRENCY = 4
+    settings.CHANNEL_READ_TIMEOUT_SECONDS = 1.5
+    slow_badge = "slow"
+
+    def answer(request):
+        body = json.loads(request.data)
+        time.sleep(3 if body["badge_type"] == slow_badge else 0.5)
+        return Response(json.dumps({"badge": body["action_id"]}), content_type="application/json")
+
+    nft_service.expect_request("/nft/badges").respond_with_handler(answer)
+    actions = [_action("nft", params={"badge_type": "b"}) for _ in range(3)]
+    slow = _action("nft", params={"badge_type": slow_badge})
+
+    started = time.monotonic()
+    outcomes = CHANNELS["nft"].deliver_many([*actions, slow])
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 2.5  # four requests at once: the slowest bounds the batch, not their sum
+    assert {pk: outcome for pk, outcome in outcomes.items() if pk != slow.pk} == {
+        action.pk: {"badge": str(action.pk)} for action in actions
+    }
+    assert isinstance(outcomes[slow.pk], TransientChannelError) and "timed out" in outcomes[slow.pk].message

@@ -1,26 +1,20 @@
-"""The dispatch service in-process: claiming, outcomes, backoff, the sweeper and the staff services."""
+"""Dispatch in-process: claiming, outcomes, backoff, the sweeper and the staff services."""
 
 import threading
 from datetime import timedelta
 
 import pytest
-from connect.dispatch import (
-    RewardActionStateError,
-    backoff_with_jitter,
-    reward_action_cancel,
-    reward_action_dispatch,
-    reward_action_retry,
-    reward_actions_sweep,
-)
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
-from connect import dispatch as dispatch_module
 from connect.channels import nft as nft_module
+from connect.delivery import backoff_with_jitter, reward_action_dispatch
+from connect.doorbell import reward_actions_sweep
 from connect.models import RewardAction
-from connect.tasks import dispatch_reward_action, sweep_reward_actions
+from connect.staff import RewardActionStateError, reward_action_cancel, reward_action_retry
+from connect.tasks import drain_reward_actions, sweep_reward_actions
 from points.models import Transaction
 from points.selectors import account_totals
 
@@ -278,7 +272,7 @@ def test_a_row_another_run_holds_is_skipped():
 def test_task_runs_the_dispatch(rule):
     action = action_create(rule=rule, amount=3)
 
-    dispatch_reward_action.delay(str(action.pk))
+    drain_reward_actions.delay([str(action.pk)])
 
     assert _reload(action).status == Status.COMPLETED
 
@@ -286,7 +280,7 @@ def test_task_runs_the_dispatch(rule):
 def test_eager_mode_leaves_a_retry_to_the_sweeper_instead_of_recursing(rule, nft_down):
     action = action_create(rule=rule, reward_type="nft", amount=1, params={"badge_type": "b"})
 
-    dispatch_reward_action.delay(str(action.pk))
+    drain_reward_actions.delay([str(action.pk)])
 
     action = _reload(action)
     assert action.status == Status.PENDING and action.attempts == 1
@@ -323,16 +317,17 @@ def test_sweeper_re_enqueues_stale_due_actions_and_they_complete(rule, settings,
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         assert reward_actions_sweep() == 2
-    assert len(callbacks) == 1  # both doorbells are rung by one callback, as one batch
+    assert len(callbacks) == 1  # one doorbell for the batch
 
     assert _reload(stale_pending).status == Status.COMPLETED
     stale_dispatched = _reload(stale_dispatched)
     assert stale_dispatched.status == Status.COMPLETED and stale_dispatched.attempts == 2
-    for untouched, status in [(fresh, Status.PENDING), (not_due, Status.PENDING), (locked, Status.LOCKED),
-                              (failed, Status.FAILED)]:  # fmt: skip
+    # The drain the doorbell starts delivers every due action, the fresh one too; never one not due.
+    assert _reload(fresh).status == Status.COMPLETED
+    for untouched, status in [(not_due, Status.PENDING), (locked, Status.LOCKED), (failed, Status.FAILED)]:
         assert _reload(untouched).status == status
     assert account_totals(user_id="a")["balance"] == 1 and account_totals(user_id="b")["balance"] == 2
-    assert account_totals(user_id="c")["balance"] == 0
+    assert account_totals(user_id="d")["balance"] == 0
 
 
 def test_sweeper_touches_what_it_re_enqueues_so_the_next_sweep_skips_it(rule, settings):
@@ -382,31 +377,26 @@ def test_sweeper_skips_rows_another_sweeper_holds(settings):
     assert reward_actions_sweep() == 2, "the rows held before are swept once free; the others were touched"
 
 
-def test_a_failed_publish_does_not_stop_the_other_doorbells(
+def test_a_doorbell_the_broker_refuses_leaves_the_actions_for_the_next_sweep(
     rule, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
     settings.SWEEPER_STALE_SECONDS = 1
-    unlucky = action_create(rule=rule, target="u1", amount=1, age_seconds=10)
-    lucky = action_create(rule=rule, target="u2", amount=2, age_seconds=10)
-    run = dispatch_reward_action.delay
+    actions = [action_create(rule=rule, target=f"u{i}", amount=1, age_seconds=10) for i in range(2)]
+    ring = drain_reward_actions.apply_async
 
-    def delay(action_id):
-        if action_id == str(unlucky.pk):
-            raise ConnectionError("broker unreachable")
-        return run(action_id)
+    def refuse(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
 
-    monkeypatch.setattr(dispatch_reward_action, "delay", delay)
+    monkeypatch.setattr(drain_reward_actions, "apply_async", refuse)
     with django_capture_on_commit_callbacks(execute=True):
         assert reward_actions_sweep() == 2
+    assert {_reload(action).status for action in actions} == {Status.PENDING}
 
-    assert _reload(lucky).status == Status.COMPLETED
-    unlucky = _reload(unlucky)
-    assert unlucky.status == Status.PENDING, "left for the next sweep once it is stale again"
-    RewardAction.objects.filter(pk=unlucky.pk).update(updated_at=timezone.now() - timedelta(seconds=10))
-    monkeypatch.setattr(dispatch_reward_action, "delay", run)
+    RewardAction.objects.update(updated_at=timezone.now() - timedelta(seconds=10))
+    monkeypatch.setattr(drain_reward_actions, "apply_async", ring)
     with django_capture_on_commit_callbacks(execute=True):
-        assert reward_actions_sweep() == 1
-    assert _reload(unlucky).status == Status.COMPLETED
+        assert reward_actions_sweep() == 2
+    assert {_reload(action).status for action in actions} == {Status.COMPLETED}
 
 
 def test_sweep_task_and_command(rule, settings, django_capture_on_commit_callbacks, capsys):
@@ -484,9 +474,3 @@ def test_staff_services_report_an_unknown_action(db, staff):
         reward_action_retry(action_id="00000000-0000-0000-0000-000000000000", user=staff)
     with pytest.raises(NotFound):
         reward_action_cancel(action_id="00000000-0000-0000-0000-000000000000", reason="x", user=staff)
-
-
-def test_dispatch_module_exposes_the_channel_status(settings):
-    settings.NFT_SERVICE_URL = ""
-    settings.G2A_GATEWAY_URL = ""
-    assert dispatch_module.channel_status() == {"points": True, "nft": False, "g2a_offchain": False}
