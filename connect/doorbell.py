@@ -47,17 +47,15 @@ def doorbell_ring(*, first_ids=()) -> bool:
     global _last_ring  # noqa: PLW0603 - one per process, guarded by _ring_lock
     task = _drain_task()
     first_ids = [str(action_id) for action_id in first_ids]
-    if task.app.conf.task_always_eager:
-        task.apply_async(args=[first_ids])
-        return True
-    window = max(0.0, float(settings.DISPATCH_DOORBELL_SECONDS))
-    with _ring_lock:
-        now = time.monotonic()
-        if _last_ring >= now:
-            return False  # a doorbell scheduled for later covers this moment
-        countdown = None if now >= _last_ring + window else _last_ring + window - now
-        _last_ring = now if countdown is None else _last_ring + window
-        reserved = _last_ring
+    countdown, reserved = None, None
+    if not task.app.conf.task_always_eager:
+        window = max(0.0, float(settings.DISPATCH_DOORBELL_SECONDS))
+        with _ring_lock:
+            now = time.monotonic()
+            if _last_ring >= now:
+                return False  # a doorbell scheduled for later covers this moment
+            countdown = None if now >= _last_ring + window else _last_ring + window - now
+            _last_ring = reserved = now if countdown is None else _last_ring + window
     try:
         if countdown is None:
             task.apply_async(args=[first_ids])
@@ -65,7 +63,7 @@ def doorbell_ring(*, first_ids=()) -> bool:
             task.apply_async(args=[[]], countdown=countdown)
     except Exception:
         with _ring_lock:
-            if _last_ring == reserved:
+            if reserved is not None and _last_ring == reserved:
                 _last_ring = float("-inf")  # the next commit rings again
         logger.warning("could not ring the dispatch doorbell; left to the sweeper", exc_info=True)
         return False

@@ -5,7 +5,6 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
@@ -119,9 +118,11 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
     ``data`` is validated input (SPEC §5 fields). Same (source, external_id) and payload → the
     stored event (replayed); a different payload → IdempotencyConflict.
 
-    Most events (no profile to project, no once-only reward to count, no lock condition to check)
-    are written in one statement that in autocommit mode is its own transaction; the others, and
-    any call inside a caller's transaction, take the transactional path. Both store the same rows.
+    The path is chosen before anything is written. Most events (no profile to project, and a plan
+    made without locks that holds no once-only reward and no lock condition) are written in one
+    statement that in autocommit mode is its own transaction; the others, and any call inside a
+    caller's transaction, take the transactional path, which plans again under its locks. Both
+    store the same rows.
     """
     try:
         return _ingest_once(client_name=client_name, data=data)
@@ -145,8 +146,12 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
 
 def _ingest_once(*, client_name: str, data: dict) -> IngestResult:
     rules = rules_for_event_type(data["event_type"])
-    if _one_statement_possible(data["event_type"], rules):
-        return _ingest_in_one_statement(client_name=client_name, data=data, rules=rules)
+    if _one_statement_possible(data["event_type"]):
+        event = _event_new(source_service=client_name, data=data)
+        reader = ProfileReader()
+        planned = _plan_without_locks(event, rules, reader)
+        if not _holds_a_lock(planned):
+            return _ingest_in_one_statement(event=event, rules=rules, planned=planned)
     return _ingest_in_transaction(client_name=client_name, data=data, rules=rules)
 
 
@@ -161,16 +166,9 @@ def _is_foreign_key_violation(exc: Exception) -> bool:
     return _sqlstate(exc) == "23503" or "FOREIGN KEY constraint failed" in str(exc)
 
 
-def _holds_no_lock(*args) -> NoReturn:
-    # Only lines with a max_per_target or a lock_condition call these, and their events take the
-    # transactional path (``_one_statement_possible``): reaching here is a bug.
-    raise RuntimeError("a rule needing a lock was planned on the one-statement path")
-
-
-def _one_statement_possible(event_type: str, rules) -> bool:
-    """True when nothing about the event holds a lock until the commit: it projects no profile, and
-    none of its rules' lines counts once-only grants (their counter rows) or checks a lock condition
-    (the target's upgrade lock, ``profiles.upgrade_lock``)."""
+def _one_statement_possible(event_type: str) -> bool:
+    """Whether the event may be written in one statement: it projects no profile, and the statement
+    can be its own transaction. Its plan decides the rest (``_holds_a_lock``)."""
     profile_types = (
         settings.PROFILE_SPONSOR_EVENT_TYPES,
         settings.PROFILE_VIP_EVENT_TYPES,
@@ -181,27 +179,43 @@ def _one_statement_possible(event_type: str, rules) -> bool:
         and connection.get_autocommit()  # the statement must be its own transaction
         and not connection.in_atomic_block
         and not any(event_type in types for types in profile_types)
-        and not any(
-            line.max_per_target is not None or line.lock_condition for rule in rules for line in rule.rewards.all()
-        )
     )
 
 
-def _ingest_in_one_statement(*, client_name: str, data: dict, rules) -> IngestResult:
-    """Plan first, then write the event and its actions in one statement (the claim decides).
-
-    Nothing is written before that statement, so a replay leaves no trace. Profiles are read outside a transaction, as each statement of the
-    transactional path reads them (READ COMMITTED).
-    """
-    event = _event_new(source_service=client_name, data=data)
-    reader = ProfileReader()
+def _plan_without_locks(
+    event: EconomicEvent, rules, reader: ProfileReader
+) -> engine.Plan | engine.RuleEvaluationFailed:
+    """The plan as it is when no once-only reward was granted yet and profiles are read unlocked; or
+    the evaluation failure, which fails the event whatever the locks."""
     try:
-        plan = _plan(event, rules, reader, granted_count=_holds_no_lock, lock_profile=_holds_no_lock)
+        return _plan(event, rules, reader, granted_count=_none_granted, lock_profile=reader.profile)
     except engine.RuleEvaluationFailed as failure:
-        event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(failure)
+        return failure
+
+
+def _none_granted(line_id: int, target_user_id: str) -> int:
+    return 0
+
+
+def _holds_a_lock(planned) -> bool:
+    """True when the plan has an action that must hold a lock until the commit: one of a once-only
+    line (its grant counter row) or of a line with a lock condition (the target's upgrade lock,
+    ``profiles.upgrade_lock``). Such an event is planned again on the transactional path."""
+    if isinstance(planned, engine.RuleEvaluationFailed):
+        return False
+    return any(action.max_per_target is not None or action.lock_condition for action in planned.actions)
+
+
+def _ingest_in_one_statement(*, event: EconomicEvent, rules, planned) -> IngestResult:
+    """Write the event and the actions of its plan (made beforehand, holding no lock) in one
+    statement; the claim of its key decides. Nothing is written before it, so a replay leaves no
+    trace. Profiles were read outside a transaction, as each statement of the transactional path
+    reads them (READ COMMITTED)."""
+    if isinstance(planned, engine.RuleEvaluationFailed):
+        event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(planned)
         actions = []
     else:
-        actions = _actions_from(event, plan)
+        actions = _actions_from(event, planned)
         if not actions:
             event.status = EconomicEvent.Status.IGNORED
     if not insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions):

@@ -296,7 +296,7 @@ def test_broker_outage_after_commit_still_answers_201_and_keeps_actions_pending(
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker unreachable")
 
-    monkeypatch.setattr(tasks.dispatch_reward_action, "delay", broker_down)
+    monkeypatch.setattr(tasks.drain_reward_actions, "apply_async", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(quest, VALID)
     assert response.status_code == 201

@@ -55,7 +55,7 @@ def doorbells(monkeypatch):
     def record(action_ids):
         rung.append((list(action_ids), connection.in_atomic_block))
 
-    monkeypatch.setattr("connect.services.dispatch_on_commit", record)
+    monkeypatch.setattr("connect.services.doorbell_ring_on_commit", record)
     return rung
 
 
