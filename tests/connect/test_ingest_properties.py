@@ -33,7 +33,8 @@ from rules.expressions import (
     evaluate_condition,
     evaluate_target,
 )
-from rules.models import lock_satisfied
+from rules.models import Rule, lock_satisfied
+from rules.selectors import rules_cache_clear
 from rules.services import rule_save_from_dict
 
 SOURCE = "fuzz_service"
@@ -297,6 +298,35 @@ def test_random_events_under_random_rules_are_all_or_nothing_and_replay_changes_
     with transaction.atomic():  # each example starts from an empty inbox
         _run(poster, rules, stream)
         transaction.set_rollback(True)
+
+
+@pytest.mark.django_db(transaction=True)
+@given(rules=st.lists(rule_specs, min_size=1, max_size=4), data=st.data())
+@settings(
+    max_examples=25,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+def test_random_events_on_the_production_path_are_all_or_nothing_and_replay_changes_nothing(poster, rules, data):
+    """As above, each request in autocommit mode as in production, so events take the one-statement
+    path whenever their plan allows it; each example starts from an empty inbox and no rules."""
+    stream = data.draw(st.lists(events_for([r["event_type"] for r in rules]), min_size=1, max_size=8), label="events")
+    try:
+        _run(poster, rules, stream)
+    finally:
+        _inbox_and_rules_emptied()
+
+
+def _inbox_and_rules_emptied() -> None:
+    RewardAction.objects.all().delete()
+    RewardGrant.objects.all().delete()
+    EconomicEvent.objects.all().delete()
+    UserProfile.objects.all().delete()
+    Rule.objects.all().delete()
+    rules_cache_clear()
 
 
 def _run(poster, rules, stream):

@@ -3,8 +3,10 @@
 import pytest
 
 from connect.models import RewardAction, UserProfile
+from points.selectors import account_totals
 
-pytestmark = pytest.mark.usefixtures("demo_rules")
+# On the path production takes: each request its own transaction (autocommit), not inside a test's.
+pytestmark = [pytest.mark.usefixtures("demo_rules"), pytest.mark.django_db(transaction=True)]
 
 
 def _actions(body):
@@ -28,9 +30,7 @@ def test_first_level_referral_rewards_the_sponsor(services, post_event):
     assert UserProfile.objects.get(user_id="user_new").sponsor_id == "user_sponsor"
 
 
-def test_sub_referral_reward_is_locked_until_the_sponsor_upgrades(
-    services, post_event, django_capture_on_commit_callbacks
-):
+def test_sub_referral_reward_is_locked_until_the_sponsor_upgrades(services, post_event):
     response = post_event(
         services["referral_service"], external_id="ref-evt-2001", event_type="referral.subjoined",
         source_service="referral_service", actor_user_id="user_sub", primary_subject_user_id="user_sponsor",
@@ -39,17 +39,18 @@ def test_sub_referral_reward_is_locked_until_the_sponsor_upgrades(
     assert response.status_code == 201, response.content
     assert _actions(response.json()) == [("user_sponsor", "points", 50, "locked")]
     assert response.json()["reward_actions"][0]["locked_until_condition"] == "vip_or_pro"
+    assert account_totals(user_id="user_sponsor")["balance"] == 0
 
-    with django_capture_on_commit_callbacks() as callbacks:
-        upgrade = post_event(
-            services["referral_service"], external_id="ref-evt-2002", event_type="referral.user_upgraded_to_vip",
-            source_service="referral_service", actor_user_id="user_sponsor",
-        )  # fmt: skip
+    upgrade = post_event(
+        services["referral_service"], external_id="ref-evt-2002", event_type="referral.user_upgraded_to_vip",
+        source_service="referral_service", actor_user_id="user_sponsor",
+    )  # fmt: skip
     assert upgrade.status_code == 201, upgrade.content
     assert upgrade.json()["status"] == "ignored"
+    # Released at the upgrade's commit and dispatched then (tasks run inline in the tests).
     action = RewardAction.objects.get(target_user_id="user_sponsor")
-    assert action.status == RewardAction.Status.PENDING
-    assert len(callbacks) == 1, "the released action is enqueued for dispatch after commit"
+    assert action.status == RewardAction.Status.COMPLETED
+    assert account_totals(user_id="user_sponsor")["balance"] == 50
     assert UserProfile.objects.get(user_id="user_sponsor").is_vip
 
 
@@ -58,9 +59,11 @@ def test_pro_upgrade_also_releases_vip_or_pro_locks(services, post_event):
         services["referral_service"], external_id="e1", event_type="referral.subjoined",
         source_service="referral_service", actor_user_id="a", primary_subject_user_id="s", context={"level": 2},
     )  # fmt: skip
+    assert RewardAction.objects.get(target_user_id="s").status == RewardAction.Status.LOCKED
     post_event(services["user_service"], external_id="e2", event_type="user.upgraded_to_pro",
                source_service="user_service", actor_user_id="s")  # fmt: skip
-    assert RewardAction.objects.get(target_user_id="s").status == RewardAction.Status.PENDING
+    assert RewardAction.objects.get(target_user_id="s").status == RewardAction.Status.COMPLETED
+    assert account_totals(user_id="s")["balance"] == 50
 
 
 def test_sponsor_already_vip_gets_the_sub_referral_reward_unlocked(services, post_event):
