@@ -44,8 +44,9 @@ logger = logging.getLogger("connect.dispatch")
 
 Status = RewardAction.Status
 
-# A delayed run may reach a worker a little before the moment stored on the row (clock skew).
-EARLY_RUN_TOLERANCE = timedelta(seconds=2)
+# A delayed doorbell may reach a worker a little before the moment stored on the row (clocks of two
+# hosts). Small, as every drain claims whatever is due: a retry must not come much sooner than its backoff.
+EARLY_RUN_TOLERANCE = timedelta(seconds=0.5)
 MAX_ERROR_CHARS = 2000
 RECORDED_FIELDS = ("status", "attempts", "result", "last_error", "next_attempt_at", "completed_at", "updated_at")
 
@@ -104,11 +105,11 @@ def reward_actions_drain(*, first_ids=(), seconds: float | None = None) -> Drain
 
 
 def _retry_times(delays: list[float]) -> tuple[float, ...]:
-    """The retry delays rounded up to a grid of about eight steps per doubling (at least a second), so
-    a batch's retries share a few doorbells: each one drains every action due by then."""
+    """The retry delays rounded up to a grid of eight steps per doubling, so a batch's retries share a
+    few doorbells: each one drains every action due by then."""
     times = set()
     for delay in delays:
-        grid = max(1.0, 2.0 ** math.floor(math.log2(max(delay, 1.0))) / 8)
+        grid = 2.0 ** math.floor(math.log2(max(delay, 0.4))) / 8
         times.add(math.ceil(delay / grid) * grid)
     return tuple(sorted(times))
 

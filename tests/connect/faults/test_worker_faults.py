@@ -4,12 +4,12 @@ channel that keeps failing, and locked rewards released by an upgrade. Every rew
 from collections import Counter
 
 import pytest
-from connect.dispatch import reward_action_retry
 from django.contrib.auth import get_user_model
 from django.db import connection
 
-from connect.models import RewardAction
+from connect.models import EconomicEvent, RewardAction
 from connect.services import event_ingest
+from connect.staff import reward_action_retry
 from points.models import Transaction
 from points.selectors import account_totals
 from rules.services import rule_save_from_dict
@@ -121,7 +121,8 @@ def _completions_in_flight() -> int:
 
 def test_worker_killed_mid_burst_every_action_completes_and_is_paid_once(start_worker, broker, slow_completion):
     _quest_rule()
-    first = start_worker(env={"PGOPTIONS": "-c client_connection_check_interval=50"})
+    # Batches of four, so the burst takes several and the kill lands while one is being recorded.
+    first = start_worker(env={"PGOPTIONS": "-c client_connection_check_interval=50", "DISPATCH_BATCH_SIZE": "4"})
     expected = _ingest_quests(20, "burst")
     total = RewardAction.objects.count()
     assert total == 40
@@ -157,7 +158,8 @@ def test_broker_flushed_while_actions_are_queued_the_sweeper_completes_them(star
     _quest_rule()
     expected = _ingest_quests(12, "flush")
     total = RewardAction.objects.count()
-    assert broker.queued() == total, "every action was enqueued on commit"
+    events = EconomicEvent.objects.count()
+    assert 1 <= broker.queued() <= events, "at most one doorbell per event, however many actions it made"
 
     broker.flush()
     assert broker.queued() == 0

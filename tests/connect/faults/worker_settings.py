@@ -6,11 +6,8 @@ the broker, as in production.
 
 import os
 
-from config.broker import transport_for
-
 from config.settings_test import *  # noqa: F403
 
 CELERY_BROKER_URL = os.environ["TEST_CELERY_BROKER_URL"]
-CELERY_BROKER_TRANSPORT = transport_for(CELERY_BROKER_URL)
 CELERY_TASK_ALWAYS_EAGER = False
 LOGGING["root"]["level"] = os.environ.get("TEST_WORKER_LOG_LEVEL", "WARNING")  # noqa: F405
