@@ -202,6 +202,7 @@ class ScriptedService:
         self.status = 200
         self.body = '{"ok": true}'
         self.calls: list[tuple[float, str, dict]] = []  # (monotonic time, path, headers)
+        self.slow: dict[str, tuple[float, int]] = {}  # badge type -> (seconds, how many more answers)
         self._lock = threading.Lock()
         server.expect_request("/badges").respond_with_handler(self._handle)
         server.expect_request("/payouts").respond_with_handler(self._handle)
@@ -214,10 +215,22 @@ class ScriptedService:
         with self._lock:
             self.status, self.body = status, body
 
+    def answer_slowly(self, badge_type: str, *, seconds: float, times: int) -> None:
+        """The next ``times`` requests for this badge type wait ``seconds`` before answering."""
+        with self._lock:
+            self.slow[badge_type] = (seconds, times)
+
     def _handle(self, request: Request) -> Response:
+        badge_type = (request.get_json(silent=True) or {}).get("badge_type")
         with self._lock:
             self.calls.append((time.monotonic(), request.path, dict(request.headers)))
-            return Response(self.body, status=self.status, content_type="application/json")
+            status, body = self.status, self.body
+            seconds, times = self.slow.get(badge_type, (0.0, 0))
+            if times:
+                self.slow[badge_type] = (seconds, times - 1)
+        if times:
+            time.sleep(seconds)  # outside the lock: the other requests are answered meanwhile
+        return Response(body, status=status, content_type="application/json")
 
 
 @pytest.fixture

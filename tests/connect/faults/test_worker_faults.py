@@ -258,3 +258,51 @@ def test_locked_rewards_released_by_an_upgrade_are_dispatched_and_credited(start
     )  # fmt: skip
     assert RewardAction.objects.get(target_user_id="plain-sponsor").status == Status.LOCKED
     _assert_paid_exactly_once({"vip-sponsor": 100, "pro-sponsor": 50, "plain-sponsor": 0, "newbie": 5})
+
+
+def test_a_slow_http_call_in_a_mixed_batch_retries_while_the_others_complete(start_worker, broker, scripted_service):
+    _rule("mixed", "quest.completed", [
+        {"target": "actor", "reward_type": "points", "amount": "context.points"},
+        {"target": "actor", "reward_type": "g2a_offchain", "amount": "2"},
+    ])  # fmt: skip
+    _rule("gold_badge", "quest.completed", [
+        {"target": "actor", "reward_type": "nft", "amount": "1", "params": {"badge_type": "gold"}},
+    ], condition="context.badge == 'gold'")  # fmt: skip
+    _rule("slow_badge", "quest.completed", [
+        {"target": "actor", "reward_type": "nft", "amount": "1", "params": {"badge_type": "slow"}},
+    ], condition="context.badge == 'slow'")  # fmt: skip
+    scripted_service.answer(201, '{"ok": true}')
+    scripted_service.answer_slowly("slow", seconds=4, times=1)  # beyond the worker's 2 s read timeout
+    expected = {}
+    for index in range(6):
+        event_ingest(client_name="quest_service", data={
+            "external_id": f"mixed-{index}", "event_type": "quest.completed", "actor_user_id": f"hero-{index}",
+            "context": {"points": 10 + index, "badge": "slow" if index == 3 else "gold"},
+        })  # fmt: skip
+        expected[f"hero-{index}"] = 10 + index
+    worker = start_worker(env={"NFT_SERVICE_URL": scripted_service.url, "G2A_GATEWAY_URL": scripted_service.url})
+    slow = RewardAction.objects.get(target_user_id="hero-3", reward_type="nft")
+
+    others = RewardAction.objects.exclude(pk=slow.pk)
+    wait_for(lambda: others.filter(status=Status.COMPLETED).count() == 17, timeout=60,
+             what="every action but the slow one to complete", workers=[worker])  # fmt: skip
+    wait_for(lambda: RewardAction.objects.filter(pk=slow.pk, status=Status.COMPLETED).exists(), timeout=60,
+             what="the slow badge to complete on its retry", workers=[worker])  # fmt: skip
+    slow.refresh_from_db()
+    assert slow.attempts == 2 and slow.last_error == ""
+    assert set(others.values_list("attempts", flat=True)) == {1}
+    _assert_paid_exactly_once(expected)
+
+
+def test_two_workers_drain_one_backlog_each_action_once_and_no_deadlock(start_worker, broker):
+    _quest_rule()
+    expected = _ingest_quests(150, "backlog")  # few users: the batches lock the same accounts
+    total = RewardAction.objects.count()
+    env = {"DISPATCH_BATCH_SIZE": "20"}
+    workers = [start_worker(env=env), start_worker(env=env, beat=True)]
+
+    wait_for(_all_completed(total), timeout=120, what="the backlog to be drained", workers=workers)
+
+    _assert_paid_exactly_once(expected)
+    assert set(RewardAction.objects.values_list("attempts", flat=True)) == {1}, "no action was delivered twice"
+    assert not any("deadlock" in worker.log().lower() for worker in workers)
