@@ -202,7 +202,7 @@ def _third_party_imports(settings) -> dict[str, set[str]]:
                 found.setdefault(module.split(".")[0], set()).add(str(path.relative_to(ROOT)))
     named = [*settings.INSTALLED_APPS, *settings.MIDDLEWARE, *settings.AUTHENTICATION_BACKENDS]
     named += [value for value in _strings(settings.REST_FRAMEWORK) if "." in value and " " not in value]
-    named += [settings.CELERY_BROKER_TRANSPORT or "", settings.CACHES["default"]["BACKEND"]]
+    named += [settings.CACHES["default"]["BACKEND"]]
     for path in filter(None, named):
         found.setdefault(path.split(".")[0].split(":")[0], set()).add("config/settings.py")
     return found
