@@ -2,7 +2,6 @@
 
 Same middleware, API-key authentication, scope check, throttle, JSON parser, renderer and exception
 handler as ``POST /internal/credit``; the work behind it is a single-row INSERT into a scratch table.
-Its statement goes through ``config.db.prepared_cursor``, as the real endpoints' statements do.
 What the real endpoints reach against this is the share the domain logic costs.
 """
 
@@ -10,8 +9,6 @@ from django.db import connection
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
-
-from config.db import prepared_cursor
 
 TABLE = "bench_ceiling"
 _CREATE_SQL = f"""
@@ -38,7 +35,7 @@ class CeilingView(APIView):
         external_id = request.data.get("external_id") if isinstance(request.data, dict) else None
         if not isinstance(external_id, str) or not 1 <= len(external_id) <= 200:
             raise ValidationError({"external_id": ["A string of 1 to 200 characters is required."]})
-        with prepared_cursor() as cursor:
+        with connection.cursor() as cursor:
             cursor.execute(_INSERT_SQL, [request.user.client_name, external_id])
             (row_id,) = cursor.fetchone()
         return Response({"id": row_id, "external_id": external_id}, status=201)

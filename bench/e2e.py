@@ -1,10 +1,10 @@
 """End to end: events posted at full rate while Celery workers dispatch; measured until the last credit.
 
 The clock starts with the first POST and stops at the ``completed_at`` of the last RewardAction the run
-made, read from the database, which is what a user would wait for.
+made, read from the database, which is what a user would wait for. The doorbells the workers received
+(broker messages) are counted from their log, per event posted.
 
-Beside it, what the same worker spends on a task that does nothing: the least any design with one
-Celery task per action (SPEC §8) costs per action on this machine, whatever the task does.
+Beside it, dispatch alone: one worker process draining a backlog of points actions stored beforehand.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from .common import (
 from .http import Server, wrk_run
 
 DRAIN_TIMEOUT_SECONDS = 180
-# A registered task of Celery itself that returns its arguments: a message through the broker, the
-# worker and its pool with nothing done in the task. Acks late with time limits, as dispatch does.
-NOOP_TASK = "celery.accumulate"
+DRAIN_TASK = "connect.tasks.drain_reward_actions"
+BACKLOG_SOURCE = "bench_backlog"
 
 
 def celery_start(*, concurrency: int) -> Started:
@@ -48,12 +47,27 @@ def celery_start(*, concurrency: int) -> Started:
     raise BenchError(f"the Celery worker did not become ready in 60 s; see {worker.log_path}")
 
 
-def _progress(since: datetime) -> tuple[int, int, int, datetime | None]:
+def _earlier_actions_set_aside() -> None:
+    """Cancel what earlier phases left pending (they ran without workers): a drain takes every due
+    action, and a measured run must dispatch only its own."""
+    from connect.models import RewardAction
+
+    RewardAction.objects.filter(status=RewardAction.Status.PENDING).update(
+        status=RewardAction.Status.CANCELLED, cancel_reason="bench: left by an earlier phase"
+    )
+
+
+def doorbells_received(log_text: str) -> int:
+    """Messages of the dispatch task a worker received, from its log (Celery logs each at INFO)."""
+    return sum(1 for line in log_text.splitlines() if f"{DRAIN_TASK}[" in line and "received" in line)
+
+
+def _progress(actions) -> tuple[int, int, int, datetime | None]:
     from django.db.models import Count, Max, Q
 
     from connect.models import RewardAction
 
-    row = RewardAction.objects.filter(created_at__gte=since).aggregate(
+    row = actions.aggregate(
         total=Count("id"),
         completed=Count("id", filter=Q(status=RewardAction.Status.COMPLETED)),
         failed=Count("id", filter=Q(status=RewardAction.Status.FAILED)),
@@ -65,6 +79,7 @@ def _progress(since: datetime) -> tuple[int, int, int, datetime | None]:
 def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, workers: int) -> tuple[dict, dict]:
     """Events/s from the first post to the last completed credit, and the workers' memory."""
     redis_flush()  # earlier phases ran without workers: their queued doorbells are not this run's
+    _earlier_actions_set_aside()
     worker = celery_start(concurrency=workers)
     try:
         worker_cpu_before, host_before = worker.cpu_seconds(), machine_cpu_seconds()
@@ -75,9 +90,11 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
         )
         load_ended = time.time()
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        from connect.models import RewardAction
+
         while True:
             worker.sample_memory()
-            total, completed, failed, last = _progress(since)
+            total, completed, failed, last = _progress(RewardAction.objects.filter(created_at__gte=since))
             if total and completed + failed >= total:
                 break
             if time.monotonic() > deadline:
@@ -87,6 +104,7 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
         memory = worker.memory_summary()
     finally:
         worker.stop(timeout=30)
+    messages = doorbells_received(worker.log_path.read_text(errors="replace"))
     finished = last.timestamp() if last else time.time()
     elapsed = max(finished - began, 1e-9)
     events = posted["created"]
@@ -105,6 +123,8 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
         "errors": posted["errors"] + failed,
         "complete": completed == total,
         "workers": workers,
+        "messages": messages,
+        "messages_per_event": round(messages / events, 3) if events else None,
         "worker_cpu_ms_per_action": round(1000 * worker_cpu / completed, 2) if completed else None,
         # Everything on the machine from the first POST until every action was done (or the wait gave up).
         "host_cpu_ms_per_event": round(1000 * host_cpu / events, 2) if events else None,
@@ -113,58 +133,80 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
     return result, memory
 
 
-def _queue_backlog(client, queue: str) -> int:
-    """Messages still in the queue or taken but not yet acknowledged (kombu's unacked hash)."""
-    from kombu.transport.redis import Channel
+def _backlog_store(actions: int) -> None:
+    """``actions`` pending points actions, two per event, to users whose accounts exist."""
+    from django.utils import timezone
 
-    return client.llen(queue) + client.hlen(Channel.unacked_key)
+    from connect.models import EconomicEvent, RewardAction
+    from rules.models import Rule
+
+    from .http import USERS
+
+    rule = Rule.objects.filter(event_type="quest.completed", rewards__reward_type="points").distinct().first()
+    if rule is None:
+        raise BenchError("the demo rules have no points rule for quest.completed to file the backlog under")
+    now = timezone.now()
+    for start_at in range(0, actions // 2, 1000):
+        events = EconomicEvent.objects.bulk_create(
+            [
+                EconomicEvent(
+                    source_service=BACKLOG_SOURCE, external_id=f"backlog-{n}", event_type="quest.completed",
+                    actor_user_id=f"a-{n % USERS}", primary_subject_user_id=f"s-{n % USERS}",
+                    payload_hash="0" * 64, status=EconomicEvent.Status.PROCESSED,
+                )
+                for n in range(start_at, min(start_at + 1000, actions // 2))
+            ]
+        )  # fmt: skip
+        RewardAction.objects.bulk_create(
+            [
+                RewardAction(
+                    event=event, rule=rule, rule_code=rule.code, rule_version=rule.version, target_user_id=target,
+                    reward_type="points", amount=amount, status=RewardAction.Status.PENDING,
+                    next_attempt_at=now, created_at=now, updated_at=now,
+                )
+                for event in events
+                for target, amount in ((event.actor_user_id, 40), (event.primary_subject_user_id, 20))
+            ]
+        )  # fmt: skip
 
 
-def task_floor_measure(*, messages: int, workers: int) -> dict:
-    """Queue ``messages`` runs of a task that does nothing, start the worker as the end-to-end run
-    does, and measure its drain: messages/s, the worker's and the whole machine's CPU per message."""
-    import redis
-
+def dispatch_backlog_measure(*, actions: int) -> dict:
+    """Store ``actions`` pending points actions, start one worker process, ring one doorbell and
+    measure until the last one is completed: actions/s, the worker's and the machine's CPU per action."""
     from config.celery import app
+    from connect.models import RewardAction
 
-    if NOOP_TASK not in app.tasks:
-        raise BenchError(f"Celery has no task {NOOP_TASK}: the no-op drain needs a registered task that does nothing")
     redis_flush()
-    queue = app.conf.task_default_queue
-    # To the broker the worker reads (app_environment's), whatever broker this process is set up with.
-    with app.connection_for_write(REDIS_URL) as connection:
-        producer = app.amqp.Producer(connection)
-        for n in range(messages):
-            app.send_task(NOOP_TASK, args=(n,), producer=producer, ignore_result=True)
-    client = redis.Redis.from_url(REDIS_URL)
-    worker = celery_start(concurrency=workers)
+    _earlier_actions_set_aside()
+    log(f"dispatch backlog: storing {actions} pending points actions")
+    _backlog_store(actions)
+    backlog = RewardAction.objects.filter(event__source_service=BACKLOG_SOURCE)
+    worker = celery_start(concurrency=1)
     try:
-        # The worker drains from the moment it is ready; what is left now is what gets measured.
-        worker_before, host_before, began = worker.cpu_seconds(), machine_cpu_seconds(), time.monotonic()
-        measured = _queue_backlog(client, queue)
-        deadline = began + DRAIN_TIMEOUT_SECONDS
-        while _queue_backlog(client, queue) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        seconds = time.monotonic() - began
+        worker_before, host_before, began = worker.cpu_seconds(), machine_cpu_seconds(), time.time()
+        # To the broker the worker reads (app_environment's), whatever broker this process is set up with.
+        with app.connection_for_write(REDIS_URL) as connection:
+            app.send_task(DRAIN_TASK, args=([],), producer=app.amqp.Producer(connection), ignore_result=True)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+        while True:
+            total, completed, failed, last = _progress(backlog)
+            if completed + failed >= total or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         worker_cpu, host_cpu = worker.cpu_seconds() - worker_before, machine_cpu_seconds() - host_before
-        left = _queue_backlog(client, queue)
     finally:
         worker.stop(timeout=30)
         redis_flush()
-    if "unregistered task" in worker.log_path.read_text(errors="replace"):
-        # A rejected message never reaches the pool: the drain would look cheaper than a real task.
-        raise BenchError(f"the worker did not know {NOOP_TASK}; see {worker.log_path}")
-    if left or measured < messages // 2:
-        raise BenchError(
-            f"the no-op drain measured {measured} of {messages} messages and left {left}; see {worker.log_path}"
-        )
+    if completed != total:
+        raise BenchError(f"the backlog drain completed {completed} of {total} actions; see {worker.log_path}")
+    seconds = max((last.timestamp() if last else time.time()) - began, 1e-9)
     result = {
-        "task": NOOP_TASK,
-        "workers": workers,
-        "messages": measured,
-        "per_s": round(measured / seconds, 1),
-        "worker_cpu_ms_per_message": round(1000 * worker_cpu / measured, 3),
-        "host_cpu_ms_per_message": round(1000 * host_cpu / measured, 3),
+        "actions": total,
+        "workers": 1,
+        "seconds": round(seconds, 2),
+        "per_s": round(total / seconds, 1),
+        "worker_cpu_ms_per_action": round(1000 * worker_cpu / total, 3),
+        "host_cpu_ms_per_action": round(1000 * host_cpu / total, 3),
     }
-    log(f"task floor: {result}")
+    log(f"dispatch backlog: {result}")
     return result

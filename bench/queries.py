@@ -18,11 +18,11 @@ def _count(callable_):
 
 
 def queries_measure(*, key: str) -> dict:
-    """Statements per event POST, per credit POST, per ceiling POST and per reward-action dispatch,
-    for users whose accounts exist (bench.app), as in the timed phases."""
-    from connect.dispatch import reward_action_dispatch
+    """Statements per event POST, per credit POST, per ceiling POST and per dispatch of one event's
+    actions as one batch, for users whose accounts exist (bench.app), as in the timed phases."""
     from django.test import Client
 
+    from connect.delivery import reward_actions_dispatch
     from connect.models import RewardAction
 
     client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Api-Key {key}")
@@ -56,14 +56,16 @@ def queries_measure(*, key: str) -> dict:
     _, credit_sql = _count(lambda: credit(1))
     _, ceiling_sql = _count(lambda: post("/internal/bench/ceiling", {"external_id": f"x-{run}"}))
     action_ids = list(RewardAction.objects.filter(event_id=response.json()["id"]).values_list("pk", flat=True))
-    dispatch_sql = []
-    for action_id in action_ids:
-        _, statements = _count(lambda action_id=action_id: reward_action_dispatch(action_id=action_id))
-        dispatch_sql.append(statements)
+    outcomes, dispatch_sql = _count(
+        lambda: reward_actions_dispatch(first_ids=action_ids, limit=len(action_ids), others=False)
+    )
+    if len(outcomes) != len(action_ids):
+        raise RuntimeError(f"dispatch claimed {len(outcomes)} of the event's {len(action_ids)} actions")
     return {
         "event_post": len(event_sql),
         "credit_post": len(credit_sql),
         "ceiling_post": len(ceiling_sql),
-        "dispatch_per_action": max((len(s) for s in dispatch_sql), default=0),
-        "statements": {"event_post": event_sql, "credit_post": credit_sql, "dispatch": dispatch_sql[:1]},
+        "dispatch_actions": len(action_ids),
+        "dispatch_batch": len(dispatch_sql),
+        "statements": {"event_post": event_sql, "credit_post": credit_sql, "dispatch": dispatch_sql},
     }
