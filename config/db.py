@@ -202,3 +202,51 @@ def _update_where_sql(model: type[Model], set_names: tuple[str, ...], where_name
     conditions = "".join(f" AND {quote(field.column)} = %s" for field in where_fields)
     sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s{conditions}"
     return sql, set_fields, where_fields, meta.pk
+
+
+def update_rows_where(instances: Sequence[Model], fields: Sequence[str], *, where: Mapping[str, object]) -> set:
+    """UPDATE the named fields of several saved instances of one model, each row only if its fields
+    equal ``where[name](instance)`` (a function of the instance, e.g. the attempt a run claimed);
+    returns the pks of the rows changed. On PostgreSQL one ``UPDATE ... FROM (VALUES ...)`` for all
+    of them; elsewhere one guarded UPDATE per row."""
+    if not instances:
+        return set()
+    model = type(instances[0])
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql":
+        changed = set()
+        for instance in instances:
+            values = {name: getattr(instance, name) for name in fields}
+            guard = {name: value_of(instance) for name, value_of in where.items()}
+            if update_where(model, instance.pk, values, where=guard):
+                changed.add(instance.pk)
+        return changed
+    meta = model._meta
+    quote = connection.ops.quote_name
+    set_fields = [meta.get_field(name) for name in fields]
+    where_fields = [meta.get_field(name) for name in where]
+    columns = [meta.pk, *set_fields, *where_fields]
+    casts = [f"CAST(%s AS {_cast_type(field)})" for field in columns]
+    row = "(" + ", ".join(casts) + ")"
+    names = [f"c{index}" for index in range(len(columns))]
+    table = quote(meta.db_table)
+    assignments = ", ".join(f"{quote(field.column)} = v.c{index + 1}" for index, field in enumerate(set_fields))
+    conditions = "".join(
+        f" AND {table}.{quote(field.column)} = v.c{index + 1 + len(set_fields)}"
+        for index, field in enumerate(where_fields)
+    )
+    sql = (
+        f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row] * len(instances))}) AS v({', '.join(names)}) "
+        f"WHERE {table}.{quote(meta.pk.column)} = v.c0{conditions} RETURNING {table}.{quote(meta.pk.column)}"
+    )
+    params = []
+    for instance in instances:
+        params.append(meta.pk.get_db_prep_value(instance.pk, db))
+        params += [field.get_db_prep_save(getattr(instance, field.attname), db) for field in set_fields]
+        params += [
+            field.get_db_prep_value(value_of(instance), db)
+            for field, value_of in zip(where_fields, where.values(), strict=True)
+        ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {pk for (pk,) in cursor.fetchall()}

@@ -29,6 +29,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from config.db import update_rows_where
 from config.metrics import DISPATCH_SECONDS
 
 from .channels import (
@@ -199,12 +200,12 @@ def _record(actions: list[RewardAction], results: dict) -> list[DispatchOutcome]
     now = timezone.now()
     outcomes = [_apply(action, results.get(action.pk), now) for action in actions]
     try:
-        stored = _store(actions, now)
+        stored = _store(actions)
     except (DatabaseError, TypeError, ValueError):
         stored = set()
         for index, action in enumerate(actions):
             try:
-                stored |= _store([action], now)
+                stored |= _store([action])
             except (DatabaseError, TypeError, ValueError) as exc:
                 logger.warning(
                     "reward action outcome could not be stored; recorded as failed",
@@ -215,7 +216,7 @@ def _record(actions: list[RewardAction], results: dict) -> list[DispatchOutcome]
                 action.status, action.result, action.last_error = Status.FAILED, {}, message
                 action.next_attempt_at = action.completed_at = None
                 outcomes[index] = DispatchOutcome(action_id=action.pk, status=Status.FAILED, error=message)
-                stored |= _store([action], now)
+                stored |= _store([action])
     for index, action in enumerate(actions):
         if action.pk not in stored:
             logger.warning(
@@ -226,20 +227,13 @@ def _record(actions: list[RewardAction], results: dict) -> list[DispatchOutcome]
     return outcomes
 
 
-def _store(actions: list[RewardAction], now) -> set:
+def _store(actions: list[RewardAction]) -> set:
     """UPDATE the rows still ``dispatched`` at the attempt this run claimed; the ids it changed."""
-    claimed_attempts: dict[int, list] = defaultdict(list)
-    for action in actions:
-        claimed_attempts[action.claimed_attempt].append(action.pk)
-    guard = Q()
-    for attempt, ids in claimed_attempts.items():
-        guard |= Q(attempts=attempt, pk__in=ids)
-    ids = [action.pk for action in actions]
-    with transaction.atomic():
-        stored = RewardAction.objects.filter(guard, status=Status.DISPATCHED).bulk_update(actions, RECORDED_FIELDS)
-    if stored == len(actions):
-        return set(ids)
-    return set(RewardAction.objects.filter(pk__in=ids, updated_at=now).values_list("pk", flat=True))
+    return update_rows_where(
+        actions,
+        RECORDED_FIELDS,
+        where={"status": lambda action: Status.DISPATCHED, "attempts": lambda action: action.claimed_attempt},
+    )
 
 
 def _apply(action: RewardAction, result, now) -> DispatchOutcome:
