@@ -228,12 +228,14 @@ def _record(actions: list[RewardAction], results: dict) -> list[DispatchOutcome]
 
 
 def _store(actions: list[RewardAction]) -> set:
-    """UPDATE the rows still ``dispatched`` at the attempt this run claimed; the ids it changed."""
-    return update_rows_where(
-        actions,
-        RECORDED_FIELDS,
-        where={"status": lambda action: Status.DISPATCHED, "attempts": lambda action: action.claimed_attempt},
-    )
+    """UPDATE the rows still ``dispatched`` at the attempt this run claimed; the ids it changed.
+    Atomic on its own, so a refused UPDATE leaves a caller's transaction usable."""
+    with transaction.atomic():
+        return update_rows_where(
+            actions,
+            RECORDED_FIELDS,
+            where={"status": lambda action: Status.DISPATCHED, "attempts": lambda action: action.claimed_attempt},
+        )
 
 
 def _apply(action: RewardAction, result, now) -> DispatchOutcome:

@@ -1,6 +1,5 @@
 """The single-statement helpers the ledger, the event inbox and dispatch share (config/db.py)."""
 
-
 import pytest
 from django.db import DataError, connection
 from django.test.utils import CaptureQueriesContext
@@ -10,6 +9,7 @@ from config.db import (
     insert_unless_conflict,
     insert_with_dependents_unless_conflict,
     update_columns,
+    update_rows_where,
     update_where,
 )
 from connect.models import EconomicEvent, RewardAction
@@ -150,3 +150,24 @@ def test_insert_with_dependents_refuses_a_too_long_text_instead_of_cutting_it():
     assert not RewardAction.objects.exists()
 
 
+def test_update_rows_where_changes_each_row_only_while_its_guard_holds():
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    event = _event("e-rows")
+    event.save()
+    held, moved_on = _action(event, rule, attempts=1), _action(event, rule, attempts=1)
+    held.save()
+    moved_on.save()
+    RewardAction.objects.filter(pk=moved_on.pk).update(attempts=5)  # another run claimed it since
+    for action in (held, moved_on):
+        action.status, action.result = "completed", {"badge": str(action.pk), "n": [1, 2]}
+
+    with CaptureQueriesContext(connection) as captured:
+        changed = update_rows_where([held, moved_on], ["status", "result"], where={"attempts": lambda a: 1})
+
+    assert changed == {held.pk} and len(captured.captured_queries) == 1
+    stored = RewardAction.objects.get(pk=held.pk)
+    assert (stored.status, stored.result) == ("completed", {"badge": str(held.pk), "n": [1, 2]})
+    untouched = RewardAction.objects.get(pk=moved_on.pk)
+    assert (untouched.status, untouched.result, untouched.attempts) != ("completed", held.result, 1)
+    assert untouched.result == {} and untouched.attempts == 5
+    assert update_rows_where([], ["status"], where={}) == set()

@@ -474,3 +474,27 @@ def test_staff_services_report_an_unknown_action(db, staff):
         reward_action_retry(action_id="00000000-0000-0000-0000-000000000000", user=staff)
     with pytest.raises(NotFound):
         reward_action_cancel(action_id="00000000-0000-0000-0000-000000000000", reason="x", user=staff)
+
+
+def test_the_sweep_skips_and_logs_an_action_it_cannot_record_and_completes_the_others(
+    rule, settings, httpserver, django_capture_on_commit_callbacks, caplog
+):
+    """A receiver's answer the database refuses (a NUL character in jsonb) fails that one action,
+    logged, instead of stopping the sweep's drain and leaving every action of it dispatched."""
+    settings.SWEEPER_STALE_SECONDS = 1
+    settings.NFT_SERVICE_URL = httpserver.url_for("")
+    httpserver.expect_request("/badges").respond_with_data('{"note": "\\u0000"}', content_type="application/json")
+    poison = action_create(
+        rule=rule, target="bad", reward_type="nft", amount=1, params={"badge_type": "b"}, age_seconds=10
+    )
+    others = [action_create(rule=rule, target=f"u{i}", amount=3, age_seconds=10) for i in range(3)]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reward_actions_sweep() == 4
+
+    assert {_reload(action).status for action in others} == {Status.COMPLETED}
+    poison = _reload(poison)
+    assert poison.status == Status.FAILED and poison.last_error.startswith("The outcome could not be stored")
+    assert "recorded as failed" in caplog.text
+    assert all(account_totals(user_id=f"u{i}")["balance"] == 3 for i in range(3))
+    assert_ledger_ok()
