@@ -56,7 +56,7 @@ HTTP_ROUNDS = 4
 def _durations(quick: bool) -> dict[str, int]:
     if quick:
         return {"pgbench": 5, "ledger": 3, "http": 3, "http_paced": 5, "e2e": 6, "rules": 3}
-    # The paced run sets the p99: long enough that one disk stall (commits waiting 75-300 ms while
+    # The paced run sets the p99: long enough that one disk stall (commits waiting while
     # the CPUs sit in iowait, seen here under load) holds well under 1 % of its requests.
     return {"pgbench": 15, "ledger": 8, "http": 6, "http_paced": 30, "e2e": 15, "rules": 6}
 

@@ -460,9 +460,12 @@ def account_credit_many(
     propagates and posts nothing. Must not be called inside a caller's transaction.
     """
     user_ids = sorted({credit.user_id for credit in credits if isinstance(credit.user_id, str)})
-    Account.objects.bulk_create(
-        [Account(user_id=user_id, kind=Account.Kind.USER) for user_id in user_ids], ignore_conflicts=True
-    )
+    opened = set(Account.objects.filter(user_id__in=user_ids).values_list("user_id", flat=True))
+    if len(opened) < len(user_ids):
+        Account.objects.bulk_create(
+            [Account(user_id=user_id, kind=Account.Kind.USER) for user_id in user_ids if user_id not in opened],
+            ignore_conflicts=True,
+        )
     outcomes: dict[str, LedgerResult | DomainError | IntegrityError] = {}
     with transaction.atomic():
         list(Account.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id").values_list("pk"))
