@@ -71,7 +71,7 @@ def doorbell_ring(*, first_ids=()) -> bool:
 
 
 def doorbell_ring_later(*, countdown: float) -> bool:
-    """One doorbell after ``countdown`` seconds (the soonest retry a drain scheduled). With tasks
+    """One doorbell after ``countdown`` seconds (when retries a drain scheduled fall due). With tasks
     running inline it is not scheduled — it would run at once — and False is returned: the
     sweeper picks the actions up when they are due."""
     task = _drain_task()
