@@ -16,10 +16,12 @@ from config.api.errors import IdempotencyConflict
 from config.db import insert_rows, insert_unless_conflict, insert_with_dependents_unless_conflict, update_columns
 from config.metrics import EVENTS_INGESTED
 from rules import engine
+from rules.budgets import CounterLocks
 from rules.selectors import rules_cache_clear, rules_for_event_type
 
 from .models import EconomicEvent, RewardAction, RewardGrant
 from .profiles import ProfileReader, dispatch_on_commit, profile_apply
+from .trace import trace_document
 
 logger = logging.getLogger("connect.ingest")
 
@@ -84,9 +86,9 @@ def _event_stored(event: EconomicEvent) -> EconomicEvent:
 
 
 def _status_set(event: EconomicEvent, status: str, error: str = "") -> None:
-    """Replace the provisional ``processed`` the claim stored."""
+    """Replace the provisional ``processed`` the claim stored, and store the event's trace."""
     event.status, event.error = status, error
-    update_columns(event, ["status", "error"])
+    update_columns(event, ["status", "error", "trace"])
 
 
 class _GrantCounter:
@@ -171,6 +173,15 @@ def _needs_transaction(*args) -> NoReturn:
     raise _NeedsTransaction
 
 
+class _NoCounters:
+    """Rules with a budget or a periodic cap need the transactional path (their counter rows)."""
+
+    budget_used = period_count = staticmethod(_needs_transaction)
+
+
+_NO_COUNTERS = _NoCounters()
+
+
 def _one_statement_possible(event_type: str) -> bool:
     profile_types = (
         settings.PROFILE_SPONSOR_EVENT_TYPES,
@@ -196,11 +207,21 @@ def _ingest_in_one_statement(*, client_name: str, data: dict) -> IngestResult:
     reader = ProfileReader()
     rules = rules_for_event_type(event.event_type)
     try:
-        plan = _plan(event, rules, reader, granted_count=_needs_transaction, lock_profile=_needs_transaction)
+        # Counters (caps, periodic caps, budgets) and lock checks hold row locks until commit.
+        plan = _plan(
+            event,
+            rules,
+            reader,
+            granted_count=_needs_transaction,
+            lock_profile=_needs_transaction,
+            counters=_NO_COUNTERS,
+        )
     except engine.RuleEvaluationFailed as failure:
         event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(failure)
+        event.trace = trace_document(rules=failure.trace)
         actions = []
     else:
+        event.trace = trace_document(rules=plan.trace)
         actions = _actions_from(event, plan)
         if not actions:
             event.status = EconomicEvent.Status.IGNORED
@@ -217,13 +238,16 @@ def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
     if not created:
         return IngestResult(event=event, replayed=True)
 
-    to_dispatch = profile_apply(event=event)
+    profile_changes: list[dict] = []
+    to_dispatch = profile_apply(event=event, changes=profile_changes)
     reader = ProfileReader()
     grants = _GrantCounter()
+    counters = CounterLocks()
     rules = rules_for_event_type(event.event_type)
     try:
-        plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile)
+        plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile, counters=counters)
     except engine.RuleEvaluationFailed as failure:
+        event.trace = trace_document(rules=failure.trace, profile_changes=profile_changes, released_actions=to_dispatch)
         _status_set(event, EconomicEvent.Status.FAILED, _failure_message(failure))
         dispatch_on_commit(to_dispatch)
         _record(event, 0, has_rules=True)
@@ -232,15 +256,16 @@ def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
     actions = _actions_from(event, plan)
     insert_rows(actions)
     grants.record(plan.actions)
-    if not actions:
-        _status_set(event, EconomicEvent.Status.IGNORED)
+    counters.record(plan.actions)
+    event.trace = trace_document(rules=plan.trace, profile_changes=profile_changes, released_actions=to_dispatch)
+    _status_set(event, EconomicEvent.Status.PROCESSED if actions else EconomicEvent.Status.IGNORED)
     to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
     dispatch_on_commit(to_dispatch)
     _record(event, len(actions), has_rules=bool(rules))
     return IngestResult(event=event, replayed=False, actions=actions)
 
 
-def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count, lock_profile) -> engine.Plan:
+def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count, lock_profile, counters) -> engine.Plan:
     return engine.plan(
         event=engine.EventInput(
             event_type=event.event_type,
@@ -255,6 +280,8 @@ def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count, 
         upline=reader.upline,
         granted_count=granted_count,
         lock_profile=lock_profile,
+        period_count=counters.period_count,
+        budget_used=counters.budget_used,
     )
 
 
@@ -278,6 +305,8 @@ def _actions_from(event: EconomicEvent, plan: engine.Plan) -> list[RewardAction]
             status=RewardAction.Status.LOCKED if planned.locked else RewardAction.Status.PENDING,
             locked_until_condition=planned.lock_condition if planned.locked else "",
             next_attempt_at=None if planned.locked else now,
+            budget_period_key=planned.budget_key,
+            cap_period_key=planned.cap_period_key,
             created_at=now,
             updated_at=now,
         )
