@@ -66,7 +66,11 @@ def test_an_event_with_actions_is_written_in_two_inserts_and_one_update_of_its_o
     writes = [f"{words[0]} {words[table_word[words[0]]]}" for words in statements if words[0] in table_word]
     # In a caller's transaction the event is claimed first; its status and decision trace (SPEC
     # §15) are known only once its rules ran.
-    assert writes == ['INSERT "connect_economicevent"', 'INSERT "connect_rewardaction"', 'UPDATE "connect_economicevent"']
+    assert writes == [
+        'INSERT "connect_economicevent"',
+        'INSERT "connect_rewardaction"',
+        'UPDATE "connect_economicevent"',
+    ]
 
 
 @pytest.mark.usefixtures("demo_rules")
