@@ -26,6 +26,7 @@ from django.utils.http import urlencode
 
 from config.admin_base import ReadOnlyModelAdmin
 from config.api.errors import DomainError
+from connect.trace import trace_html
 from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
 from rules import engine
@@ -139,9 +140,14 @@ class EconomicEventAdmin(ReadOnlyAdmin):
         "status",
         "error",
         "payload",
+        "decision",
     )
     readonly_fields = fields
     inlines = [RewardActionInline]
+
+    @admin.display(description="Decision (why it got what it got)")
+    def decision(self, obj: EconomicEvent):
+        return trace_html(obj.trace)
 
     @admin.display(description="Payload (as received)")
     def payload(self, obj: EconomicEvent):

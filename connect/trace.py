@@ -58,3 +58,47 @@ def trace_summary(trace: dict) -> str:
     if released:
         parts.append(f"released {len(released)} locked action(s)")
     return "; ".join(parts)
+
+
+def trace_html(trace: dict) -> str:
+    """The trace as a small HTML block for the event's admin page (escaped)."""
+    from django.utils.html import format_html, format_html_join
+
+    if not trace:
+        return format_html("<p>{}</p>", "No decision trace was stored for this event.")
+    rows = []
+    for rule in trace.get("rules") or []:
+        rows.append(
+            format_html(
+                "<tr><td><b>{}</b> v{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                rule["rule"],
+                rule["version"],
+                rule["result"],
+                rule["detail"],
+            )
+        )
+        for line in rule.get("lines") or []:
+            rows.append(
+                format_html(
+                    "<tr><td>&nbsp;&nbsp;line {} ({})</td><td><code>{}</code></td><td>{} → {}: {}</td></tr>",
+                    line["position"],
+                    line["reward_type"],
+                    line["result"],
+                    line["target"] or "—",
+                    "—" if line["amount"] is None else line["amount"],
+                    line["detail"],
+                )
+            )
+    changes = format_html_join(
+        "",
+        "<li>{}: {} {} → {}</li>",
+        ((c["user_id"], c["field"], c["from"], c["to"]) for c in trace.get("profile_changes") or []),
+    )
+    released = format_html_join("", "<li><code>{}</code></li>", ((pk,) for pk in trace.get("released_actions") or []))
+    return format_html(
+        '<p class="trace-summary">{}</p><table class="trace">{}</table>{}{}',
+        trace_summary(trace),
+        format_html_join("", "{}", ((row,) for row in rows)),
+        format_html("<p>Profile changes:</p><ul>{}</ul>", changes) if changes else "",
+        format_html("<p>Released locked actions:</p><ul>{}</ul>", released) if released else "",
+    )
