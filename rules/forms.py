@@ -42,6 +42,9 @@ class RuleAdminForm(forms.ModelForm):
             "is_active",
             "valid_from",
             "valid_until",
+            "budget",
+            "budget_period",
+            "budget_policy",
         )
         widgets = {
             "condition": forms.Textarea(attrs={"rows": 2, "cols": 80, **_CODE_ATTRS}),
@@ -53,13 +56,24 @@ class RuleAdminForm(forms.ModelForm):
 class RewardLineForm(forms.ModelForm):
     class Meta:
         model = RewardLine
-        fields = ("position", "target", "reward_type", "amount", "params", "lock_condition", "max_per_target")
+        fields = (
+            "position",
+            "target",
+            "reward_type",
+            "amount",
+            "params",
+            "lock_condition",
+            "max_per_target",
+            "max_per_target_per_period",
+            "period",
+        )
         widgets = {
             "position": forms.NumberInput(attrs={"style": "width: 4em"}),
             "target": forms.TextInput(attrs={"size": 28, **_CODE_ATTRS}),
             "amount": forms.TextInput(attrs={"size": 36, **_CODE_ATTRS}),
             "params": forms.Textarea(attrs={"rows": 1, "cols": 28, **_CODE_ATTRS}),
             "max_per_target": forms.NumberInput(attrs={"style": "width: 5em"}),
+            "max_per_target_per_period": forms.NumberInput(attrs={"style": "width: 5em"}),
         }
         help_texts = {"target": EXPRESSION_HELP["target"], "amount": EXPRESSION_HELP["amount"]}
 
