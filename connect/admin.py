@@ -652,3 +652,6 @@ def dashboard_data(*, now=None) -> dict:
             for account in largest
         ],
     }
+
+
+from . import admin_backtest  # noqa: E402,F401  (registers the backtest admin)

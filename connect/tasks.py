@@ -48,3 +48,11 @@ def sweep_reward_actions() -> int:
     from .dispatch import reward_actions_sweep
 
     return reward_actions_sweep()
+
+
+@shared_task(acks_late=False, ignore_result=True, soft_time_limit=3600, time_limit=3700)
+def backtest_execute_task(run_id: str) -> None:
+    """Run one backtest an admin started (connect.backtest_runs); a no-op unless it is still queued."""
+    from .backtest_runs import backtest_execute
+
+    backtest_execute(run_id=run_id)

@@ -154,3 +154,46 @@ def test_an_edited_budget_in_a_file_is_replayed_with_production_s_spending_befor
     shop = {row["rule"]: row for row in _report(history, payload)["rules"]}["shop_budget"]
 
     assert shop["points"] == 7
+
+
+def test_an_editor_backtests_a_draft_in_admin_with_a_progress_bar(history, client, django_capture_on_commit_callbacks):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from connect.models import BacktestRun
+    from rules.drafts import draft_create
+
+    editor = get_user_model().objects.create_user("ed", password="x", is_staff=True)
+    editor.groups.add(Group.objects.get(name="Rule editors"))
+    quest = next(r for r in rules_export()["rules"] if r["code"] == "quest_completed_rewards")
+    draft = draft_create(data=quest | {"rewards": [quest["rewards"][0] | {"amount": "1"}]}, author=editor)
+    client.force_login(editor)
+    form = client.get(f"/admin/connect/backtestrun/add/?draft={draft.pk}")
+    assert form.status_code == 200 and "Start the backtest" in form.content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        started = client.post("/admin/connect/backtestrun/add/", {
+            "draft": draft.pk, "rules_file": "", "since": history.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "until": (timezone.now() + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f"),
+        })  # fmt: skip
+
+    run = BacktestRun.objects.get()
+    assert started.status_code == 302 and started["Location"].endswith(f"/{run.pk}/change/")
+    assert (run.status, run.processed, run.total, run.percent) == ("done", 20, 20, 100)
+    rows = {row["rule"]: row for row in run.report["rules"]}
+    assert rows["quest_completed_rewards"]["difference"]["actions"] == -4  # the second line is gone
+    page = client.get(started["Location"]).content.decode()
+    assert 'class="backtest-progress" value="100"' in page and "quest_completed_rewards" in page
+
+
+def test_the_admin_keeps_the_last_reports_only(history, settings, django_capture_on_commit_callbacks):
+    from connect.backtest_runs import backtest_start
+    from connect.models import BacktestRun
+
+    settings.BACKTEST_KEEP_REPORTS = 2
+    until = timezone.now() + timedelta(seconds=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        runs = [backtest_start(since=history, until=until, user=None, payload=rules_export()) for _ in range(3)]
+
+    assert set(BacktestRun.objects.values_list("pk", flat=True)) == {runs[1].pk, runs[2].pk}
+    assert set(BacktestRun.objects.values_list("status", flat=True)) == {"done"}

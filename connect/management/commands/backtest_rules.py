@@ -5,7 +5,7 @@ from datetime import UTC, datetime, time
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_date, parse_datetime
 
-from connect.backtest import BacktestInvalid, backtest_run
+from connect.backtest import BacktestInvalid, backtest_run, report_lines
 
 
 def _moment(value: str) -> datetime:
@@ -58,34 +58,4 @@ class Command(BaseCommand):
         if options["format"] == "json":
             self.stdout.write(json.dumps(report, indent=2, ensure_ascii=False))
         else:
-            self.stdout.write("\n".join(report_table(report)))
-
-
-def report_table(report: dict) -> list[str]:
-    out = [
-        f"Backtest {report['since']} .. {report['until']}: {report['events']} events, "
-        f"{report['events_matched']} matched, {report['events_failed']} failed, "
-        f"{report['events_differing']} differ from production ({report['events_per_second']} events/s)",
-        "",
-        f"{'rule':<40} {'matched':>8} {'actions':>8} {'prod':>8} {'Δ':>6} {'points':>12} {'prod':>12} {'Δ':>10}",
-    ]
-    for row in report["rules"]:
-        prod, diff = row["production"], row["difference"]
-        out.append(
-            f"{row['rule']:<40} {row['events_matched']:>8} {row['actions']:>8} {prod['actions']:>8} "
-            f"{diff['actions']:>6} {row['points']:>12} {prod['points']:>12} {diff['points']:>10}"
-        )
-    out += ["", "By reward type (amounts): backtest / production"]
-    out += [f"  {name:<14} {v['backtest']:>12} / {v['production']}" for name, v in report["by_reward_type"].items()]
-    out += ["", "Top targets (points)"]
-    out += [f"  {row['user_id']:<40} {row['points']:>12}" for row in report["top_targets"]]
-    if report["caps_hit"]:
-        out += ["", "Caps hit"]
-        out += [f"  {c['rule']} line {c['line']}: {c['reason']} × {c['times']}" for c in report["caps_hit"]]
-    if report["budgets"]:
-        out += ["", "Budgets"]
-        for b in report["budgets"]:
-            used = ", ".join(f"{key}: {value}" for key, value in b["used"].items()) or "nothing used"
-            out.append(f"  {b['rule']} ({b['budget']} per {b['budget_period'] or 'life'}): {used}; "
-                       f"{b['lines_limited']} line(s) limited")  # fmt: skip
-    return out
+            self.stdout.write("\n".join(report_lines(report)))
