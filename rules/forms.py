@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from .engine import EventInput
-from .models import EVENT_TYPE_PATTERN, RewardLine, Rule
+from .models import EVENT_TYPE_PATTERN, BudgetPolicy, RewardLine, Rule
 
 MAX_IMPORT_FILE_BYTES = 5 * 1024 * 1024
 
@@ -51,6 +51,14 @@ class RuleAdminForm(forms.ModelForm):
             "description": forms.Textarea(attrs={"rows": 3, "cols": 80}),
         }
         help_texts = {"condition": EXPRESSION_HELP["condition"]}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Optional as in a rules file (SPEC §6): a form that leaves it out gets the default.
+        self.fields["budget_policy"].required = False
+
+    def clean_budget_policy(self):
+        return self.cleaned_data.get("budget_policy") or BudgetPolicy.PARTIAL
 
 
 class RewardLineForm(forms.ModelForm):
