@@ -31,6 +31,7 @@ from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
 from rules import engine
 from rules.admin import SimulationWorld, simulation_world_register
+from rules.budgets import budget_used_without_lock, period_count_without_lock
 from rules.models import RuleVersion
 
 from .dispatch import channel_problems, reward_action_cancel, reward_action_retry
@@ -486,7 +487,12 @@ def simulation_world(event: engine.EventInput):
                 notes.append("This event changes no profile.")
             reader = ProfileReader()
             yield SimulationWorld(
-                profile=reader.profile, upline=reader.upline, granted_count=_granted_without_lock, notes=notes
+                profile=reader.profile,
+                upline=reader.upline,
+                granted_count=_granted_without_lock,
+                notes=notes,
+                period_count=period_count_without_lock,
+                budget_used=budget_used_without_lock,
             )
         finally:
             transaction.set_rollback(True)

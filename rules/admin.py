@@ -122,6 +122,9 @@ class SimulationWorld:
     upline: Callable[[str, int], str | None]
     granted_count: Callable[[int, str], int]
     notes: list[str] = field(default_factory=list)
+    # Periodic caps and budgets as the counters hold them (default: nothing counted yet).
+    period_count: Callable[[int, str, str], int] = lambda line_id, target, key: 0
+    budget_used: Callable[[int, str], int] = lambda rule_id, key: 0
 
 
 SimulationProvider = Callable[[engine.EventInput], AbstractContextManager[SimulationWorld]]
@@ -195,6 +198,8 @@ def simulate(event: engine.EventInput) -> Simulation:
                         profile=world.profile,
                         upline=world.upline,
                         granted_count=world.granted_count,
+                        period_count=world.period_count,
+                        budget_used=world.budget_used,
                     )
                 except engine.RuleEvaluationFailed as exc:
                     plan, failure = None, f"Rule '{exc.rule_code}' could not be evaluated: {exc.message}"

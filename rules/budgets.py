@@ -166,5 +166,19 @@ def budget_status(*, rule: Rule, moment: datetime | None = None) -> BudgetStatus
     return BudgetStatus(budget=rule.budget, period_key=key, used=used)
 
 
+def budget_used_without_lock(rule_id: int, key: str) -> int:
+    """What a budget counter holds, read without locking (the simulator: never waits on a writer)."""
+    return BudgetCounter.objects.filter(rule_id=rule_id, period_key=key).values_list("used", flat=True).first() or 0
+
+
+def period_count_without_lock(line_id: int, target_user_id: str, key: str) -> int:
+    return (
+        PeriodGrant.objects.filter(reward_line_id=line_id, target_user_id=target_user_id, period_key=key)
+        .values_list("count", flat=True)
+        .first()
+        or 0
+    )
+
+
 def line_has_period_cap(line: RewardLine) -> bool:
     return line.max_per_target_per_period is not None and bool(line.period)
