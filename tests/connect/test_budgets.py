@@ -183,3 +183,20 @@ def test_over_http_a_budgeted_rule_pays_partially_and_the_trace_says_so(budgeted
     assert [[a["amount"] for a in b.json()["reward_actions"]] for b in bodies] == [[10], [5], []]
     trace = api.get(f"/api/v1/events/{bodies[1].json()['id']}/trace").json()
     assert trace["rules"][0]["lines"][0]["result"] == "budget_partial:5"
+
+
+def test_a_whole_reversal_counts_an_action_out_of_its_budget_and_every_cap(make_rule):
+    from connect.counters import reward_action_counters_refund
+
+    make_rule("badge_once", "shop.bought", [
+        {"target": "actor", "reward_type": "points", "amount": "10", "max_per_target": 1,
+         "max_per_target_per_period": 1, "period": "day"},
+    ], budget=10)  # fmt: skip
+    [action] = _ingest(1).actions
+    assert _line_results(_ingest(2)) == ["cap_reached"]
+
+    reward_action_counters_refund(action=action, amount=4, whole=False)
+    assert _line_results(_ingest(3)) == ["cap_reached"]  # a partial reversal keeps the action counted
+
+    reward_action_counters_refund(action=action, amount=6, whole=True)
+    assert _paid(_ingest(4)) == [10] and _line_results(_ingest(5)) == ["cap_reached"]
