@@ -25,6 +25,7 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from . import engine
 from .budgets import budget_status
+from .drafts import drafts_of_rule
 from .expressions import ProfileView
 from .forms import (
     ImportConfirmForm,
@@ -432,10 +433,16 @@ class RuleAdmin(SimpleHistoryAdmin):
             if str(object_id).isdigit()
             else []
         )
+        rule = Rule.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+        drafts = {
+            draft.published_version: draft
+            for draft in (drafts_of_rule(code=rule.code).filter(status="published") if rule else [])
+        }
         diffs = [
             {
                 "version": version,
                 "diff": json_diff(older.snapshot if older else None, version.snapshot),
+                "draft": drafts.get(version.version),
             }
             for version, older in zip(versions, [*versions[1:], None], strict=True)
         ]

@@ -200,3 +200,15 @@ def test_a_whole_reversal_counts_an_action_out_of_its_budget_and_every_cap(make_
 
     reward_action_counters_refund(action=action, amount=6, whole=True)
     assert _paid(_ingest(4)) == [10] and _line_results(_ingest(5)) == ["cap_reached"]
+
+
+def test_rules_need_counters_only_with_a_budget_or_a_cap(make_rule):
+    from rules.budgets import rules_need_counters
+
+    plain = make_rule("plain", "a.b", [{"target": "actor", "reward_type": "points", "amount": "1"}])
+    budget = make_rule("budget", "a.b", [{"target": "actor", "reward_type": "points", "amount": "1"}], budget=5)
+    capped = make_rule("capped", "a.b", [{"target": "actor", "reward_type": "points", "amount": "1",
+                                          "max_per_target_per_period": 1, "period": "day"}])  # fmt: skip
+
+    assert not rules_need_counters([plain])
+    assert rules_need_counters([plain, budget]) and rules_need_counters([capped])

@@ -141,3 +141,18 @@ def test_in_admin_the_author_s_approval_is_refused_and_another_editor_s_accepted
     client.post("/admin/rules/ruledraft/", {"action": "publish_selected", "_selected_action": [draft.pk]})
     draft.refresh_from_db()
     assert (draft.approved_by, draft.status, draft.published_version) == (bob, "published", 1)
+
+
+def test_the_rule_history_names_the_author_and_the_approver_of_a_published_draft(client, settings, editors):
+    settings.RULES_REQUIRE_APPROVAL = True
+    ann, bob = editors
+    draft = draft_create(data=_rule("30"), author=ann)
+    draft_approve(draft_id=draft.pk, user=bob)
+    _, rule = draft_publish(draft_id=draft.pk, user=bob)
+    bob.is_staff = bob.is_superuser = True
+    bob.save()
+    client.force_login(bob)
+
+    page = client.get(f"/admin/rules/rule/{rule.pk}/history/").content.decode()
+
+    assert "draft by ann, approved by bob" in page
