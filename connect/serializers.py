@@ -266,7 +266,7 @@ class EventTraceOut(serializers.Serializer):
     """The decision stored with an event (SPEC §15)."""
 
     event_id = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=EconomicEvent.Status.choices)
+    status = serializers.CharField(help_text="The event's status: processed, ignored or failed.")
     rules = TraceRuleOut(many=True, help_text="Each active rule of the event's type, in the order they ran.")
     profile_changes = ProfileChangeOut(many=True, help_text="What the event changed in user profiles.")
     released_actions = serializers.ListField(
