@@ -212,3 +212,23 @@ def test_rules_need_counters_only_with_a_budget_or_a_cap(make_rule):
 
     assert not rules_need_counters([plain])
     assert rules_need_counters([plain, budget]) and rules_need_counters([capped])
+
+
+def test_over_http_a_skip_budget_and_a_daily_cap_refuse_with_their_reasons(make_rule, api_for):
+    make_rule("skipper", "shop.bought", [{"target": "actor", "reward_type": "points", "amount": "context.amount"}],
+              budget=15, budget_policy="skip")  # fmt: skip
+    make_rule("daily", "shop.bought", [{"target": "actor", "reward_type": "nft", "params": {"badge_type": "d"},
+                                        "max_per_target_per_period": 1, "period": "day"}])  # fmt: skip
+    api = api_for("shop", ["events:write", "events:read"])
+
+    def post(n):
+        body = {"external_id": f"s-{n}", "event_type": "shop.bought", "source_service": "shop",
+                "actor_user_id": "alice", "context": {"amount": 10}, "occurred_at": "2026-12-07T10:00:00Z"}  # fmt: skip
+        response = api.post("/api/v1/events", body, format="json")
+        assert response.status_code == 201
+        trace = api.get(f"/api/v1/events/{response.json()['id']}/trace").json()
+        actions = sorted((a["reward_type"], a["amount"]) for a in response.json()["reward_actions"])
+        return actions, {rule["rule"]: rule["lines"][0]["result"] for rule in trace["rules"]}
+
+    assert post(1) == ([("nft", 1), ("points", 10)], {"skipper": "fired", "daily": "fired"})
+    assert post(2) == ([], {"skipper": "budget_exhausted", "daily": "period_cap_reached"})

@@ -161,6 +161,7 @@ def test_a_rule_that_fails_stores_the_event_failed_and_no_action(make_rule):
     stored = EconomicEvent.objects.get(pk=result.event.pk)
     assert stored.status == "failed" and "divides" in stored.error
     assert not RewardAction.objects.filter(event=stored).exists()
+    assert [(rule["rule"], rule["result"]) for rule in stored.trace["rules"]] == [("divides", "error")]
 
 
 @pytest.mark.usefixtures("demo_rules")
