@@ -124,6 +124,17 @@ def _targets(results: dict) -> list[dict]:
             per_round=_per_round(rules[1000], rules[10]),
             by_cost=_by_cost(rules[1000], rules[10]),
         )
+    backtest = results.get("backtest")
+    if backtest:
+        per_100k = None if not backtest["events_per_s"] else 100_000 / backtest["events_per_s"]
+        targets.append(
+            {
+                "target": "100,000 stored events backtested, s (from events/s; no difference with what was stored)",
+                "measured": per_100k,
+                "under": 60,
+                "met": per_100k is not None and per_100k < 60 and backtest["events_differing"] == 0,
+            }
+        )
     return targets
 
 
@@ -228,6 +239,13 @@ def table(results: dict) -> str:
                 item["p99_ms"], item["errors"], _ratio(item["rps"], rules[RULE_COUNTS[0]]["rps"]),
                 item["web_cpu_ms_per_request"], item.get("host_cpu_ms_per_request"))  # fmt: skip
     out.append("")
+    backtest = results.get("backtest")
+    if backtest:
+        out.append(
+            f"Backtest: {backtest['events']} stored events in {_fmt(backtest['seconds'])} s "
+            f"({_fmt(backtest['events_per_s'])} events/s), {backtest['events_differing']} differing from stored"
+        )
+        out.append("")
     mem = results.get("memory") or {}
     if "web" in mem:
         out.append(
@@ -272,7 +290,8 @@ def table(results: dict) -> str:
     return "\n".join(out)
 
 
-PHASES = ("pgbench", "ledger", "http", "e2e", "rules")
+PHASES = ("pgbench", "ledger", "http", "e2e", "rules", "backtest")
+BACKTEST_EVENTS = 100_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
     django_setup()
     from .app import app_prepare
+    from .backtest import backtest_measure
     from .e2e import dispatch_backlog_measure, e2e_measure
     from .http import gunicorn_start, wrk_run
     from .ledger import SCENARIOS, ledger_measure
@@ -373,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             results["rules"] = rules_scaling_measure(
                 server=server, key=key, counts=RULE_COUNTS, seconds=durations["rules"], connections=connections
             )
+        if "backtest" in phases:
+            results["backtest"] = backtest_measure(events=BACKTEST_EVENTS // (10 if args.quick else 1))
         if server is not None:
             results["memory"]["web"] = server.process.memory_summary()
     finally:

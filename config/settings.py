@@ -237,6 +237,12 @@ PROFILE_PRO_EVENT_TYPES = env.list(
 CONNECT_LEDGER_SOURCE = env.str("CONNECT_LEDGER_SOURCE", default="connect")
 # Each process reuses the active rules of an event type this long (0: off): saves two queries per event.
 RULES_CACHE_SECONDS = env.float("RULES_CACHE_SECONDS", default=2.0)
+# Calendar days, weeks (from Monday 00:00) and months of budgets and periodic caps are this zone's.
+PROGRAM_TIME_ZONE = env.str("PROGRAM_TIME_ZONE", default="UTC")
+# On: a rule draft is published only after a rule editor other than its author approves it.
+RULES_REQUIRE_APPROVAL = env.bool("RULES_REQUIRE_APPROVAL", default=False)
+# How many backtest reports the admin keeps (older ones are deleted when a new one starts).
+BACKTEST_KEEP_REPORTS = env.int("BACKTEST_KEEP_REPORTS", default=20)
 
 # --- Ledger
 POINTS_DEFAULT_HOLD_SECONDS = env.int("POINTS_DEFAULT_HOLD_SECONDS", default=15 * 60)

@@ -26,10 +26,12 @@ from django.utils.http import urlencode
 
 from config.admin_base import ReadOnlyModelAdmin
 from config.api.errors import DomainError
+from connect.trace import trace_html
 from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
 from rules import engine
 from rules.admin import SimulationWorld, simulation_world_register
+from rules.budgets import budget_used_without_lock, period_count_without_lock
 from rules.models import RuleVersion
 
 from .channels import channel_problems
@@ -140,9 +142,14 @@ class EconomicEventAdmin(ReadOnlyAdmin):
         "status",
         "error",
         "payload",
+        "decision",
     )
     readonly_fields = fields
     inlines = [RewardActionInline]
+
+    @admin.display(description="Decision (why it got what it got)")
+    def decision(self, obj: EconomicEvent):
+        return trace_html(obj.trace)
 
     @admin.display(description="Payload (as received)")
     def payload(self, obj: EconomicEvent):
@@ -481,7 +488,12 @@ def simulation_world(event: engine.EventInput):
                 notes.append("This event changes no profile.")
             reader = ProfileReader()
             yield SimulationWorld(
-                profile=reader.profile, upline=reader.upline, granted_count=_granted_without_lock, notes=notes
+                profile=reader.profile,
+                upline=reader.upline,
+                granted_count=_granted_without_lock,
+                notes=notes,
+                period_count=period_count_without_lock,
+                budget_used=budget_used_without_lock,
             )
         finally:
             transaction.set_rollback(True)
@@ -647,3 +659,6 @@ def dashboard_data(*, now=None) -> dict:
             for account in largest
         ],
     }
+
+
+from . import admin_backtest  # noqa: E402,F401  (registers the backtest admin)

@@ -89,6 +89,22 @@ class EventDetailView(ApiView):
         return Response(serializers.EventOut(event).data)
 
 
+class EventTraceView(ApiView):
+    required_scope = "events:read"
+
+    @extend_schema(
+        summary="Why an event got what it got (its decision trace)",
+        parameters=[_uuid_path("event_id", "event")],
+        responses={200: serializers.EventTraceOut, **error_responses(*COMMON_ERRORS, 404)},
+        tags=["events"],
+    )
+    def get(self, request, event_id):
+        event = selectors.event_get(event_id=event_id)
+        if event is None:
+            raise NotFound("No such event.")
+        return Response(serializers.event_trace_data(event))
+
+
 class RewardActionListView(ApiView):
     required_scope = "events:read"
     pagination_class = NewestFirstCursorPagination

@@ -27,6 +27,8 @@ class EconomicEvent(models.Model):
     error = models.TextField(blank=True, default="")
     # Fingerprint of the caller's payload: a replay is told from a conflicting reuse of the id.
     payload_hash = models.CharField(max_length=64)
+    # Why the event got what it got (SPEC §15), as ``connect.trace.trace_document`` builds it.
+    trace = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [
@@ -108,6 +110,11 @@ class RewardAction(models.Model):
     cancelled_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # The counters this action was counted in, so a reversal can count it back (rules.budgets):
+    # its rule's budget period ("" when not charged to a budget; the charge is the amount) and its
+    # line's max_per_target_per_period period ("" when the line has none).
+    budget_period_key = models.CharField(max_length=20, blank=True, default="")
+    cap_period_key = models.CharField(max_length=20, blank=True, default="")
 
     class Meta:
         indexes = [
@@ -143,3 +150,42 @@ class RewardGrant(models.Model):
 
     def __str__(self) -> str:
         return f"line {self.reward_line_id} → {self.target_user_id}: {self.count}"
+
+
+class BacktestRun(models.Model):
+    """One backtest (SPEC §15): rules (a draft, or a file) replayed over a period of stored events.
+
+    The report is the only thing a backtest writes; the admin keeps the last BACKTEST_KEEP_REPORTS.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    draft = models.ForeignKey("rules.RuleDraft", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    rules = models.JSONField(help_text='The rules file replayed: {"rules": [...]}.')
+    since = models.DateTimeField()
+    until = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    processed = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+
+    def __str__(self) -> str:
+        return f"backtest {self.since:%Y-%m-%d}..{self.until:%Y-%m-%d} ({self.status})"
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        return int(100 * self.processed / self.total) if self.total else 0

@@ -91,17 +91,20 @@ def _is_first_level(context: dict) -> bool:
     return level is None or (not isinstance(level, bool) and level == 1)
 
 
-def profile_apply(*, event: EconomicEvent) -> list[str]:
+def profile_apply(*, event: EconomicEvent, changes: list[dict] | None = None) -> list[str]:
     """Apply the event to the profiles; returns ids of locked actions it released to ``pending``.
 
     Caller holds the event's transaction; the released actions must be enqueued after commit.
+    ``changes``, when given, receives one ``{"user_id", "field", "from", "to"}`` per profile field
+    the event changed (for its decision trace).
     """
     event_type = event.event_type
     actor = event.actor_user_id
     if event_type in settings.PROFILE_SPONSOR_EVENT_TYPES:
         sponsor = event.primary_subject_user_id
         if sponsor and sponsor != actor and _is_first_level(event.context):
-            _sponsor_record(user_id=actor, sponsor_id=sponsor)
+            if _sponsor_record(user_id=actor, sponsor_id=sponsor) and changes is not None:
+                changes.append({"user_id": actor, "field": "sponsor", "from": None, "to": sponsor})
     upgrade = {}
     if event_type in settings.PROFILE_VIP_EVENT_TYPES:
         upgrade["is_vip"] = True
@@ -109,26 +112,34 @@ def profile_apply(*, event: EconomicEvent) -> list[str]:
         upgrade["is_pro"] = True
     if upgrade:
         upgrade_lock(actor, exclusive=True)
-        UserProfile.objects.get_or_create(user_id=actor)
+        before, _ = UserProfile.objects.get_or_create(user_id=actor)
+        if changes is not None:
+            changes += [
+                {"user_id": actor, "field": name, "from": False, "to": True}
+                for name in upgrade
+                if not getattr(before, name)
+            ]
         UserProfile.objects.filter(user_id=actor).update(**upgrade, updated_at=timezone.now())
         return locked_release(user_id=actor)
     return []
 
 
-def _sponsor_record(*, user_id: str, sponsor_id: str) -> None:
-    """The first sponsor recorded stays; a sponsor that would close a cycle is ignored."""
+def _sponsor_record(*, user_id: str, sponsor_id: str) -> bool:
+    """The first sponsor recorded stays; a sponsor that would close a cycle is ignored. Returns
+    whether this call recorded it."""
     reader = ProfileReader()
     ancestor = sponsor_id
     for _ in range(MAX_UPLINE_DEPTH):
         if ancestor == user_id:
-            return
+            return False
         ancestor = reader.upline(ancestor, 1)
         if ancestor is None:
             break
     UserProfile.objects.get_or_create(user_id=user_id)
-    UserProfile.objects.filter(user_id=user_id, sponsor_id__isnull=True).update(
+    updated = UserProfile.objects.filter(user_id=user_id, sponsor_id__isnull=True).update(
         sponsor_id=sponsor_id, updated_at=timezone.now()
     )
+    return updated > 0
 
 
 def locked_release(*, user_id: str) -> list[str]:

@@ -13,6 +13,10 @@ def event_with_actions(*, event_id) -> EconomicEvent | None:
     )
 
 
+def event_get(*, event_id) -> EconomicEvent | None:
+    return EconomicEvent.objects.filter(pk=event_id).first()
+
+
 def actions_in_read_order(actions: list[RewardAction]) -> list[RewardAction]:
     """Actions just stored, in the order ``event_with_actions`` reads an event's actions back."""
     return sorted(actions, key=lambda action: (action.created_at, action.pk))

@@ -166,3 +166,59 @@ class RewardActionFilter(serializers.Serializer):
     status = serializers.ChoiceField(choices=RewardAction.Status.choices, required=False)
     reward_type = serializers.ChoiceField(choices=RewardAction.RewardType.choices, required=False)
     event_id = StrictUUIDField(required=False)
+
+
+class TraceLineOut(serializers.Serializer):
+    position = serializers.IntegerField(help_text="The reward line's position in its rule.")
+    reward_type = serializers.CharField()
+    target = serializers.CharField(allow_null=True, help_text="The user the line's target gave, if any.")
+    amount = serializers.IntegerField(allow_null=True, help_text="What the line paid (or would have).")
+    result = serializers.CharField(
+        help_text="fired, no_target, amount_not_positive, cap_reached, period_cap_reached, budget_exhausted, "
+        "budget_partial:<paid>, locked:<condition>."
+    )
+    detail = serializers.CharField(help_text="The same, for people.")
+
+
+class TraceRuleOut(serializers.Serializer):
+    rule = serializers.CharField(help_text="The rule's code.")
+    version = serializers.IntegerField()
+    result = serializers.CharField(
+        help_text="matched, condition_false, outside_window, stopped_by:<rule code>, or error."
+    )
+    detail = serializers.CharField(help_text="The same, for people.")
+    lines = TraceLineOut(many=True)
+
+
+class ProfileChangeOut(serializers.Serializer):
+    user_id = serializers.CharField()
+    field = serializers.CharField(help_text="sponsor, is_vip or is_pro.")
+    to = serializers.JSONField(help_text="The new value.")
+
+    def get_fields(self):
+        fields = super().get_fields()
+        fields["from"] = serializers.JSONField(help_text="The value before.")
+        return fields
+
+
+class EventTraceOut(serializers.Serializer):
+    """The decision stored with an event (SPEC §15)."""
+
+    event_id = serializers.UUIDField()
+    status = serializers.CharField(help_text="The event's status: processed, ignored or failed.")
+    rules = TraceRuleOut(many=True, help_text="Each active rule of the event's type, in the order they ran.")
+    profile_changes = ProfileChangeOut(many=True, help_text="What the event changed in user profiles.")
+    released_actions = serializers.ListField(
+        child=serializers.UUIDField(), help_text="Locked reward actions this event released to pending."
+    )
+
+
+def event_trace_data(event: EconomicEvent) -> dict:
+    trace = event.trace or {}
+    return {
+        "event_id": _text(event.id),
+        "status": _text(event.status),
+        "rules": trace.get("rules", []),
+        "profile_changes": trace.get("profile_changes", []),
+        "released_actions": trace.get("released_actions", []),
+    }

@@ -15,11 +15,13 @@ from config.api.errors import IdempotencyConflict
 from config.db import insert_rows, insert_unless_conflict, insert_with_dependents_unless_conflict, update_columns
 from config.metrics import EVENTS_INGESTED
 from rules import engine
+from rules.budgets import CounterLocks
 from rules.selectors import rules_cache_clear, rules_for_event_type
 
 from .doorbell import doorbell_ring_on_commit
 from .models import EconomicEvent, RewardAction, RewardGrant
 from .profiles import ProfileReader, profile_apply
+from .trace import trace_document
 
 logger = logging.getLogger("connect.ingest")
 
@@ -84,9 +86,9 @@ def _event_stored(event: EconomicEvent) -> EconomicEvent:
 
 
 def _status_set(event: EconomicEvent, status: str, error: str = "") -> None:
-    """Replace the provisional ``processed`` the claim stored."""
+    """Replace the provisional ``processed`` the claim stored, and store the event's trace."""
     event.status, event.error = status, error
-    update_columns(event, ["status", "error"])
+    update_columns(event, ["status", "error", "trace"])
 
 
 class _GrantCounter:
@@ -188,7 +190,7 @@ def _plan_without_locks(
     """The plan as it is when no once-only reward was granted yet and profiles are read unlocked; or
     the evaluation failure, which fails the event whatever the locks."""
     try:
-        return _plan(event, rules, reader, granted_count=_none_granted, lock_profile=reader.profile)
+        return _plan(event, rules, reader, granted_count=_none_granted, lock_profile=reader.profile, counters=None)
     except engine.RuleEvaluationFailed as failure:
         return failure
 
@@ -199,11 +201,16 @@ def _none_granted(line_id: int, target_user_id: str) -> int:
 
 def _holds_a_lock(planned) -> bool:
     """True when the plan has an action that must hold a lock until the commit: one of a once-only
-    line (its grant counter row) or of a line with a lock condition (the target's upgrade lock,
-    ``profiles.upgrade_lock``). Such an event is planned again on the transactional path."""
+    line (its grant counter row), of a budgeted rule or a periodically capped line (their counter
+    rows, ``rules.budgets``) or of a line with a lock condition (the target's upgrade lock,
+    ``profiles.upgrade_lock``). Such an event is planned again on the transactional path; planned
+    without counters, the plan holds every action the counters could allow."""
     if isinstance(planned, engine.RuleEvaluationFailed):
         return False
-    return any(action.max_per_target is not None or action.lock_condition for action in planned.actions)
+    return any(
+        action.max_per_target is not None or action.lock_condition or action.budget_key or action.cap_period_key
+        for action in planned.actions
+    )
 
 
 def _ingest_in_one_statement(*, event: EconomicEvent, rules, planned) -> IngestResult:
@@ -213,8 +220,10 @@ def _ingest_in_one_statement(*, event: EconomicEvent, rules, planned) -> IngestR
     reads them (READ COMMITTED)."""
     if isinstance(planned, engine.RuleEvaluationFailed):
         event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(planned)
+        event.trace = trace_document(rules=planned.trace)
         actions = []
     else:
+        event.trace = trace_document(rules=planned.trace)
         actions = _actions_from(event, planned)
         if not actions:
             event.status = EconomicEvent.Status.IGNORED
@@ -231,12 +240,15 @@ def _ingest_in_transaction(*, client_name: str, data: dict, rules) -> IngestResu
     if not created:
         return IngestResult(event=event, replayed=True)
 
-    to_dispatch = profile_apply(event=event)
+    profile_changes: list[dict] = []
+    to_dispatch = profile_apply(event=event, changes=profile_changes)
     reader = ProfileReader()
     grants = _GrantCounter()
+    counters = CounterLocks()
     try:
-        plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile)
+        plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile, counters=counters)
     except engine.RuleEvaluationFailed as failure:
+        event.trace = trace_document(rules=failure.trace, profile_changes=profile_changes, released_actions=to_dispatch)
         _status_set(event, EconomicEvent.Status.FAILED, _failure_message(failure))
         doorbell_ring_on_commit(to_dispatch)
         _record(event, 0, has_rules=True)
@@ -245,15 +257,18 @@ def _ingest_in_transaction(*, client_name: str, data: dict, rules) -> IngestResu
     actions = _actions_from(event, plan)
     insert_rows(actions)
     grants.record(plan.actions)
-    if not actions:
-        _status_set(event, EconomicEvent.Status.IGNORED)
+    counters.record(plan.actions)
+    event.trace = trace_document(rules=plan.trace, profile_changes=profile_changes, released_actions=to_dispatch)
+    _status_set(event, EconomicEvent.Status.PROCESSED if actions else EconomicEvent.Status.IGNORED)
     to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
     doorbell_ring_on_commit(to_dispatch)
     _record(event, len(actions), has_rules=bool(rules))
     return IngestResult(event=event, replayed=False, actions=actions)
 
 
-def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count, lock_profile) -> engine.Plan:
+def _plan(
+    event: EconomicEvent, rules, reader: ProfileReader, *, granted_count, lock_profile, counters: CounterLocks | None
+) -> engine.Plan:
     return engine.plan(
         event=engine.EventInput(
             event_type=event.event_type,
@@ -268,6 +283,8 @@ def _plan(event: EconomicEvent, rules, reader: ProfileReader, *, granted_count, 
         upline=reader.upline,
         granted_count=granted_count,
         lock_profile=lock_profile,
+        period_count=counters.period_count if counters else None,
+        budget_used=counters.budget_used if counters else None,
     )
 
 
@@ -291,6 +308,8 @@ def _actions_from(event: EconomicEvent, plan: engine.Plan) -> list[RewardAction]
             status=RewardAction.Status.LOCKED if planned.locked else RewardAction.Status.PENDING,
             locked_until_condition=planned.lock_condition if planned.locked else "",
             next_attempt_at=None if planned.locked else now,
+            budget_period_key=planned.budget_key,
+            cap_period_key=planned.cap_period_key,
             created_at=now,
             updated_at=now,
         )

@@ -48,3 +48,11 @@ def _parsed(action_id) -> uuid.UUID | None:
         return uuid.UUID(str(action_id))
     except ValueError:
         return None
+
+
+@shared_task(acks_late=False, ignore_result=True, soft_time_limit=3600, time_limit=3700)
+def backtest_execute_task(run_id: str) -> None:
+    """Run one backtest an admin started (connect.backtest_runs); a no-op unless it is still queued."""
+    from .backtest_runs import backtest_execute
+
+    backtest_execute(run_id=run_id)

@@ -59,6 +59,9 @@ ROLE_PERMISSIONS: dict[str, list[PermissionSpec]] = {
         _default("view", "rules", "ruleversion", "rule version"),
         _default("view", "rules", "historicalrule", "historical rule"),
         _default("view", "rules", "historicalrewardline", "historical reward line"),
+        *_all("rules", "ruledraft", "rule draft"),
+        _default("add", "connect", "backtestrun", "backtest run"),
+        _default("view", "connect", "backtestrun", "backtest run"),
         *_OPERATIONS_VIEW,
     ],
     FINANCE: [

@@ -24,6 +24,8 @@ from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
 from . import engine
+from .budgets import budget_status
+from .drafts import drafts_of_rule
 from .expressions import ProfileView
 from .forms import (
     ImportConfirmForm,
@@ -121,6 +123,9 @@ class SimulationWorld:
     upline: Callable[[str, int], str | None]
     granted_count: Callable[[int, str], int]
     notes: list[str] = field(default_factory=list)
+    # Periodic caps and budgets as the counters hold them (default: nothing counted yet).
+    period_count: Callable[[int, str, str], int] = lambda line_id, target, key: 0
+    budget_used: Callable[[int, str], int] = lambda rule_id, key: 0
 
 
 SimulationProvider = Callable[[engine.EventInput], AbstractContextManager[SimulationWorld]]
@@ -194,6 +199,8 @@ def simulate(event: engine.EventInput) -> Simulation:
                         profile=world.profile,
                         upline=world.upline,
                         granted_count=world.granted_count,
+                        period_count=world.period_count,
+                        budget_used=world.budget_used,
                     )
                 except engine.RuleEvaluationFailed as exc:
                     plan, failure = None, f"Rule '{exc.rule_code}' could not be evaluated: {exc.message}"
@@ -221,7 +228,17 @@ class RewardLineInline(admin.TabularInline):
     model = RewardLine
     form = RewardLineForm
     formset = RewardLineInlineFormSet
-    fields = ("position", "target", "reward_type", "amount", "params", "lock_condition", "max_per_target")
+    fields = (
+        "position",
+        "target",
+        "reward_type",
+        "amount",
+        "params",
+        "lock_condition",
+        "max_per_target",
+        "max_per_target_per_period",
+        "period",
+    )
     extra = 0
     min_num = 1
 
@@ -247,18 +264,24 @@ class RuleAdmin(SimpleHistoryAdmin):
         "valid_from",
         "valid_until",
         "version",
+        "budget_this_period",
         "updated_at",
     )
     list_filter = ("event_type", "is_active", "stop_processing")
     search_fields = ("code", "name")
     ordering = ("event_type", "priority", "code")
-    readonly_fields = ("version", "versions_link", "created_at", "updated_at")
+    readonly_fields = ("version", "versions_link", "created_at", "updated_at", "budget_this_period")
     fieldsets = (
         (None, {"fields": ("code", "name", "description", "event_type", "condition")}),
         ("Order and validity", {"fields": ("priority", "stop_processing", "is_active", "valid_from", "valid_until")}),
+        ("Budget", {"fields": ("budget", "budget_period", "budget_policy", "budget_this_period")}),
         ("Versions", {"fields": ("version", "versions_link", "created_at", "updated_at")}),
     )
-    actions = ["export_selected", "enable_selected", "disable_selected"]
+    actions = ["export_selected", "enable_selected", "disable_selected", "draft_selected"]
+
+    @admin.display(description="Budget used / left (this period)")
+    def budget_this_period(self, obj: Rule):
+        return budget_status_text(obj)
 
     @admin.display(description="Stored versions")
     def versions_link(self, obj: Rule):
@@ -291,6 +314,13 @@ class RuleAdmin(SimpleHistoryAdmin):
                 changed += 1
         word = "Enabled" if active else "Disabled"
         messages.success(request, f"{word} {changed} rule(s); each change is a new version.")
+
+    @admin.action(description="Start a draft from each selected rule", permissions=["change"])
+    def draft_selected(self, request, queryset):
+        from .drafts import draft_from_rule
+
+        drafts = [draft_from_rule(rule=rule, author=request.user) for rule in queryset.prefetch_related("rewards")]
+        messages.success(request, f"Started {len(drafts)} draft(s); edit, backtest and publish them under Rule drafts.")
 
     @admin.action(description="Enable selected rules", permissions=["change"])
     def enable_selected(self, request, queryset):
@@ -403,15 +433,28 @@ class RuleAdmin(SimpleHistoryAdmin):
             if str(object_id).isdigit()
             else []
         )
+        rule = Rule.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+        drafts = {
+            draft.published_version: draft
+            for draft in (drafts_of_rule(code=rule.code).filter(status="published") if rule else [])
+        }
         diffs = [
             {
                 "version": version,
                 "diff": json_diff(older.snapshot if older else None, version.snapshot),
+                "draft": drafts.get(version.version),
             }
             for version, older in zip(versions, [*versions[1:], None], strict=True)
         ]
         extra_context = {"version_diffs": diffs, **(extra_context or {})}
         return super().history_view(request, object_id, extra_context)
+
+
+def budget_status_text(rule: Rule) -> str:
+    status = budget_status(rule=rule) if rule.pk is not None else None
+    if status is None:
+        return "—"
+    return f"{status.used} used, {status.left} left of {status.budget} ({status.period_key})"
 
 
 @admin.register(RuleVersion)
@@ -446,3 +489,6 @@ class RuleVersionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+from . import admin_drafts  # noqa: E402,F401  (registers the draft admin)

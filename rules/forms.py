@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from .engine import EventInput
-from .models import EVENT_TYPE_PATTERN, RewardLine, Rule
+from .models import EVENT_TYPE_PATTERN, BudgetPolicy, RewardLine, Rule
 
 MAX_IMPORT_FILE_BYTES = 5 * 1024 * 1024
 
@@ -42,6 +42,9 @@ class RuleAdminForm(forms.ModelForm):
             "is_active",
             "valid_from",
             "valid_until",
+            "budget",
+            "budget_period",
+            "budget_policy",
         )
         widgets = {
             "condition": forms.Textarea(attrs={"rows": 2, "cols": 80, **_CODE_ATTRS}),
@@ -49,17 +52,36 @@ class RuleAdminForm(forms.ModelForm):
         }
         help_texts = {"condition": EXPRESSION_HELP["condition"]}
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Optional as in a rules file (SPEC §6): a form that leaves it out gets the default.
+        self.fields["budget_policy"].required = False
+
+    def clean_budget_policy(self):
+        return self.cleaned_data.get("budget_policy") or BudgetPolicy.PARTIAL
+
 
 class RewardLineForm(forms.ModelForm):
     class Meta:
         model = RewardLine
-        fields = ("position", "target", "reward_type", "amount", "params", "lock_condition", "max_per_target")
+        fields = (
+            "position",
+            "target",
+            "reward_type",
+            "amount",
+            "params",
+            "lock_condition",
+            "max_per_target",
+            "max_per_target_per_period",
+            "period",
+        )
         widgets = {
             "position": forms.NumberInput(attrs={"style": "width: 4em"}),
             "target": forms.TextInput(attrs={"size": 28, **_CODE_ATTRS}),
             "amount": forms.TextInput(attrs={"size": 36, **_CODE_ATTRS}),
             "params": forms.Textarea(attrs={"rows": 1, "cols": 28, **_CODE_ATTRS}),
             "max_per_target": forms.NumberInput(attrs={"style": "width: 5em"}),
+            "max_per_target_per_period": forms.NumberInput(attrs={"style": "width: 5em"}),
         }
         help_texts = {"target": EXPRESSION_HELP["target"], "amount": EXPRESSION_HELP["amount"]}
 

@@ -60,6 +60,17 @@ def lock_satisfied(lock_condition: str, profile: ProfileView | None) -> bool:
     return bool(profile.is_pro)
 
 
+class Period(models.TextChoices):
+    DAY = "day", "Day"
+    WEEK = "week", "Week (ISO, from Monday)"
+    MONTH = "month", "Month"
+
+
+class BudgetPolicy(models.TextChoices):
+    PARTIAL = "partial", "Partial: pay what is left"
+    SKIP = "skip", "Skip: pay nothing"
+
+
 class Rule(models.Model):
     code = models.SlugField(max_length=100, unique=True, help_text="Stable identifier, e.g. quest_completed_rewards.")
     name = models.CharField(max_length=200)
@@ -78,6 +89,25 @@ class Rule(models.Model):
     valid_until = models.DateTimeField(null=True, blank=True, help_text="Applies to events before this moment.")
     stop_processing = models.BooleanField(
         default=False, help_text="When this rule matches, no lower-priority rule of the same event runs."
+    )
+    budget = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Most points this rule's points lines may pay (ever, or per budget period). Empty: no budget.",
+    )
+    budget_period = models.CharField(
+        max_length=5,
+        choices=Period.choices,
+        null=True,
+        blank=True,
+        help_text="Calendar period the budget renews in (PROGRAM_TIME_ZONE); empty: over the rule's life.",
+    )
+    budget_policy = models.CharField(
+        max_length=7,
+        choices=BudgetPolicy.choices,
+        default=BudgetPolicy.PARTIAL,
+        help_text="partial: the line crossing the budget pays what is left; skip: it pays nothing.",
     )
     version = models.PositiveIntegerField(default=1, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -103,6 +133,8 @@ class Rule(models.Model):
         super().clean()
         if self.valid_from and self.valid_until and self.valid_from >= self.valid_until:
             raise ValidationError({"valid_until": "Must be after valid_from."})
+        if self.budget_period and self.budget is None:
+            raise ValidationError({"budget": "Required when a budget period is set."})
 
 
 class RewardLine(models.Model):
@@ -135,6 +167,19 @@ class RewardLine(models.Model):
         validators=[MinValueValidator(1)],
         help_text="At most this many actions of this line for one target, ever (a badge: 1).",
     )
+    max_per_target_per_period = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="At most this many actions of this line for one target per calendar period.",
+    )
+    period = models.CharField(
+        max_length=5,
+        choices=Period.choices,
+        null=True,
+        blank=True,
+        help_text="The calendar period of max_per_target_per_period (PROGRAM_TIME_ZONE).",
+    )
 
     history = HistoricalRecords()
 
@@ -158,6 +203,8 @@ class RewardLine(models.Model):
             errors.setdefault("amount", []).append("Required for points and g2a_offchain lines.")
         if not (self.target or "").strip():
             errors.setdefault("target", []).append("Required.")
+        if (self.max_per_target_per_period is None) != (not self.period):
+            errors.setdefault("period", []).append("max_per_target_per_period and period go together.")
         if not isinstance(self.params, dict):
             errors.setdefault("params", []).append("Must be a JSON object.")
         elif len(json.dumps(self.params, separators=(",", ":"))) > MAX_PARAMS_BYTES:
@@ -183,3 +230,79 @@ class RuleVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule_id} v{self.version}"
+
+
+class BudgetCounter(models.Model):
+    """Points a rule's lines paid in one budget period (``period_key``; "all" for a life budget).
+
+    The lock row behind a budget: an ingest locks it until commit, so concurrent events never pay
+    more than the budget between them. Reversals count back through ``rules.budgets.budget_refund``.
+    """
+
+    rule = models.ForeignKey(Rule, on_delete=models.CASCADE, related_name="budget_counters")
+    period_key = models.CharField(max_length=20)
+    used = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "period_key"], name="rules_budget_counter_uniq"),
+            models.CheckConstraint(condition=Q(used__gte=0), name="rules_budget_counter_used_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id} {self.period_key}: {self.used}"
+
+
+class PeriodGrant(models.Model):
+    """How many actions a reward line made for one target in one calendar period: the lock row
+    behind ``max_per_target_per_period``."""
+
+    reward_line = models.ForeignKey(RewardLine, on_delete=models.CASCADE, related_name="+")
+    target_user_id = models.CharField(max_length=100)
+    period_key = models.CharField(max_length=20)
+    count = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["reward_line", "target_user_id", "period_key"], name="rules_period_grant_uniq"
+            ),
+            models.CheckConstraint(condition=Q(count__gte=0), name="rules_period_grant_count_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"line {self.reward_line_id} → {self.target_user_id} {self.period_key}: {self.count}"
+
+
+class RuleDraft(models.Model):
+    """A change to a rule (or a new rule) in its JSON form, not applied to events until published."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PUBLISHED = "published", "Published"
+        DISCARDED = "discarded", "Discarded"
+
+    code = models.SlugField(max_length=100, help_text="The rule this draft changes or creates.")
+    data = models.JSONField(help_text="The rule as in a rules file (SPEC §6).")
+    base_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT, editable=False)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    approved_at = models.DateTimeField(null=True, blank=True, editable=False)
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    published_at = models.DateTimeField(null=True, blank=True, editable=False)
+    published_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [models.Index(fields=["code", "status"], name="rules_draft_code_status_idx")]
+
+    def __str__(self) -> str:
+        return f"draft of {self.code} ({self.status})"

@@ -13,7 +13,7 @@ from enum import StrEnum
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from .models import RewardLine, Rule, RuleVersion
+from .models import BudgetPolicy, Period, RewardLine, Rule, RuleVersion
 from .selectors import rules_with_lines
 
 RULE_KEYS = (
@@ -27,10 +27,22 @@ RULE_KEYS = (
     "stop_processing",
     "valid_from",
     "valid_until",
+    "budget",
+    "budget_period",
+    "budget_policy",
     "rewards",
 )
 RULE_REQUIRED_KEYS = ("code", "name", "event_type", "rewards")
-LINE_KEYS = ("target", "reward_type", "amount", "params", "lock_condition", "max_per_target")
+LINE_KEYS = (
+    "target",
+    "reward_type",
+    "amount",
+    "params",
+    "lock_condition",
+    "max_per_target",
+    "max_per_target_per_period",
+    "period",
+)
 LINE_REQUIRED_KEYS = ("target", "reward_type")
 MAX_LINES_PER_RULE = 100
 
@@ -138,6 +150,8 @@ def line_as_dict(line: RewardLine) -> dict:
         "params": line.params,
         "lock_condition": line.lock_condition,
         "max_per_target": line.max_per_target,
+        "max_per_target_per_period": line.max_per_target_per_period,
+        "period": line.period or None,
     }
 
 
@@ -161,6 +175,9 @@ def rule_as_dict(rule: Rule, lines=None) -> dict:
             "stop_processing": rule.stop_processing,
             "valid_from": datetime_as_json(rule.valid_from),
             "valid_until": datetime_as_json(rule.valid_until),
+            "budget": rule.budget,
+            "budget_period": rule.budget_period or None,
+            "budget_policy": rule.budget_policy,
             "rewards": [line_as_dict(line) for line in lines],
         }
     )
@@ -225,6 +242,7 @@ def _rule_clean(entry) -> tuple[_CleanRule | None, list[str]]:
             errors.append(f"{key}: must be true or false.")
     valid_from = _parse_datetime(entry.get("valid_from"), "valid_from", errors)
     valid_until = _parse_datetime(entry.get("valid_until"), "valid_until", errors)
+    errors += _budget_errors(entry)
 
     rewards = entry.get("rewards")
     if "rewards" in entry:
@@ -250,6 +268,9 @@ def _rule_clean(entry) -> tuple[_CleanRule | None, list[str]]:
         stop_processing=entry.get("stop_processing", False),
         valid_from=valid_from,
         valid_until=valid_until,
+        budget=entry.get("budget"),
+        budget_period=entry.get("budget_period"),
+        budget_policy=entry.get("budget_policy", BudgetPolicy.PARTIAL),
     )
     try:
         rule.full_clean(validate_unique=False, validate_constraints=False)
@@ -276,6 +297,7 @@ def _rule_clean(entry) -> tuple[_CleanRule | None, list[str]]:
             line_errors.append(f"{prefix}max_per_target: must be null or a positive integer.")
         elif max_per_target is not None and not 1 <= max_per_target < 2**31:
             line_errors.append(f"{prefix}max_per_target: must be null or a positive integer.")
+        line_errors += _period_cap_errors(line_entry, prefix)
         if line_errors:
             errors += line_errors
             continue
@@ -287,6 +309,8 @@ def _rule_clean(entry) -> tuple[_CleanRule | None, list[str]]:
             params=line_entry.get("params", {}),
             lock_condition=line_entry.get("lock_condition", ""),
             max_per_target=max_per_target,
+            max_per_target_per_period=line_entry.get("max_per_target_per_period"),
+            period=line_entry.get("period"),
         )
         try:
             line.full_clean(exclude=["rule"], validate_unique=False, validate_constraints=False)
@@ -297,6 +321,28 @@ def _rule_clean(entry) -> tuple[_CleanRule | None, list[str]]:
     if errors:
         return None, errors
     return _CleanRule(rule=rule, lines=lines, data=rule_as_dict(rule, lines)), []
+
+
+def _budget_errors(entry: dict) -> list[str]:
+    errors = []
+    budget = entry.get("budget")
+    if budget is not None and (not _is_int(budget) or not 1 <= budget < 2**63):
+        errors.append("budget: must be null or a positive integer.")
+    if entry.get("budget_period") is not None and entry["budget_period"] not in Period.values:
+        errors.append(f"budget_period: must be null or one of {', '.join(Period.values)}.")
+    if "budget_policy" in entry and entry["budget_policy"] not in BudgetPolicy.values:
+        errors.append(f"budget_policy: must be one of {', '.join(BudgetPolicy.values)}.")
+    return errors
+
+
+def _period_cap_errors(line_entry: dict, prefix: str) -> list[str]:
+    errors = []
+    cap = line_entry.get("max_per_target_per_period")
+    if cap is not None and (not _is_int(cap) or not 1 <= cap < 2**31):
+        errors.append(f"{prefix}max_per_target_per_period: must be null or a positive integer.")
+    if line_entry.get("period") is not None and line_entry["period"] not in Period.values:
+        errors.append(f"{prefix}period: must be null or one of {', '.join(Period.values)}.")
+    return errors
 
 
 def rule_from_dict(*, data) -> tuple[Rule, list[RewardLine]]:
@@ -375,6 +421,9 @@ def _rule_write(*, clean: _CleanRule, user) -> tuple[Rule, ImportStatus]:
         "stop_processing",
         "valid_from",
         "valid_until",
+        "budget",
+        "budget_period",
+        "budget_policy",
     ):
         setattr(existing, name, getattr(clean.rule, name))
     existing.version = _next_version(existing)

@@ -20,6 +20,8 @@ EXPECTED = {
         "rules.add_rule", "rules.change_rule", "rules.delete_rule", "rules.view_rule",
         "rules.add_rewardline", "rules.change_rewardline", "rules.delete_rewardline", "rules.view_rewardline",
         "rules.view_ruleversion", "rules.view_historicalrule", "rules.view_historicalrewardline",
+        "rules.add_ruledraft", "rules.change_ruledraft", "rules.delete_ruledraft", "rules.view_ruledraft",
+        "connect.add_backtestrun", "connect.view_backtestrun",
         "connect.view_economicevent", "connect.view_rewardaction", "connect.view_userprofile",
         "connect.retry_rewardaction",
     },

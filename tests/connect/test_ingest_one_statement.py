@@ -114,6 +114,33 @@ def test_both_paths_store_the_same_rows():
     slow_event, slow_actions = _stored(slow.event.pk)
     assert fast_event[:5] == slow_event[:5]
     assert fast_actions == slow_actions and len(fast_actions) == 2
+    traces = [EconomicEvent.objects.get(pk=result.event.pk).trace for result in (fast, slow)]
+    assert traces[0] == traces[1] and traces[0]["rules"][0]["result"] == "matched"
+
+
+@pytest.mark.parametrize(
+    "budget, line",
+    [(1000, {}), (None, {"max_per_target_per_period": 5, "period": "day"})],
+    ids=["budget", "period cap"],
+)
+def test_a_rule_with_a_budget_or_a_period_cap_takes_the_transactional_path_and_is_counted(
+    make_rule, doorbells, budget, line
+):
+    from rules.models import BudgetCounter, PeriodGrant
+
+    make_rule("counted", "quest.completed", [{"target": "actor", "reward_type": "points", "amount": "7", **line}],
+              budget=budget)  # fmt: skip
+
+    with CaptureQueriesContext(connection) as captured:
+        result = event_ingest(client_name=SOURCE, data=_quest("counted-1"))
+
+    writes = _writes(captured)
+    assert "WITH connect_economicevent connect_rewardaction" not in writes and writes[0] == "BEGIN"
+    assert [a.amount for a in result.actions] == [7]
+    if budget:
+        assert BudgetCounter.objects.get().used == 7
+    else:
+        assert PeriodGrant.objects.get().count == 1
 
 
 def test_an_event_no_rule_rewards_is_stored_ignored_in_one_statement(doorbells):
@@ -134,6 +161,7 @@ def test_a_rule_that_fails_stores_the_event_failed_and_no_action(make_rule):
     stored = EconomicEvent.objects.get(pk=result.event.pk)
     assert stored.status == "failed" and "divides" in stored.error
     assert not RewardAction.objects.filter(event=stored).exists()
+    assert [(rule["rule"], rule["result"]) for rule in stored.trace["rules"]] == [("divides", "error")]
 
 
 @pytest.mark.usefixtures("demo_rules")

@@ -11,6 +11,7 @@ from points.models import SCOPES, ServiceClient, ServiceClientKey
 OPERATION_SCOPES = {
     "POST /api/v1/events": "events:write",
     "GET /api/v1/events/{event_id}": "events:read",
+    "GET /api/v1/events/{event_id}/trace": "events:read",
     "GET /api/v1/reward-actions": "events:read",
     "GET /api/v1/reward-actions/{action_id}": "events:read",
     "POST /internal/credit": "points:credit",

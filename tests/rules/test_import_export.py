@@ -104,10 +104,22 @@ def test_export_uses_the_spec_schema_and_field_order():
         "stop_processing",
         "valid_from",
         "valid_until",
+        "budget",
+        "budget_period",
+        "budget_policy",
         "rewards",
     ]
     assert [list(line) for line in rule["rewards"]] == [
-        ["target", "reward_type", "amount", "params", "lock_condition", "max_per_target"]
+        [
+            "target",
+            "reward_type",
+            "amount",
+            "params",
+            "lock_condition",
+            "max_per_target",
+            "max_per_target_per_period",
+            "period",
+        ]
     ] * 2
     assert rule["rewards"][1]["amount"] == "floor(context.base_reward_points / 2)"
 
@@ -221,6 +233,7 @@ def test_optional_fields_take_their_defaults():
 
     (exported,) = rules_export()["rules"]
     assert exported["condition"] == "" and exported["priority"] == 100 and exported["is_active"] is True
+    assert (exported["budget"], exported["budget_period"], exported["budget_policy"]) == (None, None, "partial")
     assert exported["rewards"][0] == {
         "target": "actor",
         "reward_type": "nft",
@@ -228,6 +241,8 @@ def test_optional_fields_take_their_defaults():
         "params": {"badge_type": "b"},
         "lock_condition": "",
         "max_per_target": None,
+        "max_per_target_per_period": None,
+        "period": None,
     }
 
 

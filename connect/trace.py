@@ -1,0 +1,104 @@
+"""The decision trace stored with each event (SPEC §15): the engine's own trace, as JSON.
+
+The engine builds the same ``RuleTrace``/``LineTrace`` for the simulator; ingestion stores it here
+with what the event did to profiles and which locked actions it released.
+"""
+
+from collections.abc import Sequence
+
+from rules.engine import RuleTrace
+
+
+def trace_document(
+    *,
+    rules: Sequence[RuleTrace],
+    profile_changes: Sequence[dict] = (),
+    released_actions: Sequence[str] = (),
+) -> dict:
+    """``{"rules": [...], "profile_changes": [...], "released_actions": [...]}``.
+
+    Each rule: ``rule``, ``version``, ``result`` (a §15 reason code), ``detail`` (for people) and
+    ``lines``; each line: ``position``, ``reward_type``, ``target``, ``amount``, ``result``, ``detail``.
+    """
+    return {
+        "rules": [
+            {
+                "rule": rule.rule_code,
+                "version": rule.rule_version,
+                "result": rule.code,
+                "detail": rule.reason,
+                "lines": [
+                    {
+                        "position": line.position,
+                        "reward_type": line.reward_type,
+                        "target": line.target,
+                        "amount": line.amount,
+                        "result": line.code,
+                        "detail": line.reason,
+                    }
+                    for line in rule.lines
+                ],
+            }
+            for rule in rules
+        ],
+        "profile_changes": list(profile_changes),
+        "released_actions": [str(pk) for pk in released_actions],
+    }
+
+
+def trace_summary(trace: dict) -> str:
+    """One line for people: what the rules did and what the event changed."""
+    rules = trace.get("rules") or []
+    matched = [rule["rule"] for rule in rules if rule.get("result") == "matched"]
+    parts = [f"{len(matched)} of {len(rules)} rule(s) matched"]
+    changes = trace.get("profile_changes") or []
+    if changes:
+        parts.append(", ".join(f"{c['user_id']}.{c['field']} → {c['to']}" for c in changes))
+    released = trace.get("released_actions") or []
+    if released:
+        parts.append(f"released {len(released)} locked action(s)")
+    return "; ".join(parts)
+
+
+def trace_html(trace: dict) -> str:
+    """The trace as a small HTML block for the event's admin page (escaped)."""
+    from django.utils.html import format_html, format_html_join
+
+    if not trace:
+        return format_html("<p>{}</p>", "No decision trace was stored for this event.")
+    rows = []
+    for rule in trace.get("rules") or []:
+        rows.append(
+            format_html(
+                "<tr><td><b>{}</b> v{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                rule["rule"],
+                rule["version"],
+                rule["result"],
+                rule["detail"],
+            )
+        )
+        for line in rule.get("lines") or []:
+            rows.append(
+                format_html(
+                    "<tr><td>&nbsp;&nbsp;line {} ({})</td><td><code>{}</code></td><td>{} → {}: {}</td></tr>",
+                    line["position"],
+                    line["reward_type"],
+                    line["result"],
+                    line["target"] or "—",
+                    "—" if line["amount"] is None else line["amount"],
+                    line["detail"],
+                )
+            )
+    changes = format_html_join(
+        "",
+        "<li>{}: {} {} → {}</li>",
+        ((c["user_id"], c["field"], c["from"], c["to"]) for c in trace.get("profile_changes") or []),
+    )
+    released = format_html_join("", "<li><code>{}</code></li>", ((pk,) for pk in trace.get("released_actions") or []))
+    return format_html(
+        '<p class="trace-summary">{}</p><table class="trace">{}</table>{}{}',
+        trace_summary(trace),
+        format_html_join("", "{}", ((row,) for row in rows)),
+        format_html("<p>Profile changes:</p><ul>{}</ul>", changes) if changes else "",
+        format_html("<p>Released locked actions:</p><ul>{}</ul>", released) if released else "",
+    )
