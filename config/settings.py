@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "config.api.middleware.RequestLogMiddleware",
+    "config.api.middleware.ApiHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.api.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -150,7 +151,7 @@ API_NUM_PROXIES = env.int("API_NUM_PROXIES", default=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["points.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["points.auth.HasScope"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["config.api.jsonbody.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_THROTTLE_CLASSES": ["config.api.throttling.ServiceClientRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"service_client": API_THROTTLE_RATE},

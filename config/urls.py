@@ -5,6 +5,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from config.api import schema  # noqa: F401  (registers the Api-Key scheme with the OpenAPI generator)
 from config.api.views import api_not_found, health, metrics
 
+handler400 = "config.api.views.bad_request"
+handler403 = "config.api.views.permission_denied"
 handler404 = "config.api.views.not_found"
 handler500 = "config.api.views.server_error"
 

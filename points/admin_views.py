@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from config.api.errors import DomainError
+from config.api.fields import user_id_problem
 
 from .errors import IdempotencyConflict, InsufficientFunds
 from .models import Account, Entry, Transaction
@@ -294,7 +295,10 @@ class AdjustmentForm(forms.Form):
     CREDIT = "credit"
     DEBIT = "debit"
 
-    user_id = forms.CharField(max_length=100, label="User id", help_text="The user whose account is adjusted.")
+    # Taken exactly as typed: the API stores user ids verbatim, so trimming would adjust another account.
+    user_id = forms.CharField(
+        max_length=100, strip=False, label="User id", help_text="The user whose account is adjusted."
+    )
     direction = forms.ChoiceField(
         choices=((CREDIT, "Credit: add points"), (DEBIT, "Debit: remove points")),
         widget=forms.RadioSelect,
@@ -315,7 +319,11 @@ class AdjustmentForm(forms.Form):
     )
 
     def clean_user_id(self):
-        return self.cleaned_data["user_id"].strip()
+        user_id = self.cleaned_data["user_id"]
+        problem = user_id_problem(user_id)
+        if problem:
+            raise forms.ValidationError(problem)
+        return user_id
 
     def clean(self):
         cleaned = super().clean()
@@ -381,8 +389,8 @@ def adjustment_view(model_admin, request):
         )
     account = None
     user_id = (form.data.get("user_id") if form.is_bound else form.initial.get("user_id")) or ""
-    if user_id.strip():
-        account = Account.objects.filter(user_id=user_id.strip(), kind=Account.Kind.USER).first()
+    if user_id and user_id_problem(user_id) is None:
+        account = Account.objects.filter(user_id=user_id, kind=Account.Kind.USER).first()
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from config.api.fields import user_id_problem
+
 from .expressions import (
     EvaluationContext,
     EvaluationError,
@@ -113,6 +115,9 @@ def _plan_line(
     if target is None or target == "":
         return LineTrace(line.position, None, SKIPPED, "no target", None, False), None
     target = str(target)
+    problem = user_id_problem(target)
+    if problem:  # SPEC §5: a rule's target is a user id like any other, or the event fails
+        raise EvaluationError(f"target of line {line.position} is not a valid user id: {problem}")
 
     if line.reward_type == RewardLine.RewardType.NFT:
         amount = 1

@@ -1,0 +1,108 @@
+"""Strict JSON for every body the project reads: the API's parser, the admin's forms, rule files.
+
+Python's decoder keeps the last of two equal keys (``{"amount": 1, "amount": 7}`` is 7) and recurses
+once per nesting level, so a deep enough document exhausts the stack while it is decoded, stored, or
+rendered. Here a duplicate key anywhere and nesting deeper than ``MAX_JSON_DEPTH`` are refused as
+malformed input (SPEC §4), and text PostgreSQL cannot store (NUL, lone surrogates) is named.
+"""
+
+import json
+
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+MAX_JSON_DEPTH = 32
+
+
+class JSONInputError(ValueError):
+    """The text is not acceptable JSON; the message says why, for a person."""
+
+
+def _no_duplicate_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise JSONInputError(f"Duplicate key {key!r} in a JSON object.")
+        seen[key] = value
+    return seen
+
+
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``limit``: a scan, no recursion."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def json_depth_problem(value, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Why an already decoded value is nested too deeply, or None (iterative, never recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return f"Nested deeper than {limit} levels."
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def strict_json_loads(text: str | bytes):
+    """``json.loads`` refusing duplicate keys, NaN/Infinity and nesting deeper than MAX_JSON_DEPTH.
+
+    Raises JSONInputError with a message fit to show the person who sent the text.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JSONInputError(f"Not UTF-8 text: {exc}") from None
+    if _nesting_exceeds(text, MAX_JSON_DEPTH):
+        raise JSONInputError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant)
+    except JSONInputError:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or a number too long to convert
+        raise JSONInputError(f"Not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str):
+    raise JSONInputError(f"{name} is not a JSON number.")
+
+
+def json_text(value, **kwargs) -> str:
+    """``json.dumps`` that never fails on a stored value: text too deep to print is replaced by a notice."""
+    if json_depth_problem(value, limit=200):
+        return '"(not shown: nested too deeply)"'
+    return json.dumps(value, **kwargs)
+
+
+class StrictJSONParser(JSONParser):
+    """DRF's JSON parser with ``strict_json_loads``: every refusal is a 400 ``validation_error``."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return strict_json_loads(stream.read() if stream is not None else b"")
+        except JSONInputError as exc:
+            raise ParseError(str(exc)) from None
