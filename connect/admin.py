@@ -4,7 +4,6 @@ and the dashboard that puts the ledger and the reward actions side by side.
 Everything here is read-only; the only writes are the staff actions of ``connect.dispatch``.
 """
 
-import json
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from django.utils.http import urlencode
 
 from config.admin_base import ReadOnlyModelAdmin
 from config.api.errors import DomainError
+from config.api.jsonbody import json_text
 from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
 from rules import engine
@@ -47,7 +47,7 @@ REWARD_REASON_PREFIX = "reward:"
 
 
 def _pretty_json(value) -> str:
-    return format_html('<pre class="json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+    return format_html('<pre class="json">{}</pre>', json_text(value, indent=2, ensure_ascii=False, sort_keys=True))
 
 
 def _waiting_by_channel() -> list[dict]:

@@ -9,6 +9,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from config.admin_base import ReadOnlyModelAdmin
+from config.api.jsonbody import json_text
 
 from . import admin_views
 from .admin_views import AccountUserFilter, CreatedRangeFilter, ReasonPrefixFilter
@@ -127,6 +128,16 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
     inlines = [EntryInline]
     actions = ["export_csv"]
     change_list_template = "admin/points/transaction/change_list.html"
+
+    def get_fields(self, request, obj=None):
+        return [("metadata_shown" if name == "metadata" else name) for name in super().get_fields(request, obj)]
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*super().get_readonly_fields(request, obj), "metadata_shown")
+
+    @admin.display(description="Metadata")
+    def metadata_shown(self, obj: Transaction):
+        return format_html("<pre>{}</pre>", json_text(obj.metadata, indent=2, ensure_ascii=False, sort_keys=True))
 
     def get_urls(self):
         return [

@@ -5,7 +5,6 @@ The pages are wired into the admin by ``points.admin`` (URLs, permissions).
 """
 
 import csv
-import json
 import uuid
 from datetime import date, datetime, time, timedelta
 
@@ -23,6 +22,7 @@ from django.utils.http import urlencode
 
 from config.api.errors import DomainError
 from config.api.fields import user_id_problem
+from config.api.jsonbody import json_text
 
 from .errors import IdempotencyConflict, InsufficientFunds
 from .models import Account, Entry, Transaction
@@ -271,7 +271,7 @@ def _csv_rows(queryset: QuerySet):
                 csv_safe(external_id),
                 hold_id or "",
                 csv_safe(staff or ""),
-                csv_safe(json.dumps(metadata, ensure_ascii=False, sort_keys=True, separators=(",", ":"))),
+                csv_safe(json_text(metadata, ensure_ascii=False, sort_keys=True, separators=(",", ":"))),
             )
         )
 

@@ -91,10 +91,15 @@ def _refuse_constant(name: str):
     raise JSONInputError(f"{name} is not a JSON number.")
 
 
+# Values stored before the depth limit existed may be deeper; pages show a notice instead of them.
+MAX_RENDERED_DEPTH = 2 * MAX_JSON_DEPTH
+TOO_DEEP_NOTICE = f"(not shown: nested deeper than {MAX_RENDERED_DEPTH} levels)"
+
+
 def json_text(value, **kwargs) -> str:
-    """``json.dumps`` that never fails on a stored value: text too deep to print is replaced by a notice."""
-    if json_depth_problem(value, limit=200):
-        return '"(not shown: nested too deeply)"'
+    """``json.dumps`` for pages that show stored JSON: never a RecursionError, whatever is stored."""
+    if json_depth_problem(value, limit=MAX_RENDERED_DEPTH):
+        return json.dumps(TOO_DEEP_NOTICE)
     return json.dumps(value, **kwargs)
 
 
