@@ -14,8 +14,8 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Case, CharField, Count, F, OuterRef, Subquery, Sum, Value, When
-from django.db.models.functions import TruncDate
+from django.db.models import Case, CharField, Count, F, OuterRef, Subquery, Sum, TextField, Value, When
+from django.db.models.functions import Cast, TruncDate
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -25,7 +25,7 @@ from django.utils.http import urlencode
 
 from config.admin_base import ReadOnlyModelAdmin
 from config.api.errors import DomainError
-from config.api.jsonbody import json_text
+from config.api.jsonbody import json_text, stored_json_value
 from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
 from rules import engine
@@ -143,8 +143,17 @@ class EconomicEventAdmin(ReadOnlyAdmin):
     readonly_fields = fields
     inlines = [RewardActionInline]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("context")
+
     @admin.display(description="Payload (as received)")
     def payload(self, obj: EconomicEvent):
+        # The context is read as text: a value stored nested too deeply is named, not decoded.
+        context = stored_json_value(
+            EconomicEvent.objects.filter(pk=obj.pk)
+            .values_list(Cast("context", output_field=TextField()), flat=True)
+            .first()
+        )
         return _pretty_json(
             {
                 "external_id": obj.external_id,
@@ -152,7 +161,7 @@ class EconomicEventAdmin(ReadOnlyAdmin):
                 "source_service": obj.source_service,
                 "actor_user_id": obj.actor_user_id,
                 "primary_subject_user_id": obj.primary_subject_user_id,
-                "context": obj.context,
+                "context": context,
                 "occurred_at": obj.occurred_at.isoformat() if obj.occurred_at else None,
             }
         )

@@ -1,15 +1,17 @@
+import json
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, OuterRef, Subquery, Sum, When
-from django.db.models.functions import Coalesce
+from django.db.models import Case, OuterRef, Subquery, Sum, TextField, When
+from django.db.models.functions import Cast, Coalesce
 from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from config.admin_base import ReadOnlyModelAdmin
-from config.api.jsonbody import json_text
+from config.api.jsonbody import stored_json_value
 
 from . import admin_views
 from .admin_views import AccountUserFilter, CreatedRangeFilter, ReasonPrefixFilter
@@ -135,9 +137,18 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
     def get_readonly_fields(self, request, obj=None):
         return (*super().get_readonly_fields(request, obj), "metadata_shown")
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("metadata")
+
     @admin.display(description="Metadata")
     def metadata_shown(self, obj: Transaction):
-        return format_html("<pre>{}</pre>", json_text(obj.metadata, indent=2, ensure_ascii=False, sort_keys=True))
+        stored = (
+            Transaction.objects.filter(pk=obj.pk)
+            .values_list(Cast("metadata", output_field=TextField()), flat=True)
+            .first()
+        )
+        value = stored_json_value(stored)
+        return format_html("<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
 
     def get_urls(self):
         return [

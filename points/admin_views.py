@@ -5,6 +5,7 @@ The pages are wired into the admin by ``points.admin`` (URLs, permissions).
 """
 
 import csv
+import json
 import uuid
 from datetime import date, datetime, time, timedelta
 
@@ -12,8 +13,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import IncorrectLookupParameters
 from django.core.paginator import Paginator
-from django.db.models import OuterRef, QuerySet, Subquery, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import OuterRef, QuerySet, Subquery, Sum, TextField
+from django.db.models.functions import Cast, Coalesce
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -21,8 +22,8 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from config.api.errors import DomainError
-from config.api.fields import user_id_problem
-from config.api.jsonbody import json_text
+from config.api.fields import storable_text_problem, user_id_problem
+from config.api.jsonbody import stored_json_value
 
 from .errors import IdempotencyConflict, InsufficientFunds
 from .models import Account, Entry, Transaction
@@ -170,7 +171,9 @@ def statement_view(model_admin, request, account: Account):
         opening = None
         transactions = Transaction.objects.filter(account=account)
 
-    rows = with_balance_changes(transactions.select_related("created_by", "hold")).order_by("-created_at", "-pk")
+    rows = with_balance_changes(transactions.select_related("created_by", "hold").defer("metadata")).order_by(
+        "-created_at", "-pk"
+    )
     page = Paginator(rows, STATEMENT_PAGE_SIZE).get_page(request.GET.get("p"))
     filters = {key: value for key, value in (("kind", kind), ("created_from", since), ("created_to", until)) if value}
     export_query = {"user": account.user_id, **filters}
@@ -229,6 +232,7 @@ class _Echo:
 
 
 def _csv_rows(queryset: QuerySet):
+    queryset = queryset.annotate(metadata_text=Cast("metadata", output_field=TextField()))
     values = with_balance_changes(queryset).values_list(
         "pk",
         "created_at",
@@ -245,7 +249,7 @@ def _csv_rows(queryset: QuerySet):
         "external_id",
         "hold_id",
         "created_by__username",
-        "metadata",
+        "metadata_text",
     )
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
@@ -271,7 +275,9 @@ def _csv_rows(queryset: QuerySet):
                 csv_safe(external_id),
                 hold_id or "",
                 csv_safe(staff or ""),
-                csv_safe(json_text(metadata, ensure_ascii=False, sort_keys=True, separators=(",", ":"))),
+                csv_safe(
+                    json.dumps(stored_json_value(metadata), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+                ),
             )
         )
 
@@ -321,7 +327,8 @@ class AdjustmentForm(forms.Form):
     def clean_user_id(self):
         user_id = self.cleaned_data["user_id"]
         problem = user_id_problem(user_id)
-        if problem:
+        # An account stored before user ids were checked stays adjustable under its exact id.
+        if problem and not Account.objects.filter(user_id=user_id, kind=Account.Kind.USER).exists():
             raise forms.ValidationError(problem)
         return user_id
 
@@ -389,7 +396,7 @@ def adjustment_view(model_admin, request):
         )
     account = None
     user_id = (form.data.get("user_id") if form.is_bound else form.initial.get("user_id")) or ""
-    if user_id and user_id_problem(user_id) is None:
+    if user_id and storable_text_problem(user_id) is None:
         account = Account.objects.filter(user_id=user_id, kind=Account.Kind.USER).first()
     context = {
         **model_admin.admin_site.each_context(request),

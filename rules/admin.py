@@ -457,7 +457,11 @@ class RuleAdmin(SimpleHistoryAdmin):
             }
             for version, older in zip(versions, [*versions[1:], None], strict=True)
         ]
-        extra_context = {"version_diffs": diffs, **(extra_context or {})}
+        extra_context = {
+            "version_diffs": diffs,
+            "can_restore": self.has_change_permission(request, self.get_object(request, object_id)),
+            **(extra_context or {}),
+        }
         return super().history_view(request, object_id, extra_context)
 
 

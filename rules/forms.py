@@ -57,12 +57,19 @@ class StrictJSONFormField(forms.JSONField):
         if data is None:
             return None
         try:
-            return strict_json_loads(data)
+            value = strict_json_loads(data)
         except JSONInputError:
             return InvalidJSONInput(data)
+        # Shown again as typed: a decoded lone surrogate could not even be written into the page.
+        return InvalidJSONInput(data) if storable_text_problem(value) else value
 
 
 class RuleAdminForm(forms.ModelForm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "event_type" in self.fields:
+            self.fields["event_type"].strip = False  # refused as typed, never silently altered
+
     def clean_event_type(self):
         event_type = self.cleaned_data["event_type"]
         # The model's RegexValidator ends in "$", which a trailing newline also satisfies.

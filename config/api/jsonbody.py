@@ -103,6 +103,17 @@ def json_text(value, **kwargs) -> str:
     return json.dumps(value, **kwargs)
 
 
+def stored_json_value(text: str | None):
+    """A stored JSON column read as its text (``Cast(field, TextField())``): the value, or the notice
+    when it is nested too deeply to decode and show safely (decoding it as a model field would
+    recurse once per level, deep in an admin page's stack)."""
+    if text is None:
+        return None
+    if _nesting_exceeds(text, MAX_RENDERED_DEPTH):
+        return TOO_DEEP_NOTICE
+    return json.loads(text)
+
+
 class StrictJSONParser(JSONParser):
     """DRF's JSON parser with ``strict_json_loads``: every refusal is a 400 ``validation_error``."""
 
