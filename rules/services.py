@@ -327,7 +327,9 @@ def rule_from_dict(*, data) -> tuple[Rule, list[RewardLine]]:
 
 def _entry_label(entry, index: int) -> str:
     code = entry.get("code") if isinstance(entry, dict) else None
-    return code if isinstance(code, str) and code else f"<rule {index}>"
+    # A code that cannot be printed (a lone surrogate) is not used to name the rule in the report.
+    printable = isinstance(code, str) and code and storable_text_problem(code) is None
+    return code if printable else f"<rule {index}>"
 
 
 # --- writes ----------------------------------------------------------------------------------
