@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.api import schema  # noqa: F401  (registers the Api-Key scheme with the OpenAPI generator)
@@ -11,6 +12,7 @@ handler404 = "config.api.views.not_found"
 handler500 = "config.api.views.server_error"
 
 urlpatterns = [
+    path("", TemplateView.as_view(template_name="landing.html"), name="landing"),
     re_path(r"^health/?$", health, name="health"),
     re_path(r"^metrics/?$", metrics, name="metrics"),
     path("admin/", admin.site.urls),

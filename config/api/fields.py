@@ -50,7 +50,8 @@ def user_id_problem(value) -> str | None:
         return "A user id may not contain '/'."
     if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in value):
         return "A user id may not contain control characters."
-    if value != value.strip():
+    # str.strip() and the schema pattern's \s agree but for U+FEFF, which ECMA-262 counts as space.
+    if value != value.strip() or value.startswith("\ufeff") or value.endswith("\ufeff"):
         return "A user id may not begin or end with whitespace."
     return None
 
@@ -86,6 +87,22 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+# The schema's pattern (ECMA-262 as JSON Schema reads it; lone surrogates, which no regex engine of
+# a JSON Schema validator can name, are refused as for every string, SPEC §4).
+_USER_ID_CHAR = r"[^/\x00-\x1f\x7f-\x9f]"
+_USER_ID_EDGE = r"[^/\s\x00-\x1f\x7f-\x9f]"
+USER_ID_PATTERN = rf"^{_USER_ID_EDGE}({_USER_ID_CHAR}*{_USER_ID_EDGE})?$"
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": USER_ID_MAX_LENGTH,
+        "pattern": USER_ID_PATTERN,
+        "description": "A user id: no '/', no control character, no leading or trailing whitespace.",
+    }
+)
 class UserIdField(serializers.CharField):
     """A user id as SPEC §5 defines it, taken exactly as sent (never trimmed)."""
 
