@@ -257,6 +257,8 @@ PROFILE_VIP_EVENT_TYPES = env.list(
 PROFILE_PRO_EVENT_TYPES = env.list(
     "PROFILE_PRO_EVENT_TYPES", default=["user.upgraded_to_pro", "referral.user_upgraded_to_pro"]
 )
+# Where `manage.py demo` finds the running server: `make run` serves on PORT (default 8000).
+DEMO_BASE_URL = env.str("DEMO_BASE_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}")
 # The ledger's idempotency namespace for credits Connect makes in-process.
 CONNECT_LEDGER_SOURCE = env.str("CONNECT_LEDGER_SOURCE", default="connect")
 # Each process reuses the active rules of an event type this long (0: off): saves two queries per event.
