@@ -63,16 +63,30 @@ def test_bodies_the_fast_path_passes_on_are_judged_by_the_serializer():
     assert not any(_serializer(body)[0] for body in passed_on)
 
 
-_CHARS = st.sampled_from(["a", "z", "0", "_", ".", "-", "A", " ", "\n", "\x00", "\ud800", "é", "😀"])
+_CHARS = st.sampled_from(
+    ["a", "z", "0", "_", ".", "-", "A", " ", "\n", "\x00", "\ud800", "\udfff", "é", "😀", "/", "\t", "\x7f",
+     "\x85", "\u3000", "\ufeff"]
+)  # fmt: skip
 _TEXT = st.one_of(
     st.text(_CHARS, max_size=8),
     st.integers(0, 210).map(lambda n: "x" * n),
     st.sampled_from(["quest.completed", "a.b", "a.", ".a", "a..b", "a.b.c_1", "ab"]),
 )
 _VALUE = st.one_of(_TEXT, st.none(), st.integers(), st.booleans(), st.floats(allow_nan=False), st.lists(_TEXT))
+
+
+def _nested(depth: int, leaf) -> dict:
+    value = leaf
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return {"a": value}
+
+
 _CONTEXT = st.one_of(
     st.dictionaries(_TEXT, st.one_of(_TEXT, st.integers(), st.none(), st.lists(st.integers())), max_size=4),
     _VALUE,
+    # Around the nesting limit (32, counting the context itself) and far beyond it, with any text inside.
+    st.builds(_nested, st.one_of(st.integers(25, 40), st.integers(400, 3000)), _TEXT),
 )
 _TIMES = ["2025-01-01T12:00:00Z", "2025-01-01T14:00:00+02:00", "2025-01-01 12:00", "2025-01-01", "2025-13-01T00:00Z"]
 _FIELDS = ["external_id", "event_type", "source_service", "actor_user_id", "primary_subject_user_id"]
