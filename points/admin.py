@@ -11,7 +11,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from config.admin_base import ReadOnlyModelAdmin
-from config.api.jsonbody import stored_json_value
+from config.api.jsonbody import StrictJSONFormField, stored_json_value
 
 from . import admin_views
 from .admin_views import AccountUserFilter, CreatedRangeFilter, ReasonPrefixFilter
@@ -219,6 +219,7 @@ class ServiceClientForm(forms.ModelForm):
     class Meta:
         model = ServiceClient
         fields = ("name", "scopes", "is_active")
+        field_classes = {"scopes": StrictJSONFormField}
 
     def clean_name(self):
         name = self.cleaned_data["name"]

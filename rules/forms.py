@@ -6,13 +6,12 @@ import re
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.forms.fields import InvalidJSONInput, JSONString
 from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from config.api.fields import storable_text_problem, user_id_problem
-from config.api.jsonbody import JSONInputError, strict_json_loads
+from config.api.jsonbody import JSONInputError, StrictJSONFormField, strict_json_loads
 
 from .engine import EventInput
 from .models import EVENT_TYPE_PATTERN, RewardLine, Rule
@@ -31,37 +30,6 @@ EXPRESSION_HELP = {
     "amount": "Gives an integer (fractions round down; 0 or less skips the line; nft is always 1). "
     "e.g. 100 · context.base_reward_points · floor(context.amount * 5 / 100) · min(context.points, 500)",
 }
-
-
-class StrictJSONFormField(forms.JSONField):
-    """A JSON form field read with ``strict_json_loads`` (no duplicate keys, nesting at most 32 deep)
-    whose value PostgreSQL can store (no NUL, no lone surrogates)."""
-
-    def to_python(self, value):
-        if self.disabled or value in self.empty_values:
-            return super().to_python(value)
-        if isinstance(value, (list, dict, int, float, JSONString)):
-            return value
-        try:
-            converted = strict_json_loads(value)
-        except JSONInputError as exc:
-            raise ValidationError(str(exc), code="invalid") from None
-        problem = storable_text_problem(converted)
-        if problem:
-            raise ValidationError(problem, code="invalid")
-        return JSONString(converted) if isinstance(converted, str) else converted
-
-    def bound_data(self, data, initial):
-        if self.disabled:
-            return initial
-        if data is None:
-            return None
-        try:
-            value = strict_json_loads(data)
-        except JSONInputError:
-            return InvalidJSONInput(data)
-        # Shown again as typed: a decoded lone surrogate could not even be written into the page.
-        return InvalidJSONInput(data) if storable_text_problem(value) else value
 
 
 class RuleAdminForm(forms.ModelForm):

@@ -4,31 +4,7 @@ import uuid
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .jsonbody import json_depth_problem
-
-
-def storable_text_problem(value) -> str | None:
-    """Why PostgreSQL could not store this JSON value's text (NUL, lone surrogates), or None.
-
-    Text columns and jsonb refuse both; caught late they are a database error, so callers check first.
-    Walks the value with a stack, so a deeply nested value cannot exhaust the interpreter's.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "Null characters are not allowed."
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "Surrogate characters are not allowed."
-        elif isinstance(item, dict):
-            stack.extend(part for pair in item.items() for part in pair)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return None
-
+from .jsonbody import json_depth_problem, storable_text_problem
 
 USER_ID_MAX_LENGTH = 100
 

@@ -8,6 +8,9 @@ malformed input (SPEC §4), and text PostgreSQL cannot store (NUL, lone surrogat
 
 import json
 
+from django import forms
+from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput, JSONString
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
@@ -48,6 +51,29 @@ def _nesting_exceeds(text: str, limit: int) -> bool:
         elif char in "]}":
             depth -= 1
     return False
+
+
+def storable_text_problem(value) -> str | None:
+    """Why PostgreSQL could not store this JSON value's text (NUL, lone surrogates), or None.
+
+    Text columns and jsonb refuse both; caught late they are a database error, so callers check first.
+    Walks the value with a stack, so a deeply nested value cannot exhaust the interpreter's.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "Null characters are not allowed."
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "Surrogate characters are not allowed."
+        elif isinstance(item, dict):
+            stack.extend(part for pair in item.items() for part in pair)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
 
 
 def json_depth_problem(value, limit: int = MAX_JSON_DEPTH) -> str | None:
@@ -122,3 +148,34 @@ class StrictJSONParser(JSONParser):
             return strict_json_loads(stream.read() if stream is not None else b"")
         except JSONInputError as exc:
             raise ParseError(str(exc)) from None
+
+
+class StrictJSONFormField(forms.JSONField):
+    """A JSON form field read with ``strict_json_loads`` (no duplicate keys, nesting at most 32 deep)
+    whose value PostgreSQL can store (no NUL, no lone surrogates)."""
+
+    def to_python(self, value):
+        if self.disabled or value in self.empty_values:
+            return super().to_python(value)
+        if isinstance(value, (list, dict, int, float, JSONString)):
+            return value
+        try:
+            converted = strict_json_loads(value)
+        except JSONInputError as exc:
+            raise ValidationError(str(exc), code="invalid") from None
+        problem = storable_text_problem(converted)
+        if problem:
+            raise ValidationError(problem, code="invalid")
+        return JSONString(converted) if isinstance(converted, str) else converted
+
+    def bound_data(self, data, initial):
+        if self.disabled:
+            return initial
+        if data is None:
+            return None
+        try:
+            value = strict_json_loads(data)
+        except JSONInputError:
+            return InvalidJSONInput(data)
+        # Shown again as typed: a decoded lone surrogate could not even be written into the page.
+        return InvalidJSONInput(data) if storable_text_problem(value) else value
