@@ -207,7 +207,13 @@ class RewardActionAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         version = RuleVersion.objects.filter(rule_id=OuterRef("rule_id"), version=OuterRef("rule_version"))
-        return super().get_queryset(request).annotate(rule_version_pk=Subquery(version.values("pk")[:1]))
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("event")
+            .defer("event__context")  # not shown here; a value stored too deep would not even decode
+            .annotate(rule_version_pk=Subquery(version.values("pk")[:1]))
+        )
 
     def _sees_rules(self, request) -> bool:
         return request.user.has_perm("rules.view_ruleversion")

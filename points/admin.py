@@ -180,6 +180,9 @@ class EntryAdmin(ReadOnlyLedgerAdmin):
     search_help_text = "Exact external_id of the transaction."
     list_select_related = ("transaction", "account")
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("transaction__metadata")
+
 
 class HoldCreatedRangeFilter(CreatedRangeFilter):
     title = "placed"

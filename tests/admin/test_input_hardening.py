@@ -212,17 +212,26 @@ def test_system_accounts_show_the_sum_of_their_entries(login):
     assert '<td class="field-balance_shown">-1212</td>' in html and '<td class="field-balance_shown">160</td>' in html
 
 
-def test_pages_of_json_stored_deeper_than_the_limit_still_render(login, ingest):
+def test_pages_of_json_stored_deeper_than_the_limit_still_render(login, ingest, make_rule):
     nested: dict = {}
     for _ in range(900):
         nested = {"a": nested}
     result = services.account_credit(source="old", external_id="deep", user_id="ann", amount=1, metadata=nested)
+    make_rule("pays", "quest.completed", [{"target": "actor", "reward_type": "points", "amount": "1"}])
     event = ingest("quest.completed", "ann")
     type(event).objects.filter(pk=event.pk).update(context=nested)
+    action = event.reward_actions.get()
     client = login("superuser")
     account = Account.objects.get(user_id="ann")
-    statement = client.get(reverse("admin:points_account_statement", args=[account.pk]))
-    assert statement.status_code == 200
+    for listing in (
+        reverse("admin:points_account_statement", args=[account.pk]),
+        reverse("admin:points_transaction_changelist"),
+        reverse("admin:points_entry_changelist"),
+        reverse("admin:connect_economicevent_changelist"),
+        reverse("admin:connect_rewardaction_changelist"),
+        reverse("admin:connect_rewardaction_change", args=[action.pk]),
+    ):
+        assert client.get(listing).status_code == 200, listing
     for url in (
         reverse("admin:points_transaction_change", args=[result.transaction.pk]),
         reverse("admin:connect_economicevent_change", args=[event.pk]),
