@@ -155,6 +155,18 @@ def _plan_line(
     return LineTrace(line.position, target, FIRED, reason, amount, locked), action
 
 
+def _upline_of_user_ids(upline: Callable[[str, int], str | None]) -> Callable[[str, int], str | None]:
+    """``upline`` for user ids only (SPEC §5): another text fails the rule instead of reaching the query."""
+
+    def checked(user: str, n: int) -> str | None:
+        problem = user_id_problem(user)
+        if problem:
+            raise EvaluationError(f"upline() of a value that is not a user id: {problem}")
+        return upline(user, n)
+
+    return checked
+
+
 def plan(
     *,
     event: EventInput,
@@ -180,7 +192,7 @@ def plan(
         primary_subject=event.primary_subject_user_id,
         context=event.context if event.context is not None else {},
         profile=profile,
-        upline=upline,
+        upline=_upline_of_user_ids(upline),
     )
     moment = event.occurred_at or event.received_at
     actions: list[PlannedAction] = []

@@ -107,8 +107,16 @@ def test_an_invalid_user_id_filter_is_400(quest):
 
 @pytest.mark.parametrize(
     "target",
-    ["'\\ud800' + actor", "actor + '/x'", "' ' + actor", "actor + '\\n'", "'\\x00' + actor"],
-    ids=["lone-surrogate", "slash", "leading-space", "trailing-newline", "nul"],
+    [
+        "'\\ud800' + actor",
+        "actor + '/x'",
+        "' ' + actor",
+        "actor + '\\n'",
+        "'\\x00' + actor",
+        "upline('\\ud800' + actor, 1)",
+        "upline(actor + '\\x00', 1)",
+    ],
+    ids=["lone-surrogate", "slash", "leading-space", "trailing-newline", "nul", "upline-surrogate", "upline-nul"],
 )
 @pytest.mark.parametrize("lock", ["", "vip_or_pro"])
 def test_a_rule_target_that_is_not_a_user_id_fails_the_event(quest, make_rule, target, lock):
@@ -121,7 +129,7 @@ def test_a_rule_target_that_is_not_a_user_id_fails_the_event(quest, make_rule, t
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["status"] == "failed"
-    assert "bad_target" in body["error"] and "not a valid user id" in body["error"]
+    assert "bad_target" in body["error"] and "not a" in body["error"] and "user id" in body["error"]
     assert body["reward_actions"] == [] and not RewardAction.objects.exists()
     # Stored, so a retry is a replay and not another failure of the server.
     again = quest.post("/api/v1/events", BODY, format="json")
