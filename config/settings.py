@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_api_key",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "simple_history",
     "axes",
     "django_prometheus",
@@ -56,6 +57,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "config.api.middleware.RequestLogMiddleware",
+    "config.api.middleware.ApiHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.api.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -121,6 +123,23 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Deployed (a DATABASE_URL), collectstatic writes compressed copies under content-hashed names, which
+# WhiteNoise serves with far-future cache headers. The embedded default (`make run`) serves the
+# source files as Django's runserver always has, with nothing to collect first.
+if not EMBEDDED:
+    # Static files (the admin's CSS, the API docs' Swagger UI) from the web process itself, right
+    # after SecurityMiddleware as WhiteNoise asks.
+    MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                      "whitenoise.middleware.WhiteNoiseMiddleware")  # fmt: skip
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if EMBEDDED
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 # --- HTTPS: TLS ends at a proxy; on by default in production, each switchable by its own variable.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -144,7 +163,7 @@ API_NUM_PROXIES = env.int("API_NUM_PROXIES", default=0)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["points.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["points.auth.HasScope"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["config.api.jsonbody.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_THROTTLE_CLASSES": ["config.api.throttling.ServiceClientRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"service_client": API_THROTTLE_RATE},
@@ -159,6 +178,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Connect (event inbox, reward actions) and Points (ledger) services.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from this project's static files (drf-spectacular-sidecar), not from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "SERVE_AUTHENTICATION": [],
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "COMPONENT_SPLIT_REQUEST": True,
@@ -233,6 +256,8 @@ PROFILE_VIP_EVENT_TYPES = env.list(
 PROFILE_PRO_EVENT_TYPES = env.list(
     "PROFILE_PRO_EVENT_TYPES", default=["user.upgraded_to_pro", "referral.user_upgraded_to_pro"]
 )
+# Where `manage.py demo` finds the running server: `make run` serves on PORT (default 8000).
+DEMO_BASE_URL = env.str("DEMO_BASE_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}")
 # The ledger's idempotency namespace for credits Connect makes in-process.
 CONNECT_LEDGER_SOURCE = env.str("CONNECT_LEDGER_SOURCE", default="connect")
 # Each process reuses the active rules of an event type this long (0: off): saves two queries per event.

@@ -12,6 +12,8 @@ os.environ.setdefault("API_THROTTLE_RATE", "100000/min")
 
 from .settings import *  # noqa: E402,F403
 
+# Tests render pages without running collectstatic first: static URLs name the source files.
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_BROKER_URL = os.environ.get("TEST_CELERY_BROKER_URL", "")
 CELERY_TASK_ALWAYS_EAGER = True

@@ -1,14 +1,18 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.api import schema  # noqa: F401  (registers the Api-Key scheme with the OpenAPI generator)
 from config.api.views import api_not_found, health, metrics
 
+handler400 = "config.api.views.bad_request"
+handler403 = "config.api.views.permission_denied"
 handler404 = "config.api.views.not_found"
 handler500 = "config.api.views.server_error"
 
 urlpatterns = [
+    path("", TemplateView.as_view(template_name="landing.html"), name="landing"),
     re_path(r"^health/?$", health, name="health"),
     re_path(r"^metrics/?$", metrics, name="metrics"),
     path("admin/", admin.site.urls),

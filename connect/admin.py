@@ -4,7 +4,6 @@ and the dashboard that puts the ledger and the reward actions side by side.
 Everything here is read-only; the only writes are the staff actions of ``connect.staff``.
 """
 
-import json
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Case, CharField, Count, F, OuterRef, Subquery, Sum, Value, When
-from django.db.models.functions import TruncDate
+from django.db.models import Case, CharField, Count, F, OuterRef, Subquery, Sum, TextField, Value, When
+from django.db.models.functions import Cast, TruncDate
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -26,6 +25,7 @@ from django.utils.http import urlencode
 
 from config.admin_base import ReadOnlyModelAdmin
 from config.api.errors import DomainError
+from config.api.jsonbody import json_text, stored_json_value
 from connect.trace import trace_html
 from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
@@ -50,7 +50,7 @@ REWARD_REASON_PREFIX = "reward:"
 
 
 def _pretty_json(value) -> str:
-    return format_html('<pre class="json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+    return format_html('<pre class="json">{}</pre>', json_text(value, indent=2, ensure_ascii=False, sort_keys=True))
 
 
 def _waiting_by_channel() -> list[dict]:
@@ -151,8 +151,17 @@ class EconomicEventAdmin(ReadOnlyAdmin):
     def decision(self, obj: EconomicEvent):
         return trace_html(obj.trace)
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("context")
+
     @admin.display(description="Payload (as received)")
     def payload(self, obj: EconomicEvent):
+        # The context is read as text: a value stored nested too deeply is named, not decoded.
+        context = stored_json_value(
+            EconomicEvent.objects.filter(pk=obj.pk)
+            .values_list(Cast("context", output_field=TextField()), flat=True)
+            .first()
+        )
         return _pretty_json(
             {
                 "external_id": obj.external_id,
@@ -160,7 +169,7 @@ class EconomicEventAdmin(ReadOnlyAdmin):
                 "source_service": obj.source_service,
                 "actor_user_id": obj.actor_user_id,
                 "primary_subject_user_id": obj.primary_subject_user_id,
-                "context": obj.context,
+                "context": context,
                 "occurred_at": obj.occurred_at.isoformat() if obj.occurred_at else None,
             }
         )
@@ -206,7 +215,13 @@ class RewardActionAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         version = RuleVersion.objects.filter(rule_id=OuterRef("rule_id"), version=OuterRef("rule_version"))
-        return super().get_queryset(request).annotate(rule_version_pk=Subquery(version.values("pk")[:1]))
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("event")
+            .defer("event__context")  # not shown here; a value stored too deep would not even decode
+            .annotate(rule_version_pk=Subquery(version.values("pk")[:1]))
+        )
 
     def _sees_rules(self, request) -> bool:
         return request.user.has_perm("rules.view_ruleversion")

@@ -3,7 +3,13 @@ import re
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from config.api.fields import BoundedJSONObjectField, StrictCharField, StrictUUIDField
+from config.api.fields import (
+    BoundedJSONObjectField,
+    StrictCharField,
+    StrictUUIDField,
+    UserIdField,
+    canonical_uuid,
+)
 
 from .models import EconomicEvent, RewardAction
 
@@ -44,10 +50,8 @@ class EventIn(serializers.Serializer):
         trim_whitespace=False,
         help_text="Must be the calling client's name (403 otherwise).",
     )
-    actor_user_id = StrictCharField(min_length=1, max_length=100, trim_whitespace=False)
-    primary_subject_user_id = StrictCharField(
-        min_length=1, max_length=100, required=False, allow_null=True, default=None, trim_whitespace=False
-    )
+    actor_user_id = UserIdField()
+    primary_subject_user_id = UserIdField(required=False, allow_null=True, default=None)
     context = BoundedJSONObjectField(
         max_bytes=CONTEXT_MAX_BYTES,
         required=False,
@@ -88,8 +92,8 @@ def _dict(value):
 
 def _reward_action_data(action: RewardAction) -> dict:
     return {
-        "id": _text(action.id),
-        "event_id": _text(action.event_id),
+        "id": canonical_uuid(action.id),
+        "event_id": canonical_uuid(action.event_id),
         "rule": _text(action.rule_code),
         "rule_version": _int(action.rule_version),
         "target_user_id": _text(action.target_user_id),
@@ -144,7 +148,7 @@ def event_out_data(event: EconomicEvent, actions) -> dict:
     """``EventOut``'s representation of ``event`` with these reward actions, in the order given: the
     event POST answers with the rows it has just written, without a queryset to carry them."""
     return {
-        "id": _text(event.id),
+        "id": canonical_uuid(event.id),
         "external_id": _text(event.external_id),
         "event_type": _text(event.event_type),
         "source_service": _text(event.source_service),
@@ -162,7 +166,7 @@ def event_out_data(event: EconomicEvent, actions) -> dict:
 class RewardActionFilter(serializers.Serializer):
     """The query filters of the reward-action list; an unknown value is a 400, never an empty page."""
 
-    target_user_id = serializers.CharField(required=False, min_length=1, max_length=100, trim_whitespace=False)
+    target_user_id = UserIdField(required=False)
     status = serializers.ChoiceField(choices=RewardAction.Status.choices, required=False)
     reward_type = serializers.ChoiceField(choices=RewardAction.RewardType.choices, required=False)
     event_id = StrictUUIDField(required=False)

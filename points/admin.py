@@ -1,15 +1,22 @@
+import json
+
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
+from django.db.models import Case, OuterRef, Subquery, Sum, TextField, When
+from django.db.models.functions import Cast, Coalesce
 from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from config.admin_base import ReadOnlyModelAdmin
+from config.api.jsonbody import StrictJSONFormField, stored_json_value
 
 from . import admin_views
 from .admin_views import AccountUserFilter, CreatedRangeFilter, ReasonPrefixFilter
 from .models import Account, Entry, Hold, ServiceClient, ServiceClientKey, Transaction
+from .namespaces import client_name_problem
 
 
 class ReadOnlyLedgerAdmin(ReadOnlyModelAdmin):
@@ -22,11 +29,39 @@ def _can_read_ledger(request) -> bool:
 
 @admin.register(Account)
 class AccountAdmin(ReadOnlyLedgerAdmin):
-    list_display = ("__str__", "kind", "balance", "held", "available", "created_at", "statement_link")
+    list_display = ("__str__", "kind", "balance_shown", "held", "available_shown", "created_at", "statement_link")
     list_filter = ("kind",)
     search_fields = ("user_id__exact", "code__exact")
     search_help_text = "Exact user id (or system account code)."
     change_list_template = "admin/points/account/change_list.html"
+
+    def get_queryset(self, request):
+        # A system account keeps no cached balance (locking it on every posting would serialise the
+        # ledger): what it stands for is the sum of its entries, computed for those rows only.
+        entries_total = Subquery(
+            Entry.objects.filter(account=OuterRef("pk"))
+            .order_by()
+            .values("account")
+            .annotate(total=Sum("amount"))
+            .values("total")[:1]
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                shown_balance=Case(When(kind=Account.Kind.SYSTEM, then=Coalesce(entries_total, 0)), default="balance")
+            )
+        )
+
+    @admin.display(description="Balance", ordering="shown_balance")
+    def balance_shown(self, obj: Account):
+        return getattr(obj, "shown_balance", obj.balance)
+
+    @admin.display(description="Available")
+    def available_shown(self, obj: Account):
+        if obj.kind != Account.Kind.USER:
+            return getattr(obj, "shown_balance", obj.balance)
+        return obj.available
 
     @admin.display(description="Statement")
     def statement_link(self, obj: Account):
@@ -96,6 +131,25 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
     actions = ["export_csv"]
     change_list_template = "admin/points/transaction/change_list.html"
 
+    def get_fields(self, request, obj=None):
+        return [("metadata_shown" if name == "metadata" else name) for name in super().get_fields(request, obj)]
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*super().get_readonly_fields(request, obj), "metadata_shown")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("metadata")
+
+    @admin.display(description="Metadata")
+    def metadata_shown(self, obj: Transaction):
+        stored = (
+            Transaction.objects.filter(pk=obj.pk)
+            .values_list(Cast("metadata", output_field=TextField()), flat=True)
+            .first()
+        )
+        value = stored_json_value(stored)
+        return format_html("<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
     def get_urls(self):
         return [
             path("export/", self.admin_site.admin_view(self.export_view), name="points_transaction_export"),
@@ -125,6 +179,9 @@ class EntryAdmin(ReadOnlyLedgerAdmin):
     search_fields = ("transaction__external_id__exact",)
     search_help_text = "Exact external_id of the transaction."
     list_select_related = ("transaction", "account")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("transaction__metadata")
 
 
 class HoldCreatedRangeFilter(CreatedRangeFilter):
@@ -161,10 +218,25 @@ class ServiceClientKeyInline(admin.TabularInline):
         return False
 
 
+class ServiceClientForm(forms.ModelForm):
+    class Meta:
+        model = ServiceClient
+        fields = ("name", "scopes", "is_active")
+        field_classes = {"scopes": StrictJSONFormField}
+
+    def clean_name(self):
+        name = self.cleaned_data["name"]
+        problem = client_name_problem(name)
+        if problem:
+            raise forms.ValidationError(problem)
+        return name
+
+
 @admin.register(ServiceClient)
 class ServiceClientAdmin(admin.ModelAdmin):
     """API keys: superusers only (no staff group is granted these permissions)."""
 
+    form = ServiceClientForm
     list_display = ("name", "scopes", "is_active", "created_at")
     search_fields = ("name",)
     inlines = [ServiceClientKeyInline]

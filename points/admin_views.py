@@ -13,8 +13,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import IncorrectLookupParameters
 from django.core.paginator import Paginator
-from django.db.models import OuterRef, QuerySet, Subquery, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import OuterRef, QuerySet, Subquery, Sum, TextField
+from django.db.models.functions import Cast, Coalesce
 from django.http import HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -22,6 +22,8 @@ from django.utils import timezone
 from django.utils.http import urlencode
 
 from config.api.errors import DomainError
+from config.api.fields import storable_text_problem, user_id_problem
+from config.api.jsonbody import stored_json_value
 
 from .errors import IdempotencyConflict, InsufficientFunds
 from .models import Account, Entry, Transaction
@@ -169,7 +171,9 @@ def statement_view(model_admin, request, account: Account):
         opening = None
         transactions = Transaction.objects.filter(account=account)
 
-    rows = with_balance_changes(transactions.select_related("created_by", "hold")).order_by("-created_at", "-pk")
+    rows = with_balance_changes(transactions.select_related("created_by", "hold").defer("metadata")).order_by(
+        "-created_at", "-pk"
+    )
     page = Paginator(rows, STATEMENT_PAGE_SIZE).get_page(request.GET.get("p"))
     filters = {key: value for key, value in (("kind", kind), ("created_from", since), ("created_to", until)) if value}
     export_query = {"user": account.user_id, **filters}
@@ -228,6 +232,7 @@ class _Echo:
 
 
 def _csv_rows(queryset: QuerySet):
+    queryset = queryset.annotate(metadata_text=Cast("metadata", output_field=TextField()))
     values = with_balance_changes(queryset).values_list(
         "pk",
         "created_at",
@@ -244,7 +249,7 @@ def _csv_rows(queryset: QuerySet):
         "external_id",
         "hold_id",
         "created_by__username",
-        "metadata",
+        "metadata_text",
     )
     writer = csv.writer(_Echo())
     yield writer.writerow(CSV_COLUMNS)
@@ -270,7 +275,9 @@ def _csv_rows(queryset: QuerySet):
                 csv_safe(external_id),
                 hold_id or "",
                 csv_safe(staff or ""),
-                csv_safe(json.dumps(metadata, ensure_ascii=False, sort_keys=True, separators=(",", ":"))),
+                csv_safe(
+                    json.dumps(stored_json_value(metadata), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+                ),
             )
         )
 
@@ -294,7 +301,10 @@ class AdjustmentForm(forms.Form):
     CREDIT = "credit"
     DEBIT = "debit"
 
-    user_id = forms.CharField(max_length=100, label="User id", help_text="The user whose account is adjusted.")
+    # Taken exactly as typed: the API stores user ids verbatim, so trimming would adjust another account.
+    user_id = forms.CharField(
+        max_length=100, strip=False, label="User id", help_text="The user whose account is adjusted."
+    )
     direction = forms.ChoiceField(
         choices=((CREDIT, "Credit: add points"), (DEBIT, "Debit: remove points")),
         widget=forms.RadioSelect,
@@ -315,7 +325,12 @@ class AdjustmentForm(forms.Form):
     )
 
     def clean_user_id(self):
-        return self.cleaned_data["user_id"].strip()
+        user_id = self.cleaned_data["user_id"]
+        problem = user_id_problem(user_id)
+        # An account stored before user ids were checked stays adjustable under its exact id.
+        if problem and not Account.objects.filter(user_id=user_id, kind=Account.Kind.USER).exists():
+            raise forms.ValidationError(problem)
+        return user_id
 
     def clean(self):
         cleaned = super().clean()
@@ -381,8 +396,8 @@ def adjustment_view(model_admin, request):
         )
     account = None
     user_id = (form.data.get("user_id") if form.is_bound else form.initial.get("user_id")) or ""
-    if user_id.strip():
-        account = Account.objects.filter(user_id=user_id.strip(), kind=Account.Kind.USER).first()
+    if user_id and storable_text_problem(user_id) is None:
+        account = Account.objects.filter(user_id=user_id, kind=Account.Kind.USER).first()
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,

@@ -1,6 +1,13 @@
 from rest_framework import serializers
 
-from config.api.fields import BoundedJSONObjectField, StrictCharField, StrictIntegerField, StrictUUIDField
+from config.api.fields import (
+    BoundedJSONObjectField,
+    StrictCharField,
+    StrictIntegerField,
+    StrictUUIDField,
+    UserIdField,
+    canonical_uuid,
+)
 
 from .models import Transaction
 from .services import MAX_AMOUNT, MAX_HOLD_SECONDS
@@ -19,7 +26,7 @@ class _OperationIn(serializers.Serializer):
 
 
 class CreditIn(_OperationIn):
-    user_id = StrictCharField(min_length=1, max_length=100, trim_whitespace=False)
+    user_id = UserIdField()
     amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT, help_text="Points, a JSON integer.")
     reason = StrictCharField(max_length=200, required=False, allow_blank=True, default="", trim_whitespace=False)
     metadata = BoundedJSONObjectField(
@@ -114,7 +121,7 @@ class HistoryItemOut(serializers.Serializer):
 def operation_result(txn) -> dict:
     """The response of an operation, rebuilt from its stored Transaction (so a replay is identical)."""
     body = {
-        "transaction_id": str(txn.pk),
+        "transaction_id": canonical_uuid(txn.pk),
         "user_id": txn.account.user_id,
         "balance": txn.balance_after,
         "held": txn.held_after,
@@ -125,13 +132,13 @@ def operation_result(txn) -> dict:
         body["amount"] = txn.amount
     elif kind == "hold":
         body.update(
-            hold_id=str(txn.hold_id),
+            hold_id=canonical_uuid(txn.hold_id),
             amount=txn.amount,
             status="active",
             expires_at=serializers.DateTimeField().to_representation(txn.hold.expires_at),
         )
     elif kind == "capture":
-        body.update(hold_id=str(txn.hold_id), captured=txn.amount, released=txn.hold.amount - txn.amount)
+        body.update(hold_id=canonical_uuid(txn.hold_id), captured=txn.amount, released=txn.hold.amount - txn.amount)
     elif kind in ("release", "expiry"):
-        body.update(hold_id=str(txn.hold_id), released=txn.amount)
+        body.update(hold_id=canonical_uuid(txn.hold_id), released=txn.amount)
     return body

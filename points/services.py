@@ -19,6 +19,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,13 +38,13 @@ from config.metrics import LEDGER_OPERATIONS
 
 from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, InvalidRequest, NotFound
 from .models import Account, Entry, Hold, SystemAccount, Transaction
+from .namespaces import STAFF_SOURCE, SYSTEM_SOURCE
 
 MAX_AMOUNT = 10**12
 MAX_HOLD_SECONDS = 30 * 24 * 3600
-STAFF_SOURCE = "staff"
-SYSTEM_SOURCE = "system"
 
 Kind = Transaction.Kind
+logger = logging.getLogger("points.services")
 Part = Entry.Part
 
 
@@ -806,11 +807,16 @@ def hold_expire(*, hold_id) -> LedgerResult | None:
 
 
 def holds_expire_due(*, batch_size: int = 500) -> int:
-    """Expire every hold past its expiry; safe to run from several workers at once."""
+    """Expire every hold past its expiry; safe to run from several workers at once.
+
+    A hold that cannot be expired is logged and skipped (it stays due for the next run).
+    """
     expired = 0
+    skipped: set = set()
     while True:
         due = list(
             Hold.objects.filter(status=Hold.Status.ACTIVE, expires_at__lte=timezone.now())
+            .exclude(pk__in=skipped)
             .order_by("expires_at")
             .values_list("pk", flat=True)[:batch_size]
         )
@@ -818,12 +824,18 @@ def holds_expire_due(*, batch_size: int = 500) -> int:
             return expired
         progressed = 0
         for hold_id in due:
-            result = hold_expire(hold_id=hold_id)
+            try:
+                result = hold_expire(hold_id=hold_id)
+            except Exception:
+                # One hold the ledger refuses must not stop every later hold from expiring.
+                logger.exception("hold expiry skipped", extra={"hold_id": str(hold_id)})
+                skipped.add(hold_id)
+                continue
             if result is not None and not result.replayed:
                 progressed += 1
         expired += progressed
         if progressed == 0:
-            return expired  # the rest is being handled by another worker
+            return expired  # the rest is skipped or being handled by another worker
 
 
 @_counted("adjustment")

@@ -16,7 +16,7 @@ from django.contrib import admin, messages
 from django.core import signing
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -40,10 +40,11 @@ from .services import (
     LINE_KEYS,
     RULE_KEYS,
     RulesImportError,
+    UnknownRuleVersion,
     rule_as_dict,
     rule_from_dict,
     rule_save_from_dict,
-    rule_version_bump,
+    rule_version_restore,
     rules_export,
     rules_import,
 )
@@ -290,10 +291,55 @@ class RuleAdmin(SimpleHistoryAdmin):
         url = reverse("admin:rules_ruleversion_changelist") + f"?rule__id__exact={obj.pk}"
         return format_html('<a href="{}">All versions of {}</a>', url, obj.code)
 
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        # The code is the rule's identity in rule files and in every action's ``rule``: fixed once made.
+        return (*fields, "code") if obj is not None else fields
+
+    def save_model(self, request, obj, form, change):
+        """Nothing here: the rule is written with its lines in ``save_related``, through the service."""
+
     def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
-        # The rule and its lines are saved; record a version if the rule's JSON form changed.
-        rule_version_bump(form.instance, request.user)
+        # One write path for rules (edit, import, enable/disable, restore): the rule service, which
+        # writes the rule and its lines together and alone computes the version number.
+        data = next(formset.rule_data for formset in formsets if hasattr(formset, "rule_data"))
+        rule, _ = rule_save_from_dict(data=data, user=request.user)
+        form.instance.pk, form.instance.version = rule.pk, rule.version
+        form.instance._state.adding = False
+        for formset in formsets:  # what construct_change_message reads after a formset's own save
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+
+    def revert_disabled(self, request, obj=None):
+        # simple_history's revert restores the rule's fields only (not its lines) and moves the
+        # version back; "Restore this version" on the history page replaces it.
+        return True
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        if request.method != "GET":
+            raise PermissionDenied
+        return super().history_form_view(request, object_id, version_id, extra_context)
+
+    def restore_view(self, request, object_id, version: int):
+        rule = self.get_object(request, object_id)
+        if rule is None:
+            raise Http404
+        if request.method != "POST" or not self.has_change_permission(request, rule):
+            raise PermissionDenied
+        history_url = reverse("admin:rules_rule_history", args=[rule.pk])
+        try:
+            rule, status = rule_version_restore(rule=rule, version=version, user=request.user)
+        except UnknownRuleVersion as exc:
+            messages.error(request, str(exc))
+        except ValidationError as exc:
+            messages.error(request, f"Version {version} cannot be restored: {'; '.join(exc.messages)}")
+        else:
+            if status == "unchanged":
+                messages.info(request, f"{rule.code} already is version {version}; nothing changed.")
+            else:
+                messages.success(
+                    request, f"Restored {rule.code} as it was at version {version}: now version {rule.version}."
+                )
+        return HttpResponseRedirect(history_url)
 
     @admin.action(description="Export selected rules as JSON", permissions=["view"])
     def export_selected(self, request, queryset):
@@ -336,6 +382,7 @@ class RuleAdmin(SimpleHistoryAdmin):
             path("import/", view(self.import_view), name="rules_rule_import"),
             path("export/", view(self.export_view), name="rules_rule_export"),
             path("simulate/", view(self.simulate_view), name="rules_rule_simulate"),
+            path("<path:object_id>/restore/<int:version>/", view(self.restore_view), name="rules_rule_restore"),
             *super().get_urls(),
         ]
 
@@ -446,7 +493,11 @@ class RuleAdmin(SimpleHistoryAdmin):
             }
             for version, older in zip(versions, [*versions[1:], None], strict=True)
         ]
-        extra_context = {"version_diffs": diffs, **(extra_context or {})}
+        extra_context = {
+            "version_diffs": diffs,
+            "can_restore": self.has_change_permission(request, self.get_object(request, object_id)),
+            **(extra_context or {}),
+        }
         return super().history_view(request, object_id, extra_context)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from config.api.fields import user_id_problem
+
 from .budgets import period_key
 from .expressions import (
     EvaluationContext,
@@ -154,6 +156,9 @@ def _plan_line(
     if target is None or target == "":
         return LineTrace(line.position, None, SKIPPED, "no target", None, False, "no_target", reward_type), None
     target = str(target)
+    problem = user_id_problem(target)
+    if problem:  # SPEC §5: a rule's target is a user id like any other, or the event fails
+        raise EvaluationError(f"target of line {line.position} is not a valid user id: {problem}")
 
     if reward_type == RewardLine.RewardType.NFT:
         amount = 1
@@ -230,6 +235,18 @@ def _plan_line(
     return LineTrace(line.position, target, FIRED, reason, amount, locked, code or FIRED, reward_type), action
 
 
+def _upline_of_user_ids(upline: Callable[[str, int], str | None]) -> Callable[[str, int], str | None]:
+    """``upline`` for user ids only (SPEC §5): another text fails the rule instead of reaching the query."""
+
+    def checked(user: str, n: int) -> str | None:
+        problem = user_id_problem(user)
+        if problem:
+            raise EvaluationError(f"upline() of a value that is not a user id: {problem}")
+        return upline(user, n)
+
+    return checked
+
+
 def plan(
     *,
     event: EventInput,
@@ -264,7 +281,7 @@ def plan(
         primary_subject=event.primary_subject_user_id,
         context=event.context if event.context is not None else {},
         profile=profile,
-        upline=upline,
+        upline=_upline_of_user_ids(upline),
     )
     moment = event.occurred_at or event.received_at
     actions: list[PlannedAction] = []

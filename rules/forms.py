@@ -10,8 +10,12 @@ from django.forms.models import BaseInlineFormSet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from config.api.fields import storable_text_problem, user_id_problem
+from config.api.jsonbody import JSONInputError, StrictJSONFormField, strict_json_loads
+
 from .engine import EventInput
 from .models import EVENT_TYPE_PATTERN, BudgetPolicy, RewardLine, Rule
+from .services import rule_as_dict, rule_from_dict
 
 MAX_IMPORT_FILE_BYTES = 5 * 1024 * 1024
 
@@ -29,6 +33,23 @@ EXPRESSION_HELP = {
 
 
 class RuleAdminForm(forms.ModelForm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "event_type" in self.fields:
+            self.fields["event_type"].strip = False  # refused as typed, never silently altered
+        if "budget_policy" in self.fields:
+            # Optional as in a rules file (SPEC §6): a form that leaves it out gets the default.
+            self.fields["budget_policy"].required = False
+
+    def clean_event_type(self):
+        event_type = self.cleaned_data["event_type"]
+        # The model's RegexValidator ends in "$", which a trailing newline also satisfies.
+        if not re.fullmatch(EVENT_TYPE_PATTERN, event_type):
+            raise ValidationError(
+                "Use dotted lower-case names of letters, digits and underscores, e.g. quest.completed."
+            )
+        return event_type
+
     class Meta:
         model = Rule
         fields = (
@@ -52,11 +73,6 @@ class RuleAdminForm(forms.ModelForm):
         }
         help_texts = {"condition": EXPRESSION_HELP["condition"]}
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Optional as in a rules file (SPEC §6): a form that leaves it out gets the default.
-        self.fields["budget_policy"].required = False
-
     def clean_budget_policy(self):
         return self.cleaned_data.get("budget_policy") or BudgetPolicy.PARTIAL
 
@@ -64,6 +80,7 @@ class RuleAdminForm(forms.ModelForm):
 class RewardLineForm(forms.ModelForm):
     class Meta:
         model = RewardLine
+        field_classes = {"params": StrictJSONFormField}
         fields = (
             "position",
             "target",
@@ -87,7 +104,11 @@ class RewardLineForm(forms.ModelForm):
 
 
 class RewardLineInlineFormSet(BaseInlineFormSet):
-    """At least one line per rule; a new line left at position 0 goes after the existing ones."""
+    """At least one line per rule; a new line left at position 0 goes after the existing ones.
+
+    The formset sees the rule as the main form made it, so it validates the whole rule (its JSON form,
+    as the service will save it) and keeps that in ``rule_data`` for the admin's save.
+    """
 
     def clean(self):
         super().clean()
@@ -108,6 +129,13 @@ class RewardLineInlineFormSet(BaseInlineFormSet):
                 last += 1
                 form.cleaned_data["position"] = last
                 form.instance.position = last
+        lines = [form.instance for form in sorted(kept, key=lambda form: form.instance.position)]
+        data = rule_as_dict(self.instance, lines)
+        try:
+            rule_from_dict(data=data)
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from None
+        self.rule_data = data
 
 
 class RulesImportForm(forms.Form):
@@ -124,9 +152,9 @@ class RulesImportForm(forms.Form):
         if upload.size > MAX_IMPORT_FILE_BYTES:
             raise ValidationError(f"The file is larger than {MAX_IMPORT_FILE_BYTES // (1024 * 1024)} MiB.")
         try:
-            self.cleaned_data["payload"] = json.loads(upload.read().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValidationError(f"Not a valid JSON file: {exc}") from exc
+            self.cleaned_data["payload"] = strict_json_loads(upload.read())
+        except JSONInputError as exc:
+            raise ValidationError(f"Not a valid rules file: {exc}") from None
         return upload
 
 
@@ -158,11 +186,14 @@ class SimulatorForm(forms.Form):
 
     def clean_event(self) -> EventInput:
         try:
-            data = json.loads(self.cleaned_data["event"])
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"Not valid JSON: {exc}") from exc
+            data = strict_json_loads(self.cleaned_data["event"])
+        except JSONInputError as exc:
+            raise ValidationError(str(exc)) from None
         if not isinstance(data, dict):
             raise ValidationError("The event must be a JSON object.")
+        problem = storable_text_problem(data)
+        if problem:
+            raise ValidationError(problem)
         problems = []
         unknown = sorted(set(data) - SIMULATOR_KEYS - SIMULATOR_IGNORED_KEYS)
         if unknown:
@@ -171,11 +202,11 @@ class SimulatorForm(forms.Form):
         if not isinstance(event_type, str) or not re.fullmatch(EVENT_TYPE_PATTERN, event_type):
             problems.append("event_type: required, dotted lower-case, e.g. quest.completed")
         actor = data.get("actor_user_id")
-        if not isinstance(actor, str) or not 1 <= len(actor) <= 100:
-            problems.append("actor_user_id: required, a string of 1..100 characters")
+        if user_id_problem(actor):
+            problems.append(f"actor_user_id: required. {user_id_problem(actor)}")
         subject = data.get("primary_subject_user_id")
-        if subject is not None and (not isinstance(subject, str) or not 1 <= len(subject) <= 100):
-            problems.append("primary_subject_user_id: null or a string of 1..100 characters")
+        if subject is not None and user_id_problem(subject):
+            problems.append(f"primary_subject_user_id: null or a user id. {user_id_problem(subject)}")
         context = data.get("context", {})
         if context is None:
             context = {}

@@ -13,7 +13,10 @@ from enum import StrEnum
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from .models import BudgetPolicy, Period, RewardLine, Rule, RuleVersion
+from config.api.fields import storable_text_problem
+from config.api.jsonbody import json_depth_problem
+
+from .models import EVENT_TYPE_PATTERN, BudgetPolicy, Period, RewardLine, Rule, RuleVersion
 from .selectors import rules_with_lines
 
 RULE_KEYS = (
@@ -233,6 +236,12 @@ def _rule_clean(entry) -> tuple[_CleanRule | None, list[str]]:
     for key in ("code", "name", "description", "event_type", "condition"):
         if key in entry and not isinstance(entry[key], str):
             errors.append(f"{key}: must be a string.")
+        elif key in entry and (problem := storable_text_problem(entry[key])):
+            errors.append(f"{key}: {problem}")
+    event_type = entry.get("event_type")
+    if isinstance(event_type, str) and not re.fullmatch(EVENT_TYPE_PATTERN, event_type):
+        # The model's RegexValidator ends in "$", which a trailing newline also satisfies.
+        errors.append("event_type: dotted lower-case names of letters, digits and underscores, e.g. quest.completed.")
     if "priority" in entry and not _is_int(entry["priority"]):
         errors.append("priority: must be an integer.")
     elif _is_int(entry.get("priority")) and not -(2**31) <= entry["priority"] < 2**31:
@@ -290,8 +299,14 @@ def _rule_clean(entry) -> tuple[_CleanRule | None, list[str]]:
         for key in ("target", "reward_type", "amount", "lock_condition"):
             if key in line_entry and not isinstance(line_entry[key], str):
                 line_errors.append(f"{prefix}{key}: must be a string.")
+            elif key in line_entry and (problem := storable_text_problem(line_entry[key])):
+                line_errors.append(f"{prefix}{key}: {problem}")
         if "params" in line_entry and not isinstance(line_entry["params"], dict):
             line_errors.append(f"{prefix}params: must be a JSON object.")
+        elif "params" in line_entry and (
+            problem := json_depth_problem(line_entry["params"]) or storable_text_problem(line_entry["params"])
+        ):
+            line_errors.append(f"{prefix}params: {problem}")
         max_per_target = line_entry.get("max_per_target")
         if max_per_target is not None and not _is_int(max_per_target):
             line_errors.append(f"{prefix}max_per_target: must be null or a positive integer.")
@@ -358,7 +373,9 @@ def rule_from_dict(*, data) -> tuple[Rule, list[RewardLine]]:
 
 def _entry_label(entry, index: int) -> str:
     code = entry.get("code") if isinstance(entry, dict) else None
-    return code if isinstance(code, str) and code else f"<rule {index}>"
+    # A code that cannot be printed (a lone surrogate) is not used to name the rule in the report.
+    printable = isinstance(code, str) and code and storable_text_problem(code) is None
+    return code if printable else f"<rule {index}>"
 
 
 # --- writes ----------------------------------------------------------------------------------
@@ -464,29 +481,23 @@ def rule_save_from_dict(*, data: dict, user=None) -> tuple[Rule, str]:
     return rule, status.value
 
 
-def rule_version_bump(rule: Rule, user=None) -> RuleVersion | None:
-    """Record a new version of ``rule`` if its JSON form differs from its latest RuleVersion.
+class UnknownRuleVersion(LookupError):
+    pass
 
-    Called after the rule and its lines were saved elsewhere (the admin saves the form, then the
-    inline lines). A rule without any RuleVersion gets one at its current version. Returns the new
-    RuleVersion, or None when nothing changed. Updates ``rule.version`` in place.
+
+def rule_version_restore(*, rule: Rule, version: int, user=None) -> tuple[Rule, str]:
+    """Make ``rule`` (fields *and* reward lines) what it was at ``version``, as a new version.
+
+    The stored snapshot is saved through ``rule_save_from_dict``, the path of every other rule write,
+    so the version number only ever goes up and the new version's snapshot is what events cite.
+    Returns the rule and "replaced", or "unchanged" when the rule already is that version.
+    Raises UnknownRuleVersion, or ValidationError when the old version no longer validates.
     """
-    with transaction.atomic():
-        locked = Rule.objects.select_for_update().get(pk=rule.pk)
-        lines = list(locked.rewards.order_by("position", "id"))
-        snapshot = rule_as_dict(locked, lines)
-        latest = locked.versions.order_by("-version").first()
-        if latest is not None and latest.snapshot == snapshot:
-            return None
-        if latest is not None:
-            locked.version = max(locked.version, latest.version) + 1
-            _set_history_user(locked, user)
-            locked.save(update_fields=["version", "updated_at"])
-        record = RuleVersion.objects.create(
-            rule=locked, version=locked.version, snapshot=snapshot, created_by=_user_or_none(user)
-        )
-    rule.version = locked.version
-    return record
+    record = RuleVersion.objects.filter(rule=rule, version=version).first()
+    if record is None:
+        raise UnknownRuleVersion(f"Rule {rule.code!r} has no version {version}.")
+    data = dict(record.snapshot) | {"code": rule.code}
+    return rule_save_from_dict(data=data, user=user)
 
 
 def rules_import(*, payload, user=None, dry_run: bool = False) -> ImportReport:

@@ -217,3 +217,85 @@ def _strings(value):
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _strings(item)
+
+
+# --- static files as deployed ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_gunicorn_with_debug_off_serves_the_collected_static_files(tmp_path):
+    """As the image runs: collectstatic, then gunicorn with DEBUG off. The admin's CSS, the project's
+    own files and Swagger UI answer 200, under their names and their content-hashed names, and the
+    pages link the hashed names; /api/docs loads nothing from another host."""
+    import time
+    import urllib.request
+
+    static_root = tmp_path / "static"
+    env = {
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "STATIC_ROOT": str(static_root),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "0",
+    }
+    collected = _manage("collectstatic", "--noinput", **env)
+    assert collected.returncode == 0, collected.stderr
+    hashed = json.loads((static_root / "staticfiles.json").read_text())["paths"]
+
+    port = _free_port()
+    dropped = {"DEBUG", "DJANGO_SETTINGS_MODULE", "DATABASE_URL", "SECURE_SSL_REDIRECT", "ALLOWED_HOSTS"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "--config", "config/gunicorn_conf.py",
+         "--bind", f"127.0.0.1:{port}", "--workers", "1", "config.wsgi:application"],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k not in dropped}, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+    def get(path: str, **headers):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, response.read()
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get("/health")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-2000:]
+                time.sleep(0.2)
+
+        for name in (
+            "admin/css/base.css",
+            "rewards/landing.css",
+            "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css",
+        ):
+            status, headers, body = get(f"/static/{name}")
+            assert (status, headers["Content-Type"].split(";")[0]) == (200, "text/css"), name
+            assert body == (static_root / name).read_bytes()
+            status, headers, _ = get(f"/static/{hashed[name]}", **{"Accept-Encoding": "gzip"})
+            assert status == 200 and headers["Content-Encoding"] == "gzip", name
+            assert "immutable" in headers["Cache-Control"]
+
+        status, _, landing = get("/")
+        assert status == 200 and f"/static/{hashed['rewards/landing.css']}".encode() in landing
+        status, _, admin_login = get("/admin/login/")
+        assert status == 200 and f"/static/{hashed['admin/css/base.css']}".encode() in admin_login
+        status, _, docs = get("/api/docs")
+        swagger_js = hashed["drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js"]
+        assert status == 200 and f"/static/{swagger_js}".encode() in docs
+        assert not re.search(rb"https?://(?!127\.0\.0\.1)", re.sub(rb"<a [^>]*>", b"", docs).split(b"<body")[-1])
+        assert get(f"/static/{swagger_js}")[0] == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

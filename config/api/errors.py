@@ -89,13 +89,6 @@ def api_exception_handler(exc, context):
             error_body("validation_error", "The request is invalid.", _validation_details(exc.detail)),
             status=400,
         )
-    if isinstance(exc, RecursionError) and _raised_by_a_parser(exc):
-        # The JSON decoder recurses once per nesting level; a body of "[[[[…" stays under the size
-        # limit and exhausts the stack. It is the caller's malformed input, not a server fault.
-        return Response(
-            error_body("validation_error", "The request body is not valid JSON.", {"body": ["Nested too deeply."]}),
-            status=400,
-        )
     if isinstance(exc, drf.ParseError):
         return Response(
             error_body("validation_error", "The request body is not valid JSON.", {"body": [str(exc.detail)]}),
@@ -114,15 +107,6 @@ def api_exception_handler(exc, context):
 
     logger.exception("unhandled API error", extra={"path": getattr(context.get("request"), "path", "")})
     return Response(error_body("internal_error", "An internal error occurred."), status=500)
-
-
-def _raised_by_a_parser(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.replace("\\", "/").endswith("rest_framework/parsers.py"):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _message(detail) -> str:

@@ -71,6 +71,23 @@ def api_not_found(request, *args, **kwargs):
     return JsonResponse({"error": {"code": "not_found", "message": "No such endpoint.", "details": {}}}, status=404)
 
 
+def bad_request(request, exception=None):
+    """Django's own 400s (a Host header not in ALLOWED_HOSTS, a malformed request) in the API's format."""
+    if is_api_path(request.path):
+        return json_error(400, "validation_error", "The request is malformed.")
+    from django.views.defaults import bad_request as html_bad_request
+
+    return html_bad_request(request, exception)
+
+
+def permission_denied(request, exception=None):
+    if is_api_path(request.path):
+        return json_error(403, "permission_denied", "Permission denied.")
+    from django.views.defaults import permission_denied as html_permission_denied
+
+    return html_permission_denied(request, exception)
+
+
 def server_error(request, *args, **kwargs):
     if is_api_path(request.path):
         return json_error(500, "internal_error", "An internal error occurred.")

@@ -12,6 +12,7 @@ order, conditions, stop_processing, skipped lines, locks, max_per_target, the re
 tiers), evaluated with the rule language's own evaluator.
 """
 
+import functools
 import uuid
 from collections import Counter
 
@@ -21,6 +22,8 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
+from config.api.fields import user_id_problem
+from config.api.jsonbody import json_depth_problem
 from connect.models import EconomicEvent, RewardAction, RewardGrant, UserProfile
 from points.models import Account, Transaction
 from points.verification import ledger_verify
@@ -59,6 +62,8 @@ CONDITIONS = [
     "upline(actor, 1) != null",
 ]
 TARGETS = ["actor", "primary_subject", "context.partner", "upline(actor, 1)", "upline(actor, 2)", "context.n"]
+# Values that are not user ids (SPEC §5): the event fails, as for any rule that cannot be evaluated.
+BAD_TARGETS = ["'\\ud800' + actor", "actor + '/x'"]
 AMOUNTS = [
     "10",
     "10",
@@ -79,7 +84,7 @@ LOCKS = ["", "", "vip_or_pro", "vip", "pro"]
 
 lines = st.fixed_dictionaries(
     {
-        "target": st.sampled_from(TARGETS),
+        "target": st.sampled_from(TARGETS) | st.sampled_from(TARGETS) | st.sampled_from(BAD_TARGETS),
         "reward_type": st.sampled_from(["points", "points", "points", "nft", "g2a_offchain"]),
         "amount": st.sampled_from(AMOUNTS),
         "lock_condition": st.sampled_from(LOCKS),
@@ -124,7 +129,13 @@ contexts = st.fixed_dictionaries(
             json_scalars,
             lambda inner: st.lists(inner, max_size=2) | st.dictionaries(texts, inner, max_size=2),
             max_leaves=5,
-        ),
+        )
+        # Around the nesting limit: the body, its context and this make 32 levels at depth 30.
+        | st.builds(
+            lambda depth, leaf: functools.reduce(lambda v, _: [v], range(depth), leaf),
+            st.integers(25, 40),
+            json_scalars,
+        ),  # fmt: skip
     },
 )
 
@@ -218,6 +229,8 @@ class Reference:
                     target = evaluate_target(line["target"], ctx)
                     if not target:
                         continue
+                    if user_id_problem(target):
+                        raise EvaluationError("target is not a user id")
                     amount = 1 if line["reward_type"] == "nft" else evaluate_amount(line["amount"], ctx)
                     if amount > 10**12:
                         raise EvaluationError("amount out of range")
@@ -348,8 +361,15 @@ def _run(poster, rules, stream):
         {**event, "external_id": f"e{n}", "source_service": SOURCE, "context": event["context"]}
         for n, event in enumerate(stream)
     ]
+    accepted = []
     for body in bodies:
         response = poster(body)
+        if json_depth_problem(body):  # refused before anything is stored or projected
+            assert response.status_code == 400, response.content
+            assert response.json()["error"]["details"] == {"body": ["JSON nested deeper than 32 levels."]}
+            assert not EconomicEvent.objects.filter(external_id=body["external_id"]).exists()
+            continue
+        accepted.append(body)
         assert response.status_code == 201, response.content
         stored = response.json()
         status, expected = reference.expected(body)
@@ -366,7 +386,7 @@ def _run(poster, rules, stream):
     assert {check.name: check.offenders for check in ledger_verify() if not check.ok} == {}
 
     before = state_snapshot()
-    for body in bodies:
+    for body in accepted:
         response = poster(body)
         assert response.status_code == 200, response.content
         assert response.json() == poster.api.get(f"/api/v1/events/{response.json()['id']}").json()

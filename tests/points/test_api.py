@@ -562,7 +562,7 @@ def test_malformed_json_is_400(api, raw, snapshot):
 def test_a_too_deeply_nested_body_is_400_not_a_server_error(api, path, raw, snapshot):
     before = snapshot()
     details = assert_error(raw_post(api, path, raw), 400, "validation_error")
-    assert details == {"body": ["Nested too deeply."]}
+    assert details == {"body": ["JSON nested deeper than 32 levels."]}
     assert snapshot() == before
 
 

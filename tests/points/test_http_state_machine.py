@@ -7,6 +7,7 @@ sends them. After every step each user's balance read over HTTP equals the model
 negative, and ``ledger_verify()`` finds every invariant intact.
 """
 
+import json
 import threading
 import uuid
 from datetime import timedelta
@@ -275,6 +276,43 @@ class LedgerOverHttp(RuleBasedStateMachine):
         status, body = post(self.key, path, changed)
         assert_error(status, body, 409, "idempotency_conflict")
         assert body["error"]["details"] == {"external_id": request["external_id"]}
+
+    @rule(
+        name=names,
+        amount=amounts,
+        malformation=st.one_of(
+            st.tuples(st.just("duplicate key"), st.integers(1, 400)),
+            st.tuples(st.just("nested too deeply"), st.integers(32, 3000)),
+            st.tuples(st.just("unstorable text"), st.sampled_from(["user_id", "reason", "metadata"]),
+                      st.sampled_from(["\\u0000", "\\ud800", "a\\udfffb", "\\udbff"])),
+            st.tuples(st.just("invalid user id"), st.sampled_from(["a/b", " lead", "trail ", "nl\\n", "bell\\u0007"])),
+        ),
+    )  # fmt: skip
+    def malformed_credit(self, name, amount, malformation):
+        """A body no caller may send is a 400 that changes nothing and leaves its external_id unused."""
+        request = {"external_id": self.external_id(), "user_id": self.user(name), "amount": amount, "reason": "r"}
+        text = json.dumps(request)
+        kind = malformation[0]
+        if kind == "duplicate key":
+            text = text[:-1] + f', "amount": {malformation[1]}}}'
+        elif kind == "nested too deeply":
+            depth = malformation[1]
+            text = text[:-1] + ', "metadata": ' + '{"a": ' * depth + "1" + "}" * depth + "}"
+        elif kind == "unstorable text":
+            field, escaped = malformation[1], malformation[2]
+            value = f'{{"k": "{escaped}"}}' if field == "metadata" else f'"{escaped}"'
+            text = (
+                text[:-1] + f', "{field}": {value}}}'
+                if field == "metadata"
+                else text.replace(json.dumps(request[field]), value, 1)
+            )
+        else:
+            text = text.replace(json.dumps(request["user_id"]), f'"{malformation[1]}"', 1)
+        response = _client(self.key).generic("POST", "/internal/credit", text.encode(), content_type="application/json")
+        assert_error(response.status_code, response.json(), 400, "validation_error")
+        status, body = post(self.key, "credit", request)  # the refused external_id was not used up
+        self.performed_ok("credit", request, status, body)
+        self.apply("credit", request, body)
 
     @rule(attempt=consumes(refused))
     def retry_refused(self, attempt):

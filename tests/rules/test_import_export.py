@@ -20,7 +20,6 @@ from rules.services import (
     RulesImportError,
     UnknownRuleCodes,
     rule_save_from_dict,
-    rule_version_bump,
     rules_export,
     rules_import,
 )
@@ -246,16 +245,10 @@ def test_optional_fields_take_their_defaults():
     }
 
 
-def test_rule_version_bump_records_only_real_changes():
+def test_saving_the_same_json_form_again_records_no_version():
     rule, _ = rule_save_from_dict(data=simple_rule())
-
-    assert rule_version_bump(rule) is None
-    RewardLine.objects.filter(rule=rule).update(amount="11")
-    record = rule_version_bump(rule)
-
-    assert record.version == 2 and rule.version == 2
-    assert record.snapshot["rewards"][0]["amount"] == "11"
-    assert Rule.objects.get(pk=rule.pk).version == 2
+    again, status = rule_save_from_dict(data=simple_rule())
+    assert (status, again.version, again.versions.count()) == ("unchanged", 1, 1)
 
 
 # --- refusals: all or nothing -----------------------------------------------------------------

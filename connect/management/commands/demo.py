@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import requests
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
@@ -50,25 +51,29 @@ def demo_steps(tag: str) -> list[Step]:
     def user(name: str) -> str:
         return f"{tag}-{name}"
 
-    return [
-        Step("1. first-level referral", "referral_service", "referral.joined", user("newbie"), user("sponsor"),
+    # Numbered in the order they are posted; the workflow (SPEC §10) each one plays is named in words.
+    steps = [
+        Step("referral, first level", "referral_service", "referral.joined", user("newbie"), user("sponsor"),
              {"level": 1}),
-        Step("1. first-level referral", "referral_service", "referral.joined", user("tenant"), user("newbie"),
+        Step("referral, first level", "referral_service", "referral.joined", user("tenant"), user("newbie"),
              {"level": 1}),
-        Step("2. sub-referral (deferred)", "referral_service", "referral.subjoined", user("sub"), user("sponsor"),
-             {"level": 2}),
-        Step("3. quest completed", "quest_service", "quest.completed", user("player"), user("author"),
+        Step("referral, second level (locked)", "referral_service", "referral.subjoined", user("sub"),
+             user("sponsor"), {"level": 2}),
+        Step("quest completed", "quest_service", "quest.completed", user("player"), user("author"),
              {"quest_id": "q-101", "base_reward_points": 40, "total_quests_completed": 3}),
-        Step("4. premium voucher", "voucher_service", "voucher.premium_purchased", user("buyer"), None,
+        Step("premium voucher", "voucher_service", "voucher.premium_purchased", user("buyer"), None,
              {"amount": 1000, "rf_partner_id": user("partner"), "pro_promoter_id": user("promoter")}),
-        Step("5. housing booking paid", "rielt_service", "rielt.booking_paid", user("tenant"), None,
+        Step("housing booking paid", "rielt_service", "rielt.booking_paid", user("tenant"), None,
              {"amount": 12000, "host_user_id": user("host"), "housing_type": "apartment", "city": "Lisbon"}),
-        Step("6. RF partner review", "rf_service", "rf_partner.review_created", user("reviewer"), None,
+        Step("RF partner review", "rf_service", "rf_partner.review_created", user("reviewer"), None,
              {"rf_partner_id": user("partner"), "rating": 5, "pro_curator_id": user("curator")}),
-        Step("7. badge at 10 quests", "quest_service", "quest.completed", user("player"), user("author"),
+        Step("badge at 10 quests", "quest_service", "quest.completed", user("player"), user("author"),
              {"quest_id": "q-110", "base_reward_points": 30, "total_quests_completed": 10}),
-        Step("2. sponsor VIP: unlocks it", "referral_service", "referral.user_upgraded_to_vip", user("sponsor")),
+        Step("sponsor VIP: unlocks step 3", "referral_service", "referral.user_upgraded_to_vip", user("sponsor")),
     ]  # fmt: skip
+    for number, step in enumerate(steps, start=1):
+        step.label = f"{number}. {step.label}"
+    return steps
 
 
 class ApiSession:
@@ -106,7 +111,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="The running server.")
+        parser.add_argument(
+            "--base-url",
+            default=settings.DEMO_BASE_URL,
+            help="The running server (default: DEMO_BASE_URL, else http://127.0.0.1:$PORT, PORT defaulting to 8000).",
+        )
         parser.add_argument(
             "--wait", type=float, default=30.0, help="Seconds to wait at most for the actions to settle."
         )
@@ -114,6 +123,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, base_url, wait, tag, **options):
         tag = tag or f"demo{secrets.token_hex(3)}"
+        self._check_server(base_url)  # before anything is written: no keys for a server that is not there
         keys = self._keys()
         self._warn_if_rules_missing()
         sessions = {name: ApiSession(base_url, key, timeout=30) for name, key in keys.items()}
@@ -133,13 +143,24 @@ class Command(BaseCommand):
             event = sessions[step.service].json("POST", "/api/v1/events", (200, 201), json=body)
             posted.append((step, event))
             self.stdout.write(
-                f"  {step.label:<28} {step.event_type:<30} → {event['status']}, "
+                f"  {step.label:<36} {step.event_type:<30} → {event['status']}, "
                 f"{len(event['reward_actions'])} action(s)"
             )
 
         events = self._wait_until_settled(console, [event["id"] for _, event in posted], wait)
         self._print_actions(posted, events)
         self._print_balances(console, posted, events)
+
+    def _check_server(self, base_url: str) -> None:
+        url = base_url.rstrip("/") + "/health"
+        try:
+            response = requests.get(url, timeout=10, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise CommandError(
+                f"Cannot reach {url}: {exc}. Is the server running (make run), and is --base-url (or PORT) right?"
+            ) from exc
+        if response.status_code != 200:
+            raise CommandError(f"{url} answered {response.status_code}: the server is not ready.")
 
     # --- keys ------------------------------------------------------------------------------------
 

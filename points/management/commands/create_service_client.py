@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from points.models import SCOPES, ServiceClient, ServiceClientKey
+from points.namespaces import client_name_problem
 
 
 def validate_scope(scope: str) -> str:
@@ -24,9 +25,9 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args, name, scopes, new_key, **options):
-        name = name.strip()
-        if not name or len(name) > 100:
-            raise CommandError("NAME must be 1..100 characters.")
+        problem = client_name_problem(name)
+        if problem:
+            raise CommandError(f"NAME: {problem}")
         scopes = sorted({validate_scope(scope) for scope in scopes})
         client = ServiceClient.objects.filter(name=name).first()
         if client and not new_key:

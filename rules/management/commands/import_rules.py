@@ -1,8 +1,8 @@
-import json
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from config.api.jsonbody import JSONInputError, strict_json_loads
 from rules.services import RulesImportError, rules_import
 
 
@@ -20,14 +20,14 @@ class Command(BaseCommand):
     def handle(self, *args, file, dry_run, **options):
         try:
             if file == "-":
-                payload = json.load(sys.stdin)
+                payload = strict_json_loads(sys.stdin.buffer.read())
             else:
-                with open(file, encoding="utf-8") as handle:
-                    payload = json.load(handle)
+                with open(file, "rb") as handle:
+                    payload = strict_json_loads(handle.read())
         except OSError as exc:
             raise CommandError(f"Cannot read {file}: {exc.strerror or exc}") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CommandError(f"{file} is not valid JSON: {exc}") from exc
+        except JSONInputError as exc:
+            raise CommandError(f"{file} is not valid JSON for a rules file: {exc}") from exc
 
         try:
             report = rules_import(payload=payload, dry_run=dry_run)
