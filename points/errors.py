@@ -8,6 +8,8 @@ __all__ = [
     "InvalidRequest",
     "LedgerError",
     "NotFound",
+    "NotReversible",
+    "ReversalExceedsOriginal",
 ]
 
 
@@ -28,6 +30,16 @@ class HoldNotActive(LedgerError):
 class CaptureExceedsHold(LedgerError):
     code = "capture_exceeds_hold"
     default_message = "The capture amount exceeds the held amount."
+
+
+class ReversalExceedsOriginal(LedgerError):
+    code = "reversal_exceeds_original"
+    default_message = "The reversal would take the reversed parts beyond the original amount."
+
+
+class NotReversible(LedgerError):
+    code = "not_reversible"
+    default_message = "Only a credit, debit or capture can be reversed."
 
 
 class InvalidRequest(DomainError):

@@ -1,3 +1,5 @@
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from config.api.fields import BoundedJSONObjectField, StrictCharField, StrictIntegerField, StrictUUIDField
@@ -6,6 +8,34 @@ from .models import Transaction
 from .services import MAX_AMOUNT, MAX_HOLD_SECONDS
 
 METADATA_MAX_BYTES = 16 * 1024
+
+
+class FutureMomentField(serializers.DateTimeField):
+    """An RFC 3339 timestamp with its UTC offset, in the future (a lot's expiry)."""
+
+    default_error_messages = {
+        "rfc3339": "An RFC 3339 timestamp with a UTC offset is required, e.g. 2030-01-31T00:00:00Z.",
+        "past": "The moment must be in the future.",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or "T" not in data.upper():
+            self.fail("rfc3339")
+        try:
+            moment = parse_datetime(data.replace("z", "Z").replace("t", "T"))
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            self.fail("rfc3339")
+        if moment <= timezone.now():
+            self.fail("past")
+        return moment
+
+
+_EXPIRES_AT_HELP = (
+    "When the points of the lot this opens expire (RFC 3339, in the future); default: POINTS_EXPIRE_AFTER_DAYS "
+    "after posting, or never."
+)
 
 
 class _OperationIn(serializers.Serializer):
@@ -28,13 +58,14 @@ class CreditIn(_OperationIn):
         default=dict,
         help_text=f"Any JSON object, at most {METADATA_MAX_BYTES} bytes serialized.",
     )
+    expires_at = FutureMomentField(required=False, help_text=_EXPIRES_AT_HELP)
 
 
 class DebitIn(CreditIn):
-    pass
+    expires_at = None
 
 
-class HoldIn(CreditIn):
+class HoldIn(DebitIn):
     expires_in = StrictIntegerField(
         min_value=1,
         max_value=MAX_HOLD_SECONDS,
@@ -57,14 +88,71 @@ class ReleaseIn(_OperationIn):
     hold_id = StrictUUIDField(help_text="A hold this client placed.")
 
 
+class ReverseIn(_OperationIn):
+    transaction_id = StrictUUIDField(help_text="A credit, debit or capture this client made.")
+    amount = StrictIntegerField(
+        min_value=1,
+        max_value=MAX_AMOUNT,
+        required=False,
+        help_text="Points to reverse (default: what is left unreversed of the original).",
+    )
+    reason = StrictCharField(max_length=200, required=False, allow_blank=True, default="", trim_whitespace=False)
+    metadata = BoundedJSONObjectField(
+        max_bytes=METADATA_MAX_BYTES,
+        required=False,
+        default=dict,
+        help_text=f"Any JSON object, at most {METADATA_MAX_BYTES} bytes serialized.",
+    )
+    allow_partial = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Credit reversals: take what is available when it is short, and answer the rest as shortfall.",
+    )
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and "allow_partial" in data and not isinstance(data["allow_partial"], bool):
+            raise serializers.ValidationError({"allow_partial": ["A JSON boolean is required."]})
+        return super().to_internal_value(data)
+
+
 class BalanceOut(serializers.Serializer):
     balance = serializers.IntegerField()
     held = serializers.IntegerField()
     available = serializers.IntegerField()
 
 
+class NextExpiryOut(serializers.Serializer):
+    amount = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+
+
 class AccountOut(BalanceOut):
     user_id = serializers.CharField()
+    expiring_soon = serializers.IntegerField(
+        help_text="Points whose lots expire within POINTS_EXPIRY_NOTICE_DAYS (default 30)."
+    )
+    next_expiry = NextExpiryOut(allow_null=True, help_text="The soonest expiry of open lots, or null.")
+
+
+class LotOut(serializers.Serializer):
+    lot_id = serializers.UUIDField(source="id")
+    transaction_id = serializers.UUIDField(
+        allow_null=True, help_text="The credit or adjustment that opened it; null for a balance older than lots."
+    )
+    amount = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+    expires_at = serializers.DateTimeField(allow_null=True, help_text="Null: never.")
+    created_at = serializers.DateTimeField()
+
+
+class ReverseOut(BalanceOut):
+    transaction_id = serializers.UUIDField()
+    reverses = serializers.UUIDField()
+    user_id = serializers.CharField()
+    reversed = serializers.IntegerField(help_text="Points reversed.")
+    shortfall = serializers.IntegerField(
+        help_text="Points asked for that the user no longer had (only with allow_partial; else 0)."
+    )
 
 
 class CreditOut(BalanceOut):
@@ -109,6 +197,7 @@ class HistoryItemOut(serializers.Serializer):
     balance_after = serializers.IntegerField()
     held_after = serializers.IntegerField()
     available_after = serializers.IntegerField()
+    reverses = serializers.UUIDField(source="reverses_id", allow_null=True)
 
 
 def operation_result(txn) -> dict:
@@ -134,4 +223,11 @@ def operation_result(txn) -> dict:
         body.update(hold_id=str(txn.hold_id), captured=txn.amount, released=txn.hold.amount - txn.amount)
     elif kind in ("release", "expiry"):
         body.update(hold_id=str(txn.hold_id), released=txn.amount)
+    elif kind == "reversal":
+        body.update(reverses=str(txn.reverses_id), reversed=txn.amount, shortfall=txn.shortfall)
     return body
+
+
+def account_body(totals: dict) -> dict:
+    """The account endpoint's body from ``selectors.account_totals``."""
+    return AccountOut(totals).data

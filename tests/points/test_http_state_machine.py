@@ -384,6 +384,7 @@ class LedgerOverHttp(RuleBasedStateMachine):
             assert response.status_code == 200
             assert response.json() == {
                 "user_id": user_id, "balance": balance, "held": held, "available": balance - held,
+                "expiring_soon": 0, "next_expiry": None,
             }  # fmt: skip
             assert held >= 0 and balance - held >= 0
 
