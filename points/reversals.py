@@ -34,9 +34,18 @@ Part = Entry.Part
 REVERSAL_SCOPES = {Kind.CREDIT: "points:debit", Kind.DEBIT: "points:credit", Kind.CAPTURE: "points:credit"}
 
 
-def reversal_original(*, source: str, transaction_id) -> Transaction:
-    """The transaction ``source`` made with this id; NotFound for any other (someone else's is not
-    told apart from none)."""
+def reversal_original(*, source: str, transaction_id=None, original_external_id: str | None = None) -> Transaction:
+    """The transaction ``source`` made with this id (or this external_id); NotFound for any other
+    (someone else's is not told apart from none)."""
+    if original_external_id is not None:
+        original = (
+            Transaction.objects.select_related("account")
+            .filter(source=source, external_id=original_external_id)
+            .first()
+        )
+        if original is None:
+            raise NotFound("No such transaction.", details={"transaction_id": f"external_id {original_external_id}"})
+        return original
     try:
         original_id = uuid.UUID(str(transaction_id))
     except ValueError:
@@ -53,13 +62,16 @@ def transaction_reverse(
     *,
     source: str,
     external_id: str,
-    transaction_id,
+    transaction_id=None,
+    original_external_id: str | None = None,
     amount: int | None = None,
     reason: str = "",
     metadata: dict | None = None,
     allow_partial: bool = False,
 ) -> LedgerResult:
-    """Reverse ``amount`` (default: what is left unreversed) of a credit, debit or capture ``source`` made.
+    """Reverse ``amount`` (default: what is left unreversed) of a credit, debit or capture ``source`` made,
+    named by its ``transaction_id`` or by the ``original_external_id`` it was posted with (for Connect:
+    the action id its points credit used).
 
     A credit's reversal takes the points back, from that credit's own lot first: InsufficientFunds
     when the user's available points are short, unless ``allow_partial``, when it takes what is
@@ -72,7 +84,9 @@ def transaction_reverse(
     if not isinstance(allow_partial, bool):
         raise TypeError("allow_partial must be a bool")
     metadata = metadata or {}
-    original = reversal_original(source=source, transaction_id=transaction_id)
+    original = reversal_original(
+        source=source, transaction_id=transaction_id, original_external_id=original_external_id
+    )
     fingerprint = request_hash(
         "reverse", transaction_id=str(original.pk), amount=amount, reason=reason, metadata=metadata,
         allow_partial=allow_partial,

@@ -316,7 +316,7 @@ def test_an_expiry_sweep_is_not_put_off_by_a_busy_account():
     assert_ledger_ok()
 
 
-def test_the_expiry_sweep_leaves_a_hold_being_captured_alone():
+def test_the_expiry_sweep_leaves_a_hold_being_captured_in_a_callers_transaction_alone():
     """The capture's UPDATE holds the hold's row until its transaction ends (here a caller's, kept
     open): the sweep, coming by after expiry, skips it, and the capture stands."""
     credit("alice", 100)
