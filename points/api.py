@@ -1,6 +1,6 @@
 """Thin HTTP views over the ledger services (SPEC §9)."""
 
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers as drf_serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -13,6 +13,7 @@ from config.api.views import ApiView
 from . import selectors, serializers
 from .batch import MAX_OPERATIONS, ledger_batch
 from .operations import OPERATIONS, ledger_operation
+from .serializers import StrictBooleanField
 
 _NO_SUCH_HOLD = "No hold with this id placed by this client (`not_found`); nothing changed."
 _NO_SUCH_PATH = "The path matches no account: the user id is longer than 100 characters (`not_found`)."
@@ -170,28 +171,39 @@ class ReverseView(_LedgerOperation):
         return super().post(request)
 
 
-class BatchIn(drf_serializers.Serializer):
-    operations = drf_serializers.ListField(
-        child=drf_serializers.DictField(),
-        min_length=1,
-        max_length=MAX_OPERATIONS,
-        help_text=(
-            f'1 to {MAX_OPERATIONS} operations, each `{{"op": <{"|".join(OPERATIONS)}>, ...that operation\'s body}}`.'
-        ),
-    )
-    atomic = drf_serializers.BooleanField(
-        required=False, default=False, help_text="All or nothing: the first refused operation undoes the batch (422)."
-    )
+_BATCH_OPERATION_SCHEMA = {
+    "type": "object",
+    "description": (
+        "One operation: `op` and that operation's request body (CreditInRequest, DebitInRequest, HoldInRequest, "
+        "CaptureInRequest, ReleaseInRequest or ReverseInRequest). The body is judged as the operation alone "
+        "judges it: an invalid one is that item's 400, not the batch's."
+    ),
+    "properties": {"op": {"type": "string", "enum": list(OPERATIONS)}},
+    "required": ["op"],
+    "additionalProperties": True,
+}
+
+
+@extend_schema_field({"type": "array", "items": _BATCH_OPERATION_SCHEMA, "minItems": 1, "maxItems": MAX_OPERATIONS})
+class BatchOperationsField(drf_serializers.Field):
+    """The list of operations: each an object naming a known ``op``; the rest of each is the operation's own."""
 
     def to_internal_value(self, data):
-        if isinstance(data, dict) and "atomic" in data and not isinstance(data["atomic"], bool):
-            raise ValidationError({"atomic": ["A JSON boolean is required."]})
-        if isinstance(data, dict) and isinstance(data.get("operations"), list):
-            # Each operation is judged on its own (its refusal is its item's result), so only the list is checked here.
-            operations = data["operations"]
-            checked = super().to_internal_value({**data, "operations": [{} for _ in operations]})
-            return {**checked, "operations": operations}
-        return super().to_internal_value(data)
+        if not isinstance(data, list) or not 1 <= len(data) <= MAX_OPERATIONS:
+            raise ValidationError(f"A list of 1 to {MAX_OPERATIONS} operations is required.")
+        for index, item in enumerate(data):
+            if not isinstance(item, dict) or item.get("op") not in OPERATIONS:
+                raise ValidationError(
+                    f"Operation {index}: an object with op one of {', '.join(OPERATIONS)} is required."
+                )
+        return data
+
+
+class BatchIn(drf_serializers.Serializer):
+    operations = BatchOperationsField()
+    atomic = StrictBooleanField(
+        required=False, default=False, help_text="All or nothing: the first refused operation undoes the batch (422)."
+    )
 
 
 class BatchItemOut(drf_serializers.Serializer):

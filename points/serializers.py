@@ -88,6 +88,17 @@ class ReleaseIn(_OperationIn):
     hold_id = StrictUUIDField(help_text="A hold this client placed.")
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean (DRF would also take "yes", 1 or "false")."""
+
+    default_error_messages = {"invalid": "A JSON boolean is required."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
 class ReverseIn(_OperationIn):
     transaction_id = StrictUUIDField(help_text="A credit, debit or capture this client made.")
     amount = StrictIntegerField(
@@ -103,16 +114,11 @@ class ReverseIn(_OperationIn):
         default=dict,
         help_text=f"Any JSON object, at most {METADATA_MAX_BYTES} bytes serialized.",
     )
-    allow_partial = serializers.BooleanField(
+    allow_partial = StrictBooleanField(
         required=False,
         default=False,
         help_text="Credit reversals: take what is available when it is short, and answer the rest as shortfall.",
     )
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict) and "allow_partial" in data and not isinstance(data["allow_partial"], bool):
-            raise serializers.ValidationError({"allow_partial": ["A JSON boolean is required."]})
-        return super().to_internal_value(data)
 
 
 class BalanceOut(serializers.Serializer):

@@ -105,29 +105,37 @@ def test_an_atomic_batch_is_all_or_nothing(api, snapshot):
     assert_ledger_ok()
 
 
-@pytest.mark.parametrize(
-    "operation, status",
-    [
-        ({"op": "credit", "external_id": "x", "user_id": "bob", "amount": 1}, 403),
-        ({"op": "teleport", "external_id": "x"}, 400),
-        ("credit", 400),
-    ],
-)
-def test_each_operation_needs_its_own_scope_and_a_known_op(api_for, operation, status):
+def test_each_operation_needs_its_own_scope(api_for):
     debit_only = api_for("shop", scopes=["points:debit"])
 
-    response = batch(debit_only, [operation])
+    response = batch(
+        debit_only,
+        [
+            {"op": "credit", "external_id": "x", "user_id": "bob", "amount": 1},
+            {"op": "debit", "external_id": "y", "user_id": "bob", "amount": 1},
+        ],
+    )
 
     assert response.status_code == 200
-    item = response.json()["results"][0]
-    assert item["status"] == status
-    assert item["body"]["error"]["code"] == {403: "permission_denied", 400: "validation_error"}[status]
+    first, second = response.json()["results"]
+    assert (first["status"], first["body"]["error"]["code"]) == (403, "permission_denied")
+    assert first["body"]["error"]["message"] == "This API key lacks the scope 'points:credit'."
+    assert (second["status"], second["body"]["error"]["code"]) == (422, "insufficient_funds")
     assert not Transaction.objects.exists()
 
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"operations": []}, {"operations": {}}, {"operations": [{}] * 1001}, {"operations": [{}], "atomic": "yes"}],
+    [
+        {},
+        {"operations": []},
+        {"operations": {}},
+        {"operations": [{"op": "credit"}] * 1001},
+        {"operations": [{"op": "credit"}], "atomic": "yes"},
+        {"operations": [{"op": "teleport", "external_id": "x"}]},
+        {"operations": ["credit"]},
+        {"operations": [{"external_id": "x"}]},
+    ],
 )
 def test_a_malformed_batch_is_a_400(api, body):
     assert_error(post(api, "/internal/batch", body), 400, "validation_error")
