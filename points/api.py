@@ -53,6 +53,7 @@ class CreditView(_LedgerOperation):
         "Credit points to a user",
         serializers.CreditIn,
         serializers.CreditOut,
+        ("expiry_in_past",),
         example={
             "external_id": "quest-42-reward",
             "user_id": "alice",
@@ -192,7 +193,7 @@ class BatchOperationsField(drf_serializers.Field):
         if not isinstance(data, list) or not 1 <= len(data) <= MAX_OPERATIONS:
             raise ValidationError(f"A list of 1 to {MAX_OPERATIONS} operations is required.")
         for index, item in enumerate(data):
-            if not isinstance(item, dict) or item.get("op") not in OPERATIONS:
+            if not isinstance(item, dict) or not isinstance(item.get("op"), str) or item["op"] not in OPERATIONS:
                 raise ValidationError(
                     f"Operation {index}: an object with op one of {', '.join(OPERATIONS)} is required."
                 )

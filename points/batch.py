@@ -40,7 +40,7 @@ def _operation_of(item) -> tuple[str, dict]:
     if not isinstance(item, dict):
         raise ValidationError({"non_field_errors": ["An operation must be a JSON object."]})
     op = item.get("op")
-    if not isinstance(op, str) or op not in OPERATIONS:
+    if not isinstance(op, str) or op not in OPERATIONS:  # (a str first: a dict is not hashable)
         raise ValidationError({"op": [f"One of {', '.join(OPERATIONS)} is required."]})
     return op, {key: value for key, value in item.items() if key != "op"}
 

@@ -2,6 +2,7 @@ from config.api.errors import DomainError, IdempotencyConflict, NotFound
 
 __all__ = [
     "CaptureExceedsHold",
+    "ExpiryInPast",
     "HoldNotActive",
     "IdempotencyConflict",
     "InsufficientFunds",
@@ -40,6 +41,11 @@ class ReversalExceedsOriginal(LedgerError):
 class NotReversible(LedgerError):
     code = "not_reversible"
     default_message = "Only a credit, debit or capture can be reversed."
+
+
+class ExpiryInPast(LedgerError):
+    code = "expiry_in_past"
+    default_message = "The lot's expires_at must be in the future."
 
 
 class InvalidRequest(DomainError):

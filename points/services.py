@@ -40,7 +40,15 @@ from config.api.fields import storable_text_problem
 from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, prepared_cursor, update_columns
 from config.metrics import LEDGER_OPERATIONS
 
-from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, InvalidRequest, NotFound
+from .errors import (
+    CaptureExceedsHold,
+    ExpiryInPast,
+    HoldNotActive,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidRequest,
+    NotFound,
+)
 from .lots import lot_expiry, lot_open, lots_take
 from .models import Account, Entry, Hold, Lot, SystemAccount, Transaction
 
@@ -148,12 +156,12 @@ def _operation_check(
             problems[name] = [problem]
     if expires_in is not None and (not _is_int(expires_in) or not 1 <= expires_in <= MAX_HOLD_SECONDS):
         problems["expires_in"] = [f"An integer from 1 to {MAX_HOLD_SECONDS} is required."]
-    if expires_at is not None and (
-        not isinstance(expires_at, datetime) or timezone.is_naive(expires_at) or expires_at <= timezone.now()
-    ):
-        problems["expires_at"] = ["A time zone aware moment in the future is required."]
+    if expires_at is not None and (not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)):
+        problems["expires_at"] = ["A time zone aware moment is required."]
     if problems:
         raise InvalidRequest(details=problems)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ExpiryInPast(details={"expires_at": expires_at.isoformat()})
 
 
 _system_account_ids: dict[str, int] = {}

@@ -103,6 +103,15 @@ ERROR_CODES: dict[str, tuple[str, dict]] = {
             "additionalProperties": False,
         },
     ),
+    "expiry_in_past": (
+        "ExpiryInPastError",
+        {
+            "type": "object",
+            "properties": {"expires_at": _TEXT},
+            "required": ["expires_at"],
+            "additionalProperties": False,
+        },
+    ),
     "not_reversible": (
         "NotReversibleError",
         {

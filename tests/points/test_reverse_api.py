@@ -201,7 +201,18 @@ def test_the_lots_list_pages_with_a_cursor(api):
     assert api.get("/internal/accounts/nobody/lots").json()["results"] == []
 
 
-@pytest.mark.parametrize("expires_at", ["2001-01-01T00:00:00Z", "2099-01-01T00:00:00", "2099-01-01", 5, "soon"])
+def test_a_credit_refuses_an_expiry_in_the_past_with_a_422(api):
+    response = post(
+        api,
+        "/internal/credit",
+        {"external_id": "c", "user_id": "alice", "amount": 5, "expires_at": "2001-01-01T00:00:00Z"},
+    )
+    assert assert_error(response, 422, "expiry_in_past") == {"expires_at": "2001-01-01T00:00:00+00:00"}
+    assert not Transaction.objects.exists()
+    assert post(api, "/internal/credit", {"external_id": "c", "user_id": "alice", "amount": 5}).status_code == 201
+
+
+@pytest.mark.parametrize("expires_at", ["2099-01-01T00:00:00", "2099-01-01", 5, "soon", "2099-13-01T00:00:00Z"])
 def test_a_credit_refuses_an_expiry_that_is_not_a_future_rfc3339_moment(api, expires_at):
     response = post(
         api, "/internal/credit", {"external_id": "c", "user_id": "alice", "amount": 5, "expires_at": expires_at}
