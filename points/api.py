@@ -2,7 +2,7 @@
 
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers as drf_serializers
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
 from config.api.fields import storable_text_problem
@@ -216,8 +216,13 @@ class BatchOut(drf_serializers.Serializer):
     results = BatchItemOut(many=True)
 
 
+# A key with none of these could not perform any operation of a batch.
+BATCH_SCOPES = ("points:credit", "points:debit", "points:hold")
+
+
 class BatchView(ApiView):
-    # Each operation needs its own scope, checked per operation (``ledger_operation``).
+    # Each operation needs its own scope, checked per operation (``ledger_operation``); a key with
+    # no ledger write scope at all is refused before the body is read.
     required_scope = None
 
     @extend_schema(
@@ -244,14 +249,16 @@ class BatchView(ApiView):
         ],
         responses={
             200: OpenApiResponse(BatchOut, description="One result per operation, in order."),
-            **error_responses(*WRITE_ERRORS, refusals=("batch_operation_refused",)),
+            **error_responses(*COMMON_ERRORS, 415, refusals=("batch_operation_refused",)),
         },
         tags=["points"],
     )
     def post(self, request):
+        principal = request.user
+        if not any(scope in principal.scopes for scope in BATCH_SCOPES):
+            raise PermissionDenied(f"This API key lacks every ledger write scope ({', '.join(BATCH_SCOPES)}).")
         serializer = BatchIn(data=request.data)
         serializer.is_valid(raise_exception=True)
-        principal = request.user
         items = ledger_batch(
             source=principal.client_name,
             scopes=principal.scopes,

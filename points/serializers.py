@@ -1,3 +1,5 @@
+from datetime import UTC
+
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
@@ -21,9 +23,12 @@ class FutureMomentField(serializers.DateTimeField):
             self.fail("rfc3339")
         try:
             moment = parse_datetime(data.replace("z", "Z").replace("t", "T"))
-        except ValueError:
+            # In UTC: PostgreSQL refuses offsets Python accepts (up to 24 h), and at the calendar's ends
+            # the conversion itself can overflow.
+            moment = moment.astimezone(UTC) if moment is not None and moment.tzinfo is not None else None
+        except (ValueError, OverflowError):
             moment = None
-        if moment is None or moment.tzinfo is None:
+        if moment is None:
             self.fail("rfc3339")
         return moment  # one in the past is the ledger's refusal (422 expiry_in_past), not a malformed request
 

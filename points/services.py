@@ -27,7 +27,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -162,6 +162,16 @@ def _operation_check(
         raise InvalidRequest(details=problems)
     if expires_at is not None and expires_at <= timezone.now():
         raise ExpiryInPast(details={"expires_at": expires_at.isoformat()})
+
+
+def _in_utc(moment: datetime | None) -> datetime | None:
+    """An aware moment in UTC (PostgreSQL refuses some offsets Python allows); InvalidRequest if it cannot be."""
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(details={"expires_at": ["A moment within the calendar is required."]}) from None
 
 
 _system_account_ids: dict[str, int] = {}
@@ -447,6 +457,7 @@ def _transfer(
     _operation_check(
         external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata, expires_at=expires_at
     )
+    expires_at = _in_utc(expires_at)
     delta = sign * amount
     metadata = metadata or {}
     # expires_at joins the fingerprint only when given, so credits posted before it existed replay as before.
@@ -854,6 +865,7 @@ def account_adjust(
     except InvalidRequest as exc:
         raise ValueError(f"The adjustment is invalid: {exc.details}") from None
     external_id = external_id or f"adjustment:{uuid.uuid4()}"
+    expires_at = _in_utc(expires_at)
     extra = {} if expires_at is None else {"expires_at": expires_at.isoformat()}
     fingerprint = request_hash("adjustment", user_id=user_id, amount=amount, reason=reason, **extra)
     account = _user_account(user_id)
