@@ -2,7 +2,7 @@
 
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers as drf_serializers
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from config.api.fields import storable_text_problem
@@ -12,7 +12,7 @@ from config.api.views import ApiView
 
 from . import selectors, serializers
 from .batch import MAX_OPERATIONS, ledger_batch
-from .operations import OPERATIONS, ledger_operation
+from .operations import OPERATIONS, REVERSE_SCOPES, ledger_operation
 from .serializers import StrictBooleanField
 
 _NO_SUCH_HOLD = "No hold with this id placed by this client (`not_found`); nothing changed."
@@ -133,7 +133,7 @@ _NO_SUCH_TRANSACTION = "No credit, debit or capture with this id made by this cl
 
 class ReverseView(_LedgerOperation):
     # Reversing a credit needs points:debit, a debit or capture points:credit (``ledger_operation``).
-    required_scope = None
+    required_scope = REVERSE_SCOPES
     op = "reverse"
 
     @extend_schema(
@@ -223,7 +223,7 @@ BATCH_SCOPES = ("points:credit", "points:debit", "points:hold")
 class BatchView(ApiView):
     # Each operation needs its own scope, checked per operation (``ledger_operation``); a key with
     # no ledger write scope at all is refused before the body is read.
-    required_scope = None
+    required_scope = BATCH_SCOPES
 
     @extend_schema(
         summary="Post many ledger operations at once",
@@ -255,8 +255,6 @@ class BatchView(ApiView):
     )
     def post(self, request):
         principal = request.user
-        if not any(scope in principal.scopes for scope in BATCH_SCOPES):
-            raise PermissionDenied(f"This API key lacks every ledger write scope ({', '.join(BATCH_SCOPES)}).")
         serializer = BatchIn(data=request.data)
         serializer.is_valid(raise_exception=True)
         items = ledger_batch(

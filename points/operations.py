@@ -57,7 +57,9 @@ def ledger_operation(*, source: str, scopes: Collection[str] | None, op: str, da
         if operation.scope is not None and operation.scope not in scopes:
             raise _lacks(operation.scope)
         if operation.scope is None and not any(scope in scopes for scope in REVERSE_SCOPES):
-            raise PermissionDenied("This API key lacks the scope 'points:debit' or 'points:credit'.")
+            raise PermissionDenied(
+                "This API key lacks each of the scopes " + ", ".join(f"'{each}'" for each in REVERSE_SCOPES) + "."
+            )
     serializer = operation.input_serializer(data=data)
     serializer.is_valid(raise_exception=True)
     fields = serializer.validated_data
