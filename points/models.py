@@ -263,12 +263,10 @@ class Lot(models.Model):
 
     class Meta:
         indexes = [
-            # Consumption order of one account's open lots.
+            # Consumption order of one account's open lots (an ascending index sorts nulls last in
+            # PostgreSQL, the order "never-expiring last" needs; SQLite has no NULLS LAST in an index).
             models.Index(
-                F("account"),
-                F("expires_at").asc(nulls_last=True),
-                F("created_at"),
-                F("id"),
+                fields=["account", "expires_at", "created_at", "id"],
                 condition=Q(remaining__gt=0),
                 name="points_lot_open_order",
             ),

@@ -88,7 +88,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='lot',
-            index=models.Index(models.F('account'), models.OrderBy(models.F('expires_at'), nulls_last=True), models.F('created_at'), models.F('id'), condition=models.Q(('remaining__gt', 0)), name='points_lot_open_order'),
+            index=models.Index(condition=models.Q(('remaining__gt', 0)), fields=['account', 'expires_at', 'created_at', 'id'], name='points_lot_open_order'),
         ),
         migrations.AddIndex(
             model_name='lot',
