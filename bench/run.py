@@ -8,7 +8,9 @@
    the broker messages (doorbells) per event; beside it one worker process draining a backlog of
    points actions;
 5. events/s with 10, 100 and 1,000 active rules;
-6. peak RSS of the web and worker processes; SQL statements per request.
+6. lots: reversals/s (4 processes), one expiry run over 100,000 due lots (lots/s), and over HTTP
+   100-credit batches against single credit requests (credits/s of each);
+7. peak RSS of the web and worker processes; SQL statements per request.
 
 Scratch data lives in its own databases (bench_pgbench, bench_app) and Redis database 7, all removed
 at the end; every process started here is stopped here, also on failure.
@@ -70,6 +72,7 @@ def _ratio(numerator, denominator) -> float | None:
 def _targets(results: dict) -> list[dict]:
     """Each target as a ratio of two figures of this run; a target whose figures were not measured is left out."""
     pg, ledger, http, e2e, rules = (results.get(k) for k in ("pgbench", "ledger", "http", "e2e", "rules"))
+    lots = results.get("lots")
     targets = []
 
     def add(name, value, goal, **extra):
@@ -116,6 +119,8 @@ def _targets(results: dict) -> list[dict]:
                 "met": half["p99_ms"] < 50 and half["errors"] == 0,
             }
         )
+    if lots and "batch" in lots:
+        add("HTTP credits/s in 100-operation batches / single credit requests", lots["batch"]["ratio"], 5)
     if rules:
         add(
             "events/s with 1,000 rules / with 10 rules",
@@ -238,6 +243,20 @@ def table(results: dict) -> str:
             row(f"HTTP events, {count} active rules (÷ 10 rules)", item["connections"], item["rps"], item["p50_ms"],
                 item["p99_ms"], item["errors"], _ratio(item["rps"], rules[RULE_COUNTS[0]]["rps"]),
                 item["web_cpu_ms_per_request"], item.get("host_cpu_ms_per_request"))  # fmt: skip
+    lots = results.get("lots") or {}
+    if "reversals" in lots:
+        rev = lots["reversals"]
+        row("ledger reversals (1 point of a credit each)", 4, rev["reversals_per_s"], rev["p50_ms"], rev["p99_ms"],
+            rev["errors"])  # fmt: skip
+    if "expiry" in lots:
+        row(f"expiry run over {lots['expiry']['lots']} due lots (lots/s)", 1, lots["expiry"]["lots_per_s"], None, None,
+            lots["expiry"]["skipped"])  # fmt: skip
+    if "batch" in lots:
+        batch = lots["batch"]
+        row("HTTP single POST /internal/credit (credits/s)", 1, batch["single"]["credits_per_s"], None, None,
+            batch["single"]["errors"])  # fmt: skip
+        row(f"HTTP POST /internal/batch of {batch['batch_size']} (credits/s, ÷ single)", 1,
+            batch["batch"]["credits_per_s"], None, None, batch["batch"]["errors"], batch["ratio"])  # fmt: skip
     out.append("")
     backtest = results.get("backtest")
     if backtest:
@@ -290,8 +309,10 @@ def table(results: dict) -> str:
     return "\n".join(out)
 
 
-PHASES = ("pgbench", "ledger", "http", "e2e", "rules", "backtest")
+PHASES = ("pgbench", "ledger", "http", "e2e", "rules", "lots", "backtest")
 BACKTEST_EVENTS = 100_000
+# Due lots of the expiry run (quick, full).
+EXPIRY_LOTS = (5_000, 100_000)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     from .e2e import dispatch_backlog_measure, e2e_measure
     from .http import gunicorn_start, wrk_run
     from .ledger import SCENARIOS, ledger_measure
+    from .lots import batch_measure, expiry_measure, reversals_measure
     from .pgbench import pgbench_drop, pgbench_measure, pgbench_prepare
     from .queries import queries_measure
     from .rules_scaling import rules_scaling_measure
@@ -355,8 +377,17 @@ def main(argv: list[str] | None = None) -> int:
         if pgbench_ready:
             pgbench_drop()
             pgbench_ready = False
-        if phases & {"http", "e2e", "rules"}:
+        if "lots" in phases:
+            results["lots"] = {
+                "reversals": reversals_measure(processes=4, seconds=durations["ledger"]),
+                "expiry": expiry_measure(lots=EXPIRY_LOTS[0 if args.quick else 1]),
+            }
+        if phases & {"http", "e2e", "rules", "lots"}:
             server = gunicorn_start(workers=WEB_WORKERS)
+        if "lots" in phases:
+            results["lots"]["batch"] = batch_measure(
+                base_url=server.base_url, key=key, seconds=durations["http"], batch_size=100
+            )
         connections = WEB_WORKERS * 2
         stamp = int(time.time())
         if "http" in phases:

@@ -222,6 +222,7 @@ CHANNEL_CONCURRENCY = env.int("CHANNEL_CONCURRENCY", default=8)
 DISPATCH_DRAIN_SECONDS = env.float("DISPATCH_DRAIN_SECONDS", default=20)
 DISPATCH_DOORBELL_SECONDS = env.float("DISPATCH_DOORBELL_SECONDS", default=0.1)
 HOLD_EXPIRY_INTERVAL_SECONDS = env.float("HOLD_EXPIRY_INTERVAL_SECONDS", default=30)
+POINTS_EXPIRY_INTERVAL_SECONDS = env.float("POINTS_EXPIRY_INTERVAL_SECONDS", default=300)
 # Redis redelivers an unacked message after this long; it must exceed the longest retry delay.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=int(max(3600, DISPATCH_RETRY_MAX_SECONDS * 2))),
@@ -235,6 +236,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-holds": {
         "task": "points.tasks.expire_holds",
         "schedule": HOLD_EXPIRY_INTERVAL_SECONDS,
+    },
+    "expire-points": {
+        "task": "points.tasks.expire_points",
+        "schedule": POINTS_EXPIRY_INTERVAL_SECONDS,
     },
 }
 
@@ -271,6 +276,10 @@ BACKTEST_KEEP_REPORTS = env.int("BACKTEST_KEEP_REPORTS", default=20)
 
 # --- Ledger
 POINTS_DEFAULT_HOLD_SECONDS = env.int("POINTS_DEFAULT_HOLD_SECONDS", default=15 * 60)
+# Points expiry (SPEC §13): a lot without its own expires_at expires this many days after posting (0: never).
+POINTS_EXPIRE_AFTER_DAYS = env.int("POINTS_EXPIRE_AFTER_DAYS", default=0)
+# Points whose lots expire within this many days are reported as expiring_soon.
+POINTS_EXPIRY_NOTICE_DAYS = env.int("POINTS_EXPIRY_NOTICE_DAYS", default=30)
 
 # --- Admin login protection (django-axes)
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)

@@ -15,7 +15,7 @@ from config.api.jsonbody import StrictJSONFormField, stored_json_value
 
 from . import admin_views
 from .admin_views import AccountUserFilter, CreatedRangeFilter, ReasonPrefixFilter
-from .models import Account, Entry, Hold, ServiceClient, ServiceClientKey, Transaction
+from .models import Account, Entry, Hold, Lot, ServiceClient, ServiceClientKey, Transaction
 from .namespaces import client_name_problem
 
 
@@ -205,6 +205,18 @@ class HoldAdmin(ReadOnlyLedgerAdmin):
     search_fields = ("transactions__external_id__exact",)
     search_help_text = "Exact external_id of the hold's transaction."
     list_select_related = ("account",)
+    ordering = ("-created_at",)
+
+
+@admin.register(Lot)
+class LotAdmin(ReadOnlyLedgerAdmin):
+    """Points by when they came in and when they expire (SPEC §13); read-only like the rest of the ledger."""
+
+    list_display = ("id", "account", "amount", "remaining", "expired_amount", "expires_at", "created_at", "transaction")
+    list_filter = (AccountUserFilter,)
+    search_fields = ("transaction__external_id__exact",)
+    search_help_text = "Exact external_id of the credit or adjustment that opened the lot."
+    list_select_related = ("account", "transaction")
     ordering = ("-created_at",)
 
 

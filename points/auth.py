@@ -65,7 +65,7 @@ class ApiKeyAuthentication(BaseAuthentication):
 
 
 class HasScope(BasePermission):
-    """Requires the scope named by the view's ``required_scope`` (None: only a valid key)."""
+    """Requires the scope named by the view's ``required_scope`` (a tuple: any one of them; None: only a valid key)."""
 
     message = "This API key lacks the scope this operation needs."
 
@@ -76,6 +76,11 @@ class HasScope(BasePermission):
         scope = getattr(view, "required_scope", None)
         if scope is None:
             return True
+        if isinstance(scope, tuple):
+            if any(principal.has_scope(each) for each in scope):
+                return True
+            self.message = "This API key lacks each of the scopes " + ", ".join(f"'{each}'" for each in scope) + "."
+            return False
         if principal.has_scope(scope):
             return True
         self.message = f"This API key lacks the scope '{scope}'."

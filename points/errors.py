@@ -2,12 +2,15 @@ from config.api.errors import DomainError, IdempotencyConflict, NotFound
 
 __all__ = [
     "CaptureExceedsHold",
+    "ExpiryInPast",
     "HoldNotActive",
     "IdempotencyConflict",
     "InsufficientFunds",
     "InvalidRequest",
     "LedgerError",
     "NotFound",
+    "NotReversible",
+    "ReversalExceedsOriginal",
 ]
 
 
@@ -28,6 +31,21 @@ class HoldNotActive(LedgerError):
 class CaptureExceedsHold(LedgerError):
     code = "capture_exceeds_hold"
     default_message = "The capture amount exceeds the held amount."
+
+
+class ReversalExceedsOriginal(LedgerError):
+    code = "reversal_exceeds_original"
+    default_message = "The reversal would take the reversed parts beyond the original amount."
+
+
+class NotReversible(LedgerError):
+    code = "not_reversible"
+    default_message = "Only a credit, debit or capture can be reversed."
+
+
+class ExpiryInPast(LedgerError):
+    code = "expiry_in_past"
+    default_message = "The lot's expires_at must be in the future."
 
 
 class InvalidRequest(DomainError):

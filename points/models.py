@@ -105,6 +105,7 @@ class SystemAccount(models.TextChoices):
     ISSUED = "points_issued", "Points issued"
     SPENT = "points_spent", "Points spent"
     ADJUSTMENTS = "adjustments", "Manual adjustments"
+    EXPIRED = "points_expired", "Points expired"
 
 
 class Hold(models.Model):
@@ -156,9 +157,13 @@ class Transaction(models.Model):
         RELEASE = "release", "Release"
         ADJUSTMENT = "adjustment", "Adjustment"
         EXPIRY = "expiry", "Expiry"
+        REVERSAL = "reversal", "Reversal"
+        POINTS_EXPIRY = "points_expiry", "Points expiry"
+
+    REVERSIBLE_KINDS = (Kind.CREDIT, Kind.DEBIT, Kind.CAPTURE)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    kind = models.CharField(max_length=12, choices=Kind.choices)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
     # Idempotency namespace: the calling client's name ("staff" / "system" for internal writers).
     source = models.CharField(max_length=100)
     external_id = models.CharField(max_length=200)
@@ -176,17 +181,31 @@ class Transaction(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # A reversal's original (a credit, debit or capture), and on an original the points reversed so
+    # far: a counter the database checks never passes the original's amount.
+    reverses = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversals", db_index=False
+    )
+    reversed_amount = models.BigIntegerField(default=0, db_default=0)
+    # A credit reversal with allow_partial: the points asked for that the user no longer had.
+    shortfall = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["source", "external_id"], name="points_txn_idempotency"),
             models.CheckConstraint(condition=Q(amount__gte=0), name="points_txn_amount_not_negative"),
+            models.CheckConstraint(
+                condition=Q(reversed_amount__gte=0) & Q(reversed_amount__lte=F("amount")),
+                name="points_txn_reversed_within_amount",
+            ),
+            models.CheckConstraint(condition=Q(shortfall__gte=0), name="points_txn_shortfall_not_negative"),
         ]
         indexes = [
             models.Index(fields=["account", "-created_at"], name="points_txn_account_recent"),
             models.Index(fields=["kind", "-created_at"], name="points_txn_kind_recent"),
             models.Index(fields=["external_id"], name="points_txn_external_id"),
             models.Index(fields=["reason"], opclasses=["varchar_pattern_ops"], name="points_txn_reason_prefix"),
+            models.Index(fields=["reverses"], condition=Q(reverses__isnull=False), name="points_txn_reverses"),
         ]
 
     def __str__(self) -> str:
@@ -220,3 +239,71 @@ class Entry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} {self.part} {self.amount:+d}"
+
+
+class Lot(models.Model):
+    """Points a credit (or positive adjustment) brought in, and what is left of them (SPEC §13).
+
+    A user's open lots' ``remaining`` add up to the account's balance. Debits, captures, credit
+    reversals and expiry take from lots; a debit's or capture's reversal gives back to the lots it
+    took from (``LotUse``). Every change to an account's lots is made while holding that account's
+    row lock, so lot updates never race each other.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="lots")
+    # The credit or adjustment that opened the lot; null for the lot the upgrade to lots opened for a
+    # balance that existed before them.
+    transaction = models.OneToOneField(Transaction, on_delete=models.PROTECT, null=True, blank=True, related_name="lot")
+    amount = models.BigIntegerField()
+    remaining = models.BigIntegerField()
+    expired_amount = models.BigIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Null: never expires.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # Consumption order of one account's open lots (an ascending index sorts nulls last in
+            # PostgreSQL, the order "never-expiring last" needs; SQLite has no NULLS LAST in an index).
+            models.Index(
+                fields=["account", "expires_at", "created_at", "id"],
+                condition=Q(remaining__gt=0),
+                name="points_lot_open_order",
+            ),
+            # The expiry run's scan of due lots.
+            models.Index(
+                fields=["expires_at", "id"],
+                condition=Q(remaining__gt=0) & Q(expires_at__isnull=False),
+                name="points_lot_due",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="points_lot_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(remaining__gte=0) & Q(expired_amount__gte=0) & Q(remaining__lte=F("amount")),
+                name="points_lot_remaining_within_amount",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"lot {self.id} ({self.remaining}/{self.amount})"
+
+
+class LotUse(models.Model):
+    """Points one transaction took from one lot; ``returned`` of them given back by its reversals."""
+
+    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="lot_uses")
+    lot = models.ForeignKey(Lot, on_delete=models.PROTECT, related_name="uses")
+    amount = models.BigIntegerField()
+    returned = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount__gt=0) & Q(returned__gte=0) & Q(returned__lte=F("amount")),
+                name="points_lot_use_returned_within_amount",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount} from lot {self.lot_id} by {self.transaction_id}"

@@ -69,6 +69,7 @@ ROLE_PERMISSIONS: dict[str, list[PermissionSpec]] = {
         _default("view", "points", "transaction", "transaction"),
         _default("view", "points", "entry", "entry"),
         _default("view", "points", "hold", "hold"),
+        _default("view", "points", "lot", "lot"),
         ADJUST_ACCOUNT,
         *_OPERATIONS_VIEW,
         CANCEL_REWARD_ACTION,

@@ -1,11 +1,35 @@
-from .models import Account, Transaction
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Sum, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from .models import Account, Lot, Transaction
+
+# Sorts never-expiring lots after every dated one in the lots list's cursor order.
+NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def account_totals(*, user_id: str) -> dict:
-    """The user's balance, held and available points; zeros for a user the ledger has not seen."""
-    row = Account.objects.filter(user_id=user_id).values("balance", "held").first()
+    """The user's balance, held and available points, the points whose lots expire within
+    POINTS_EXPIRY_NOTICE_DAYS and the next expiry; zeros and null for a user the ledger has not seen."""
+    row = Account.objects.filter(user_id=user_id).values("pk", "balance", "held").first()
     balance, held = (row["balance"], row["held"]) if row else (0, 0)
-    return {"user_id": user_id, "balance": balance, "held": held, "available": balance - held}
+    totals = {"user_id": user_id, "balance": balance, "held": held, "available": balance - held}
+    totals.update(expiring_soon=0, next_expiry=None)
+    if row is None:
+        return totals
+    dated = Lot.objects.filter(account_id=row["pk"], remaining__gt=0, expires_at__isnull=False)
+    notice = timezone.now() + timedelta(days=settings.POINTS_EXPIRY_NOTICE_DAYS)
+    totals["expiring_soon"] = dated.filter(expires_at__lte=notice).aggregate(
+        total=Coalesce(Sum("remaining"), Value(0))
+    )["total"]
+    soonest = dated.order_by("expires_at").values_list("expires_at", flat=True).first()
+    if soonest is not None:
+        amount = dated.filter(expires_at=soonest).aggregate(total=Sum("remaining"))["total"]
+        totals["next_expiry"] = {"amount": amount, "expires_at": soonest}
+    return totals
 
 
 def account_transactions(*, user_id: str):
@@ -13,6 +37,13 @@ def account_transactions(*, user_id: str):
         Transaction.objects.filter(account__user_id=user_id)
         .only(
             "id", "kind", "amount", "reason", "metadata", "external_id", "hold_id", "created_at",
-            "balance_after", "held_after",
+            "balance_after", "held_after", "reverses_id",
         )
     )  # fmt: skip
+
+
+def account_lots(*, user_id: str):
+    """A user's open lots; ``expiry_order`` is the expiry with never-expiring lots last."""
+    return Lot.objects.filter(account__user_id=user_id, remaining__gt=0).annotate(
+        expiry_order=Coalesce("expires_at", Value(NEVER))
+    )

@@ -8,11 +8,17 @@ Every operation runs in one database transaction and follows the same steps:
 3. write the balanced entries and stamp the balance after the operation on the Transaction.
 A refusal raises, which rolls everything back, so it consumes neither points nor the external_id.
 
-Credit and debit, the hot path, do all three steps in one PostgreSQL statement when the account
-exists, the key is new and the funds suffice (``_transfer_in_one_statement``); so do a hold
-(``_hold_in_one_statement``) and the capture or release of an active hold of the calling client
-(``_settle_in_one_statement``). Every other case takes the same steps one by one, and so gives
-every replay and refusal.
+Lots (SPEC §13, ``points.lots``): a credit or positive adjustment opens a lot; a debit, a capture
+or a negative adjustment takes from the open lots, soonest expiry first, and records what it took
+(so its reversal can give it back). Lot rows change only under the account's row lock, which the
+guarded balance UPDATE of step 2 takes.
+
+A credit, the hot path, does all three steps and opens its lot in one PostgreSQL statement when the
+account exists and the key is new (``_credit_in_one_statement``); so do a hold
+(``_hold_in_one_statement``) and the release of an active hold of the calling client
+(``_settle_in_one_statement``), which touch no lot. Debits and captures take the stepwise path
+only: taking from lots in order does not fit one statement simply. Every other case takes the same
+steps one by one, and so gives every replay and refusal.
 """
 
 import contextlib
@@ -23,7 +29,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -36,8 +42,17 @@ from config.api.fields import storable_text_problem
 from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, update_columns
 from config.metrics import LEDGER_OPERATIONS
 
-from .errors import CaptureExceedsHold, HoldNotActive, IdempotencyConflict, InsufficientFunds, InvalidRequest, NotFound
-from .models import Account, Entry, Hold, SystemAccount, Transaction
+from .errors import (
+    CaptureExceedsHold,
+    ExpiryInPast,
+    HoldNotActive,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidRequest,
+    NotFound,
+)
+from .lots import lot_expiry, lot_open, lots_take
+from .models import Account, Entry, Hold, Lot, SystemAccount, Transaction
 from .namespaces import STAFF_SOURCE, SYSTEM_SOURCE
 
 MAX_AMOUNT = 10**12
@@ -109,6 +124,7 @@ def _operation_check(
     metadata=None,
     amount_required: bool = True,
     expires_in=None,
+    expires_at=None,
 ) -> None:
     """Refuse input the ledger never stores, before anything is written.
 
@@ -142,8 +158,22 @@ def _operation_check(
             problems[name] = [problem]
     if expires_in is not None and (not _is_int(expires_in) or not 1 <= expires_in <= MAX_HOLD_SECONDS):
         problems["expires_in"] = [f"An integer from 1 to {MAX_HOLD_SECONDS} is required."]
+    if expires_at is not None and (not isinstance(expires_at, datetime) or timezone.is_naive(expires_at)):
+        problems["expires_at"] = ["A time zone aware moment is required."]
     if problems:
         raise InvalidRequest(details=problems)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ExpiryInPast(details={"expires_at": expires_at.isoformat()})
+
+
+def _in_utc(moment: datetime | None) -> datetime | None:
+    """An aware moment in UTC (PostgreSQL refuses some offsets Python allows); InvalidRequest if it cannot be."""
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(details={"expires_at": ["A moment within the calendar is required."]}) from None
 
 
 _system_account_ids: dict[str, int] = {}
@@ -223,6 +253,7 @@ def _ledger_sql(template: str, columns: tuple[str, ...], hold_columns: tuple[str
         transactions=quote(Transaction._meta.db_table),
         entries=quote(Entry._meta.db_table),
         holds=quote(Hold._meta.db_table),
+        lots=quote(Lot._meta.db_table),
         account_column=quote(Transaction._meta.get_field("account").column),
         hold_account_column=quote(Hold._meta.get_field("account").column),
         columns=", ".join(columns),
@@ -300,10 +331,10 @@ def _apply_or_refuse(account_id: int, *, balance_delta: int, held_delta: int) ->
 # --- operations ------------------------------------------------------------------------------
 
 
-_TRANSFER_SQL = """
+_CREDIT_SQL = """
     WITH acct AS (
         UPDATE {accounts} SET balance = balance + %s
-         WHERE user_id = %s AND (balance + %s) - held >= 0
+         WHERE user_id = %s
            AND NOT EXISTS (SELECT 1 FROM {transactions} WHERE source = %s AND external_id = %s)
      RETURNING id, balance, held
     ), txn AS (
@@ -315,28 +346,33 @@ _TRANSFER_SQL = """
         SELECT id, {account_column}, %s, CAST(%s AS bigint) FROM txn
          UNION ALL
         SELECT id, CAST(%s AS bigint), %s, CAST(%s AS bigint) FROM txn
+    ), lot AS (
+        INSERT INTO {lots} (id, account_id, transaction_id, amount, remaining, expired_amount, expires_at, created_at)
+        SELECT %s, {account_column}, id, CAST(%s AS bigint), CAST(%s AS bigint), 0, %s, %s FROM txn
     )
     SELECT id, balance, held FROM acct
 """
 
 
-def _transfer_in_one_statement(txn: Transaction, user_id: str, delta: int, counterpart_id: int) -> bool:
-    """The common case of a credit or debit as one PostgreSQL statement: move the balance, insert
-    the Transaction with the balance after it, and its two entries; in autocommit mode that is one
-    round trip and one commit.
+def _credit_in_one_statement(txn: Transaction, user_id: str, counterpart_id: int, expires_at) -> bool:
+    """The common case of a credit as one PostgreSQL statement: move the balance, insert the
+    Transaction with the balance after it, its two entries and its lot; in autocommit mode that is
+    one round trip and one commit.
 
     True when it was performed. False, with nothing changed, in every other case, which the
-    stepwise path then sorts out: the key is taken (a replay or a conflict), the user has no account
-    yet, or a debit exceeds what is available. Two requests with one key at the same time cannot
-    both pass: the second one's INSERT hits the unique key, which aborts its whole statement.
+    stepwise path then sorts out: the key is taken (a replay or a conflict) or the user has no
+    account yet. Two requests with one key at the same time cannot both pass: the second one's
+    INSERT hits the unique key, which aborts its whole statement.
     """
     columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
-    sql = _ledger_sql(_TRANSFER_SQL, tuple(columns))
+    sql = _ledger_sql(_CREDIT_SQL, tuple(columns))
+    amount = txn.amount
     params = [
-        delta, user_id, delta, txn.source, txn.external_id,
+        amount, user_id, txn.source, txn.external_id,
         *values,
-        Part.AVAILABLE, delta,
-        counterpart_id, Part.AVAILABLE, -delta,
+        Part.AVAILABLE, amount,
+        counterpart_id, Part.AVAILABLE, -amount,
+        uuid.uuid4(), amount, amount, expires_at, txn.created_at,
     ]  # fmt: skip
     row = _one_statement_row(sql, params)
     if row is None:
@@ -378,8 +414,11 @@ def _one_statement_saved(txn: Transaction, account: Account, hold: Hold | None =
 
 
 @transaction.atomic
-def _transfer_in_steps(txn: Transaction, user_id: str, delta: int, counterpart_id: int) -> LedgerResult:
-    """Claim the key (with the account lookup), move the balance, write the entries, stamp the balance."""
+def _transfer_in_steps(
+    txn: Transaction, user_id: str, delta: int, counterpart_id: int, expires_at=None
+) -> LedgerResult:
+    """Claim the key (with the account lookup), move the balance, open the credit's lot or take the
+    debit from the lots, write the entries, stamp the balance."""
     account_id = _transfer_claim(txn, user_id)
     if account_id is None:
         # The key is taken, or this is the user's first operation: tell which, then claim again.
@@ -393,6 +432,10 @@ def _transfer_in_steps(txn: Transaction, user_id: str, delta: int, counterpart_i
     mark_saved(txn)
     txn.account_id = account_id
     balance, held = _apply_or_refuse(account_id, balance_delta=delta, held_delta=0)
+    if delta > 0:
+        lot_open(txn=txn, account_id=account_id, amount=delta, expires_at=expires_at)
+    else:
+        lots_take(account_id=account_id, amount=-delta, txn=txn, record=True)
     _post(
         txn, [(account_id, Part.AVAILABLE, delta), (counterpart_id, Part.AVAILABLE, -delta)], balance=balance, held=held
     )
@@ -410,29 +453,47 @@ def _transfer(
     amount: int,
     reason: str,
     metadata: dict | None,
+    expires_at: datetime | None = None,
 ) -> LedgerResult:
     """Move ``amount`` into (sign +1) or out of (sign -1) the user's available points, against a system account."""
-    _operation_check(external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata)
+    _operation_check(
+        external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata, expires_at=expires_at
+    )
+    expires_at = _in_utc(expires_at)
     delta = sign * amount
     metadata = metadata or {}
+    # expires_at joins the fingerprint only when given, so credits posted before it existed replay as before.
+    extra = {} if expires_at is None else {"expires_at": expires_at.isoformat()}
     txn = Transaction(
         kind=kind, source=source, external_id=external_id, amount=amount, reason=reason, metadata=metadata,
-        request_hash=request_hash(kind, user_id=user_id, amount=amount, reason=reason, metadata=metadata),
+        request_hash=request_hash(kind, user_id=user_id, amount=amount, reason=reason, metadata=metadata, **extra),
     )  # fmt: skip
     counterpart_id = system_account_id(counterpart)
-    if connection.vendor == "postgresql" and _transfer_in_one_statement(txn, user_id, delta, counterpart_id):
+    if delta < 0:
+        return _transfer_in_steps(txn, user_id, delta, counterpart_id)
+    lot_expires_at = lot_expiry(posted_at=txn.created_at, expires_at=expires_at)
+    if connection.vendor == "postgresql" and _credit_in_one_statement(txn, user_id, counterpart_id, lot_expires_at):
         return LedgerResult(txn, False)
-    return _transfer_in_steps(txn, user_id, delta, counterpart_id)
+    return _transfer_in_steps(txn, user_id, delta, counterpart_id, lot_expires_at)
 
 
 @_counted("credit")
 def account_credit(
-    *, source: str, external_id: str, user_id: str, amount: int, reason: str = "", metadata: dict | None = None
+    *,
+    source: str,
+    external_id: str,
+    user_id: str,
+    amount: int,
+    reason: str = "",
+    metadata: dict | None = None,
+    expires_at: datetime | None = None,
 ) -> LedgerResult:
-    """Credit ``amount`` to the user; atomic, whether it runs alone or inside the caller's transaction."""
+    """Credit ``amount`` to the user in a new lot that expires at ``expires_at`` (aware, in the
+    future; default: POINTS_EXPIRE_AFTER_DAYS after posting, 0 = never); atomic, whether it runs
+    alone or inside the caller's transaction."""
     return _transfer(
         kind=Kind.CREDIT, counterpart=SystemAccount.ISSUED, sign=1, source=source, external_id=external_id,
-        user_id=user_id, amount=amount, reason=reason, metadata=metadata,
+        user_id=user_id, amount=amount, reason=reason, metadata=metadata, expires_at=expires_at,
     )  # fmt: skip
 
 
@@ -633,9 +694,6 @@ def _settle_legs(hold: Hold, captured: int) -> list[tuple[int, str, int]]:
 def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None = None) -> LedgerResult:
     """Spend ``amount`` (default: all) of an active hold; the rest returns to available."""
     _operation_check(external_id=external_id, amount=amount, amount_required=False)
-    settled = _settled_in_one_statement(source, external_id, hold_id, kind=Kind.CAPTURE, amount=amount)
-    if settled is not None:
-        return settled
     return _capture_in_steps(source=source, external_id=external_id, hold_id=hold_id, amount=amount)
 
 
@@ -748,6 +806,7 @@ def _capture_in_steps(*, source: str, external_id: str, hold_id, amount: int | N
         raise CaptureExceedsHold(details={"held": hold.amount, "requested": captured})
     _hold_close(hold, status=Hold.Status.CAPTURED, captured=captured, now=txn.created_at)
     balance, held = _apply_or_refuse(hold.account_id, balance_delta=-captured, held_delta=-hold.amount)
+    lots_take(account_id=hold.account_id, amount=captured, txn=txn, record=True)
     _post(txn, _settle_legs(hold, captured), balance=balance, held=held)
     return LedgerResult(txn, False)
 
@@ -841,19 +900,32 @@ def holds_expire_due(*, batch_size: int = 500) -> int:
 @_counted("adjustment")
 @transaction.atomic
 def account_adjust(
-    *, user_id: str, amount: int, reason: str, staff_user, external_id: str | None = None
+    *,
+    user_id: str,
+    amount: int,
+    reason: str,
+    staff_user,
+    external_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> LedgerResult:
-    """A staff correction: a signed amount posted against the adjustments account, never an edit."""
+    """A staff correction: a signed amount posted against the adjustments account, never an edit.
+
+    A positive one opens a lot expiring at ``expires_at`` (default as a credit's); a negative one
+    takes from the lots as a debit does."""
     if not _is_int(amount) or not amount or abs(amount) > MAX_AMOUNT:
         raise ValueError(f"An adjustment needs a non-zero whole amount of at most {MAX_AMOUNT} points either way.")
     if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
         raise ValueError("An adjustment needs a reason of at most 200 characters.")
     try:
-        _operation_check(external_id=external_id or "-", user_id=user_id, amount_required=False, reason=reason)
+        _operation_check(
+            external_id=external_id or "-", user_id=user_id, amount_required=False, reason=reason, expires_at=expires_at
+        )
     except InvalidRequest as exc:
         raise ValueError(f"The adjustment is invalid: {exc.details}") from None
     external_id = external_id or f"adjustment:{uuid.uuid4()}"
-    fingerprint = request_hash("adjustment", user_id=user_id, amount=amount, reason=reason)
+    expires_at = _in_utc(expires_at)
+    extra = {} if expires_at is None else {"expires_at": expires_at.isoformat()}
+    fingerprint = request_hash("adjustment", user_id=user_id, amount=amount, reason=reason, **extra)
     account = _user_account(user_id)
     txn, replayed = _claim(
         source=STAFF_SOURCE, external_id=external_id, fingerprint=fingerprint, kind=Kind.ADJUSTMENT,
@@ -864,6 +936,11 @@ def account_adjust(
     if replayed:
         return LedgerResult(txn, True)
     balance, held = _apply_or_refuse(account.pk, balance_delta=amount, held_delta=0)
+    if amount > 0:
+        lot_expires_at = lot_expiry(posted_at=txn.created_at, expires_at=expires_at)
+        lot_open(txn=txn, account_id=account.pk, amount=amount, expires_at=lot_expires_at)
+    else:
+        lots_take(account_id=account.pk, amount=-amount, txn=txn, record=True)
     _post(
         txn,
         [(account.pk, Part.AVAILABLE, amount), (system_account_id(SystemAccount.ADJUSTMENTS), Part.AVAILABLE, -amount)],

@@ -43,6 +43,22 @@ except InsufficientFunds:
 out["debit"] = services.account_debit(source="s", external_id="d-1", user_id="player", amount=5).transaction.balance_after
 held = services.hold_create(source="s", external_id="h-1", user_id="player", amount=5)
 out["capture"] = services.hold_capture(source="s", external_id="hc-1", hold_id=held.transaction.hold_id).transaction.balance_after
+from datetime import timedelta
+from django.utils import timezone
+from points.batch import ledger_batch
+from points.expiry import lots_expire_due
+from points.models import Lot
+from points.reversals import transaction_reverse
+dated = services.account_credit(
+    source="s", external_id="c-2", user_id="player", amount=30, expires_at=timezone.now() + timedelta(days=1)
+)
+out["reverse"] = transaction_reverse(source="s", external_id="r-1", transaction_id=first.transaction.pk, amount=4).transaction.balance_after
+Lot.objects.filter(transaction_id=dated.transaction.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+out["expired"] = lots_expire_due().expired_points
+out["batch"] = [item.status for item in ledger_batch(source="s", operations=[
+    {"op": "credit", "external_id": "b-1", "user_id": "player", "amount": 3},
+    {"op": "debit", "external_id": "b-2", "user_id": "player", "amount": 10**6},
+])]
 call_command("verify_ledger", verbosity=0)
 print("RESULT " + json.dumps(out))
 """
@@ -65,3 +81,6 @@ def test_the_embedded_sqlite_default_ingests_and_keeps_the_ledger_consistent(tmp
     assert out["conflict"] is True and out["refused"] is True
     assert out["debit"] == 40 + 10 - 5
     assert out["capture"] == 40 + 10 - 5 - 5
+    assert out["reverse"] == 40 + 10 - 5 - 5 + 30 - 4
+    assert out["expired"] == 30
+    assert out["batch"] == [201, 422]

@@ -71,6 +71,18 @@ class NewestFirstCursorPagination(CursorPagination):
         }
 
 
+class SoonestExpiryCursorPagination(NewestFirstCursorPagination):
+    """Cursor pages of lots, soonest expiry first: the queryset annotates ``expiry_order`` (never last)."""
+
+    ordering = ("expiry_order", "created_at", "id")
+
+    def get_paginated_response_schema(self, schema):
+        response = super().get_paginated_response_schema(schema)
+        response["properties"]["next"]["description"] = "The next (later expiring) page, or null on the last page."
+        response["properties"]["previous"]["description"] = "The previous page, or null on the first page."
+        return response
+
+
 def _is_timestamp(value: str) -> bool:
     try:
         return parse_datetime(value) is not None

@@ -50,7 +50,7 @@ ERROR_CODES: dict[str, tuple[str, dict]] = {
     "permission_denied": ("PermissionDeniedError", _EMPTY),
     "not_found": (
         "NotFoundError",
-        {"type": "object", "properties": {"hold_id": _TEXT}, "additionalProperties": False},
+        {"type": "object", "properties": {"hold_id": _TEXT, "transaction_id": _TEXT}, "additionalProperties": False},
     ),
     "not_acceptable": ("NotAcceptableError", _EMPTY),
     "idempotency_conflict": (
@@ -91,6 +91,52 @@ ERROR_CODES: dict[str, tuple[str, dict]] = {
             "type": "object",
             "properties": {"held": _INTEGER, "requested": _INTEGER},
             "required": ["held", "requested"],
+            "additionalProperties": False,
+        },
+    ),
+    "reversal_exceeds_original": (
+        "ReversalExceedsOriginalError",
+        {
+            "type": "object",
+            "properties": {"transaction_id": _TEXT, "original": _INTEGER, "reversed": _INTEGER, "requested": _INTEGER},
+            "required": ["transaction_id", "original", "reversed", "requested"],
+            "additionalProperties": False,
+        },
+    ),
+    "expiry_in_past": (
+        "ExpiryInPastError",
+        {
+            "type": "object",
+            "properties": {"expires_at": _TEXT},
+            "required": ["expires_at"],
+            "additionalProperties": False,
+        },
+    ),
+    "not_reversible": (
+        "NotReversibleError",
+        {
+            "type": "object",
+            "properties": {"transaction_id": _TEXT, "kind": _TEXT},
+            "required": ["transaction_id", "kind"],
+            "additionalProperties": False,
+        },
+    ),
+    "batch_operation_refused": (
+        "BatchOperationRefusedError",
+        {
+            "type": "object",
+            "description": "The first refused operation of an atomic batch: its index, the status it alone would "
+            "answer and its error.",
+            "properties": {
+                "index": _INTEGER,
+                "status": _INTEGER,
+                "error": {
+                    "type": "object",
+                    "properties": {"code": _TEXT, "message": _TEXT, "details": {"type": "object"}},
+                    "required": ["code", "message", "details"],
+                },
+            },
+            "required": ["index", "status", "error"],
             "additionalProperties": False,
         },
     ),

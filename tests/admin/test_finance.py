@@ -331,3 +331,22 @@ def test_dashboard_needs_a_fixed_number_of_queries(login, django_assert_max_num_
 
     with django_assert_max_num_queries(12):
         assert client.get(reverse("admin:connect_dashboard")).status_code == 200
+
+
+# --- lots ----------------------------------------------------------------------------------------
+
+
+def test_finance_reads_lots_and_can_change_none(login):
+    moment = timezone.now() + timedelta(days=9)
+    services.account_credit(source="quest_service", external_id="lot-c", user_id="alice", amount=70, expires_at=moment)
+    debit("alice", 20)
+    client = login("finance")
+
+    changelist = client.get(reverse("admin:points_lot_changelist"), {"user": "alice"})
+
+    assert changelist.status_code == 200
+    lots = list(changelist.context["cl"].queryset)
+    assert [(lot.amount, lot.remaining, lot.expires_at) for lot in lots] == [(70, 50, moment)]
+    assert client.get(reverse("admin:points_lot_change", args=[lots[0].pk])).status_code == 200
+    assert client.post(reverse("admin:points_lot_change", args=[lots[0].pk]), {"remaining": 70}).status_code == 403
+    assert lots[0].__class__.objects.get(pk=lots[0].pk).remaining == 50

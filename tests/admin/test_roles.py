@@ -26,7 +26,7 @@ EXPECTED = {
         "connect.retry_rewardaction",
     },
     FINANCE: {
-        "points.view_account", "points.view_transaction", "points.view_entry", "points.view_hold",
+        "points.view_account", "points.view_transaction", "points.view_entry", "points.view_hold", "points.view_lot",
         "points.adjust_account",
         "connect.view_economicevent", "connect.view_rewardaction", "connect.view_userprofile",
         "connect.retry_rewardaction", "connect.cancel_rewardaction",

@@ -7,7 +7,8 @@ from django.db import close_old_connections
 from points.models import SCOPES, ServiceClient, ServiceClientKey
 
 # The scope each documented operation needs, by "METHOD path" as the schema spells it; a new
-# operation must be added here (test_every_documented_operation_has_its_scope_listed).
+# operation must be added here (test_every_documented_operation_has_its_scope_listed). A tuple: any
+# one of them lets the request in (what it then needs depends on its body).
 OPERATION_SCOPES = {
     "POST /api/v1/events": "events:write",
     "GET /api/v1/events/{event_id}": "events:read",
@@ -21,6 +22,9 @@ OPERATION_SCOPES = {
     "POST /internal/release": "points:hold",
     "GET /internal/accounts/{user_id}": "points:read",
     "GET /internal/accounts/{user_id}/transactions": "points:read",
+    "GET /internal/accounts/{user_id}/lots": "points:read",
+    "POST /internal/reverse": ("points:credit", "points:debit"),
+    "POST /internal/batch": ("points:credit", "points:debit", "points:hold"),
 }
 
 CLIENT_NAME = "contract_service"
@@ -50,8 +54,12 @@ def _key(name: str, scopes) -> str:
 
 @pytest.fixture
 def keys(db):
-    """``scoped``: every scope, as ``contract_service``; ``lacking[scope]``: every scope but that one."""
-    return {
-        "scoped": _key(CLIENT_NAME, SCOPES),
-        "lacking": {scope: _key(f"without_{scope.replace(':', '_')}", set(SCOPES) - {scope}) for scope in SCOPES},
-    }
+    """``scoped``: every scope, as ``contract_service``; ``lacking[scope]``: every scope but that one
+    (``lacking[(scope, ...)]``: every scope but those)."""
+    needed = {scope for scope in OPERATION_SCOPES.values() if isinstance(scope, tuple)} | set(SCOPES)
+    lacking = {}
+    for scope in needed:
+        lacked = set(scope) if isinstance(scope, tuple) else {scope}
+        name = "without_" + "_".join(sorted(lacked)).replace(":", "_")
+        lacking[scope] = _key(name, set(SCOPES) - lacked)
+    return {"scoped": _key(CLIENT_NAME, SCOPES), "lacking": lacking}

@@ -158,13 +158,17 @@ def test_account_read(funded):
     place_hold(funded, 250)
     response = funded.get("/internal/accounts/alice")
     assert response.status_code == 200
-    assert response.json() == {"user_id": "alice", "balance": 1000, "held": 250, "available": 750}
+    assert response.json() == {
+        "user_id": "alice", "balance": 1000, "held": 250, "available": 750, "expiring_soon": 0, "next_expiry": None,
+    }  # fmt: skip
 
 
 def test_account_read_of_an_unknown_user_is_zeros(api):
     response = api.get("/internal/accounts/somebody-new")
     assert response.status_code == 200
-    assert response.json() == {"user_id": "somebody-new", "balance": 0, "held": 0, "available": 0}
+    assert response.json() == {
+        "user_id": "somebody-new", "balance": 0, "held": 0, "available": 0, "expiring_soon": 0, "next_expiry": None,
+    }  # fmt: skip
     assert totals("somebody-new") == (0, 0, 0)
 
 

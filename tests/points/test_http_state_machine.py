@@ -1,10 +1,11 @@
 """The ledger through its HTTP API, against a plain model (hypothesis, stateful).
 
-Random sequences of credits, debits, holds, captures and releases — with replays, conflicting
-reuses of an external_id, refused requests retried later, holds that expire, and pairs of requests
-sent at the same moment from two threads — go through ``/internal/*`` exactly as a calling service
-sends them. After every step each user's balance read over HTTP equals the model's, nothing is
-negative, and ``ledger_verify()`` finds every invariant intact.
+Random sequences of credits (some with an expiry), debits, holds, captures, releases, reversals and
+batches — with replays, conflicting reuses of an external_id, refused requests retried later, holds
+that expire, and pairs of requests sent at the same moment from two threads — go through
+``/internal/*`` exactly as a calling service sends them. After every step each user's balance read
+over HTTP equals the model's, the open lots listed over HTTP add up to it, nothing is negative, and
+``ledger_verify()`` finds every invariant intact (lots, reversals within their originals included).
 """
 
 import json
@@ -13,8 +14,10 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.conf import settings as settings_module
 from django.db import connection
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -94,6 +97,7 @@ class LedgerOverHttp(RuleBasedStateMachine):
         self.hold_state: dict[str, dict] = {}  # hold id -> user_id, amount, state (active/closed/expired)
         self.performed: list[tuple[str, dict, dict]] = []  # (path, body, original 201 body)
         self.counter = 0
+        self.reversible: list[dict] = []  # {transaction_id, kind, user_id, amount, reversed}
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -127,6 +131,10 @@ class LedgerOverHttp(RuleBasedStateMachine):
             sign = 1 if path == "credit" else -1
             self.model(request["user_id"])[0] += sign * request["amount"]
             assert body["amount"] == request["amount"]
+            self.reversible.append({
+                "transaction_id": body["transaction_id"], "kind": path, "user_id": request["user_id"],
+                "amount": request["amount"], "reversed": 0,
+            })  # fmt: skip
             return None
         if path == "hold":
             self.model(request["user_id"])[1] += request["amount"]
@@ -172,9 +180,11 @@ class LedgerOverHttp(RuleBasedStateMachine):
             hold_ids.append(self.hold(name, (amount + 1) // 2, None))
         return multiple(*hold_ids)
 
-    @rule(name=names, amount=amounts)
-    def credit(self, name, amount):
+    @rule(name=names, amount=amounts, expires_in_days=st.none() | st.integers(1, 60))
+    def credit(self, name, amount, expires_in_days=None):
         request = {"external_id": self.external_id(), "user_id": self.user(name), "amount": amount, "reason": "r"}
+        if expires_in_days is not None:
+            request["expires_at"] = (timezone.now() + timedelta(days=expires_in_days)).isoformat()
         status, body = post(self.key, "credit", request)
         self.performed_ok("credit", request, status, body)
         self.apply("credit", request, body)
@@ -268,6 +278,8 @@ class LedgerOverHttp(RuleBasedStateMachine):
         path, request, _ = data.draw(st.sampled_from(self.performed), label="performed")
         if "amount" in request:
             changed = {**request, "amount": request["amount"] + 1}
+        elif path == "reverse":
+            changed = {**request, "reason": "another reason"}
         else:
             others = [hold_id for hold_id in self.hold_state if hold_id != request["hold_id"]]
             if not others:
@@ -415,14 +427,110 @@ class LedgerOverHttp(RuleBasedStateMachine):
 
     # --- checks ----------------------------------------------------------------------------
 
+    def reverse_outcome(self, target: dict, request: dict, status: int, body: dict) -> None:
+        """A reversal answered as the model says: refused, or taking/giving back what it must."""
+        unreversed = target["amount"] - target["reversed"]
+        requested = request.get("amount", unreversed)
+        available = self.available(target["user_id"])
+        if requested == 0 or requested > unreversed:
+            assert_error(status, body, 422, "reversal_exceeds_original")
+            return
+        if target["kind"] == "credit" and requested > available and not request.get("allow_partial"):
+            assert_error(status, body, 422, "insufficient_funds")
+            return
+        self.performed_ok("reverse", request, status, body)
+        taken = min(requested, available) if target["kind"] == "credit" else requested
+        assert (body["reverses"], body["reversed"], body["shortfall"]) == (
+            target["transaction_id"], taken, requested - taken,
+        )  # fmt: skip
+        self.model(target["user_id"])[0] += -taken if target["kind"] == "credit" else taken
+        target["reversed"] += taken
+        self.body_matches_model(body, target["user_id"])
+
+    def reverse_request(self, data) -> tuple[dict, dict] | None:
+        if not self.reversible:
+            return None
+        target = data.draw(st.sampled_from(self.reversible), label="original")
+        request = {"external_id": self.external_id(), "transaction_id": target["transaction_id"]}
+        unreversed = target["amount"] - target["reversed"]
+        how = data.draw(st.sampled_from(["rest", "part", "too_much"]), label="how")
+        if how == "part":
+            request["amount"] = data.draw(st.integers(1, max(1, unreversed)), label="amount")
+        elif how == "too_much":
+            request["amount"] = unreversed + 1
+        if data.draw(st.booleans(), label="allow_partial"):
+            request["allow_partial"] = True
+        return target, request
+
+    @rule(data=st.data())
+    def reverse(self, data):
+        drawn = self.reverse_request(data)
+        if drawn is None:
+            return
+        target, request = drawn
+        status, body = post(self.key, "reverse", request)
+        self.reverse_outcome(target, request, status, body)
+
+    @rule(data=st.data(), name=names, amount=amounts, atomic=st.booleans())
+    def batch(self, data, name, amount, atomic):
+        """A credit, a debit and maybe a reversal in one batch: each answers as alone (or, atomic, all or none)."""
+        user_id = self.user(name)
+        operations = [
+            {"op": "credit", "external_id": self.external_id(), "user_id": user_id, "amount": amount},
+            {"op": "debit", "external_id": self.external_id(), "user_id": user_id, "amount": amount * 2},
+        ]
+        # Atomic batches hold a credit and a debit only: whether a reversal after them fits is judged alone.
+        drawn = None if atomic else self.reverse_request(data)
+        if drawn is not None:
+            operations.append({"op": "reverse", **drawn[1]})
+        status, body = post(self.key, "batch", {"operations": operations, "atomic": atomic})
+        fits = amount * 2 <= self.available(user_id) + amount
+        if atomic and not fits:
+            assert_error(status, body, 422, "batch_operation_refused")
+            assert body["error"]["details"]["index"] == 1
+            return
+        assert status == 200, body
+        results = body["results"]
+        credit, debit = operations[0], operations[1]
+        self.performed_ok("credit", credit, results[0]["status"], results[0]["body"])
+        self.apply("credit", credit, results[0]["body"])
+        if fits:
+            self.performed_ok("debit", debit, results[1]["status"], results[1]["body"])
+            self.apply("debit", debit, results[1]["body"])
+        else:
+            assert (results[1]["status"], results[1]["body"]["error"]["code"]) == (422, "insufficient_funds")
+        if drawn is not None:
+            request = {key: value for key, value in operations[2].items() if key != "op"}
+            self.reverse_outcome(drawn[0], request, results[2]["status"], results[2]["body"])
+
+    @invariant()
+    def lots_over_http_add_up_to_the_balance(self):
+        for user_id, (balance, _) in self.accounts.items():
+            response = _client(self.key).get(f"/internal/accounts/{user_id}/lots?page_size=1000")
+            assert response.status_code == 200
+            assert sum(lot["remaining"] for lot in response.json()["results"]) == balance
+
     @invariant()
     def balances_over_http_match_the_model(self):
         for user_id, (balance, held) in self.accounts.items():
             response = _client(self.key).get(f"/internal/accounts/{user_id}")
             assert response.status_code == 200
-            assert response.json() == {
+            account = response.json()
+            expiring_soon, next_expiry = account.pop("expiring_soon"), account.pop("next_expiry")
+            assert account == {
                 "user_id": user_id, "balance": balance, "held": held, "available": balance - held,
             }  # fmt: skip
+            # The notice agrees with the user's open lots as listed.
+            lots = _client(self.key).get(f"/internal/accounts/{user_id}/lots?page_size=1000").json()["results"]
+            dated = [(parse_datetime(lot["expires_at"]), lot["remaining"]) for lot in lots if lot["expires_at"]]
+            notice = timezone.now() + timedelta(days=settings_module.POINTS_EXPIRY_NOTICE_DAYS)
+            assert expiring_soon == sum(remaining for moment, remaining in dated if moment <= notice)
+            if dated:
+                soonest = min(moment for moment, _ in dated)
+                assert parse_datetime(next_expiry["expires_at"]) == soonest
+                assert next_expiry["amount"] == sum(remaining for moment, remaining in dated if moment == soonest)
+            else:
+                assert next_expiry is None
             assert held >= 0 and balance - held >= 0
 
     @invariant()

@@ -616,7 +616,9 @@ def test_the_largest_amount_is_accepted():
 
 
 def test_account_totals_are_zero_for_an_unknown_user():
-    assert selectors.account_totals(user_id="ghost") == {"user_id": "ghost", "balance": 0, "held": 0, "available": 0}
+    assert selectors.account_totals(user_id="ghost") == {
+        "user_id": "ghost", "balance": 0, "held": 0, "available": 0, "expiring_soon": 0, "next_expiry": None,
+    }  # fmt: skip
     assert not Account.objects.filter(user_id="ghost").exists()
 
 
@@ -628,6 +630,8 @@ def test_account_totals_report_balance_held_and_available():
         "balance": 100,
         "held": 30,
         "available": 70,
+        "expiring_soon": 0,
+        "next_expiry": None,
     }
 
 

@@ -1,6 +1,7 @@
-"""Credit and debit take one of two paths: one statement for the common case (the account exists,
-the key is new, the funds suffice), the stepwise path for everything else. Both must give the same
-ledger, alone, inside a caller's transaction and under concurrency."""
+"""A credit takes one of two paths: one statement for the common case (the account exists, the key
+is new), opening its lot too, and the stepwise path for everything else; a debit takes the stepwise
+path only (it takes from the lots). Both paths must give the same ledger, alone, inside a caller's
+transaction and under concurrency."""
 
 import pytest
 from django.db import connection, transaction

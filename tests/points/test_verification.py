@@ -21,6 +21,9 @@ pytestmark = pytest.mark.django_db
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ALL_CHECKS = {
     "transactions_balanced",
+    "lots_match_balance",
+    "lots_within_amount",
+    "reversals_within_original",
     "transactions_have_entries",
     "balances_match_entries",
     "held_matches_entries",
@@ -76,7 +79,8 @@ def test_a_tampered_balance_is_named_by_the_command():
     assert "balances_match_entries" in str(failed.value)
     assert "BROKEN balances_match_entries" in out.getvalue()
     assert "alice: balance 417 != entries 410" in out.getvalue()
-    assert broken_checks() == {"balances_match_entries"}
+    # The balance no longer matches the lots either.
+    assert broken_checks() == {"balances_match_entries", "lots_match_balance"}
 
 
 def test_a_tampered_held_amount_is_caught():
