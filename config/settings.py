@@ -264,8 +264,8 @@ WEBHOOK_SWEEP_INTERVAL_SECONDS = env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", def
 # After a secret is rotated, the old one still signs (a second v1) for this long.
 WEBHOOK_SECRET_GRACE_SECONDS = env.int("WEBHOOK_SECRET_GRACE_SECONDS", default=24 * 3600)
 # Lost doorbells: beat drains whatever deliveries are due.
-CELERY_BEAT_SCHEDULE["deliver-due-webhooks"] = {
-    "task": "connect.webhooks.tasks.webhooks_sweep",
+CELERY_BEAT_SCHEDULE["sweep-webhook-deliveries"] = {
+    "task": "connect.webhooks.tasks.webhooks_deliver_due",
     "schedule": WEBHOOK_SWEEP_INTERVAL_SECONDS,
 }
 

@@ -35,6 +35,7 @@ from rules.models import RuleVersion
 from .dispatch import channel_problems, reward_action_cancel, reward_action_retry
 from .models import EconomicEvent, RewardAction, RewardGrant, UserProfile
 from .profiles import ProfileReader, profile_apply
+from .webhooks import admin as webhooks_admin  # noqa: F401  (registers the webhook admin)
 
 # One admin request handles at most this many actions; "select all" on a huge list is refused.
 MAX_ACTIONS_PER_REQUEST = 500

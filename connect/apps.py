@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class ConnectConfig(AppConfig):
     name = "connect"
     verbose_name = "Connect"
+
+    def ready(self):
+        # Celery's autodiscovery imports ``connect.tasks`` only; the webhook task lives in its package.
+        from .webhooks import tasks  # noqa: F401

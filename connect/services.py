@@ -20,6 +20,9 @@ from rules.selectors import rules_cache_clear, rules_for_event_type
 
 from .models import EconomicEvent, RewardAction, RewardGrant
 from .profiles import ProfileReader, dispatch_on_commit, profile_apply
+from .serializers import event_out_data
+from .webhooks.models import Kind as WebhookKind
+from .webhooks.services import webhook_deliveries_enqueue
 
 logger = logging.getLogger("connect.ingest")
 
@@ -164,7 +167,8 @@ def _is_foreign_key_violation(exc: Exception) -> bool:
 
 class _NeedsTransaction(Exception):
     """The plan holds a lock until the commit: it counts once-only grants (their counter rows) or
-    checks a line's lock condition (the target's upgrade lock, ``profiles.upgrade_lock``)."""
+    checks a line's lock condition (the target's upgrade lock, ``profiles.upgrade_lock``); or the
+    event failed, and its ``event.failed`` webhook deliveries are written in its transaction."""
 
 
 def _needs_transaction(*args) -> NoReturn:
@@ -197,13 +201,11 @@ def _ingest_in_one_statement(*, client_name: str, data: dict) -> IngestResult:
     rules = rules_for_event_type(event.event_type)
     try:
         plan = _plan(event, rules, reader, granted_count=_needs_transaction, lock_profile=_needs_transaction)
-    except engine.RuleEvaluationFailed as failure:
-        event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(failure)
-        actions = []
-    else:
-        actions = _actions_from(event, plan)
-        if not actions:
-            event.status = EconomicEvent.Status.IGNORED
+    except engine.RuleEvaluationFailed:
+        raise _NeedsTransaction from None  # a failed event writes its webhook deliveries in its transaction
+    actions = _actions_from(event, plan)
+    if not actions:
+        event.status = EconomicEvent.Status.IGNORED
     if not insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions):
         return IngestResult(event=_event_stored(event), replayed=True)
     dispatch_on_commit([str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING])
@@ -225,6 +227,7 @@ def _ingest_in_transaction(*, client_name: str, data: dict) -> IngestResult:
         plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile)
     except engine.RuleEvaluationFailed as failure:
         _status_set(event, EconomicEvent.Status.FAILED, _failure_message(failure))
+        webhook_deliveries_enqueue(kind=WebhookKind.EVENT_FAILED, payload=event_out_data(event, []))
         dispatch_on_commit(to_dispatch)
         _record(event, 0, has_rules=True)
         return IngestResult(event=event, replayed=False, actions=[])
