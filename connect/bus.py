@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from rest_framework import exceptions as drf
 from rest_framework.parsers import JSONParser
@@ -235,6 +235,9 @@ class EventConsumer:
     def _on_message(self, message) -> None:
         if self.stopping:
             return  # left unacknowledged: the broker gives it to the next consumer
+        # As around a web request: a connection that broke or passed DB_CONN_MAX_AGE is replaced
+        # before use instead of failing this message.
+        close_old_connections()
         try:
             result = event_message_ingest(message.body)
         except EventRefused as refusal:
