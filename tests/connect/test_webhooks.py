@@ -392,3 +392,36 @@ def test_parallel_drains_send_each_delivery_exactly_once(receiver, settings, mon
     sent = [headers["X-Rewards-Delivery"] for headers, _ in receiver.requests]
     assert len(sent) == 60 and set(sent) == {str(pk) for pk in WebhookDelivery.objects.values_list("pk", flat=True)}
     assert WebhookAttempt.objects.count() == 60
+
+
+# --- reward action outcomes ------------------------------------------------------------------------------
+
+
+def test_reward_action_outcomes_are_reported_as_the_api_shows_them(
+    receiver, api, make_rule, post_event, django_capture_on_commit_callbacks
+):
+    from connect.models import RewardAction
+    from connect.webhooks.emitters import reward_actions_outcome_notify
+
+    webhook_subscription_create(
+        url=receiver.url, kinds=["reward_action.completed", "reward_action.failed"], secret=SECRET
+    )
+    make_rule("two", "quest.completed", [{"target": "actor", "reward_type": "points", "amount": "5"}] * 3)
+    response = post_event(
+        api, external_id="q-9", event_type="quest.completed", source_service="quest_service", actor_user_id="u9"
+    )
+    done, failed, pending = RewardAction.objects.filter(event_id=response.json()["id"]).order_by("pk")
+    now = timezone.now()
+    RewardAction.objects.filter(pk=done.pk).update(status="completed", completed_at=now, result={"balance": 5})
+    RewardAction.objects.filter(pk=failed.pk).update(status="failed", last_error="gave up")
+    RewardAction.objects.filter(pk=pending.pk).update(status="pending")
+
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        written = reward_actions_outcome_notify(actions=list(RewardAction.objects.filter(event_id=done.event_id)))
+    assert written == 2
+    sent = {json.loads(body)["kind"]: json.loads(body)["data"] for _, body in receiver.requests}
+    assert sent == {
+        "reward_action.completed": api.get(f"/api/v1/reward-actions/{done.pk}").json(),
+        "reward_action.failed": api.get(f"/api/v1/reward-actions/{failed.pk}").json(),
+    }
+    assert sent["reward_action.completed"]["result"] == {"balance": 5}
