@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from django.conf import settings
@@ -183,17 +184,31 @@ def test_sigterm_stops_after_the_current_message_and_loses_nothing(bus, source_c
     assert "Stopped:" in _log(consumer)
 
 
-def test_a_database_outage_leaves_messages_unacknowledged_for_redelivery(bus, source_client, start_consumer):
-    bus.publish(event_body("outage-1"))
+def test_a_database_outage_leaves_messages_unacknowledged_with_backoff_and_bounded_prefetch(
+    bus, source_client, start_consumer
+):
+    for index in range(10):
+        bus.publish(event_body(f"outage-{index}", actor_user_id=f"user-{index}"))
     # Nothing listens on port 9 of this machine: every database call fails as in an outage.
-    down = start_consumer(bus.name, database_url=_database_url(port=9))
-    wait_for(lambda: _log(down).count("database unavailable") >= 3, timeout=30, what=f"retries\n{_log(down)}")
+    down = start_consumer(bus.name, database_url=_database_url(port=9), prefetch=3)
+    seen_ready = []
+    while _log(down).count("database unavailable") < 5:
+        seen_ready.append(bus.ready())
+        assert down.poll() is None, _log(down)
+        time.sleep(0.05)
+    assert min(seen_ready) >= 7  # at most 3 messages out with the consumer at any time
     assert bus.ready(dead=True) == 0
+    waits = [
+        json.loads(line)["retry_in"]
+        for line in down.log_path.read_text().splitlines()
+        if "database unavailable" in line
+    ]
+    assert waits[:5] == [0.2, 0.4, 0.8, 1.0, 1.0]  # doubling from EVENTS_RETRY_BASE_SECONDS up to the max
     down.send_signal(signal.SIGTERM)
     assert down.wait(20) == 0, _log(down)
-    wait_for(lambda: bus.ready() == 1, timeout=10, what="the message back in the queue")
+    wait_for(lambda: bus.ready() == 10, timeout=10, what="every message back in the queue")
     assert EconomicEvent.objects.count() == 0
 
     up = start_consumer(bus.name)
-    wait_for(lambda: EconomicEvent.objects.filter(external_id="outage-1").exists(), timeout=60, what=_log(up))
+    wait_for(lambda: EconomicEvent.objects.count() == 10, timeout=60, what=_log(up))
     wait_for(lambda: bus.ready() == 0, timeout=10, what="an empty queue")
