@@ -159,7 +159,7 @@ class EventConsumer:
         self._stopping = threading.Event()
         self._outage_wait = 0.0
         self.counts = {"ingested": 0, "replayed": 0, "dead_lettered": 0, "requeued": 0}
-        self._dead_letters: Producer | None = None
+        self._dead_letter_publish = None  # Producer.publish, revived by kombu if its connection dropped
 
     def stop(self) -> None:
         """Stop after the message being handled (if any); safe from a signal handler."""
@@ -212,9 +212,10 @@ class EventConsumer:
         channel = connection.channel()
         try:
             dead_letter_queue.bind(channel).declare()
-            self._dead_letters = Producer(
-                publisher.default_channel, exchange=dead_letter_queue.exchange, auto_declare=False
-            )
+            producer = Producer(publisher.default_channel, exchange=dead_letter_queue.exchange, auto_declare=False)
+            # Dead letters are rare: the broker may have closed the idle publishing connection (missed
+            # heartbeats) since the last one; ``ensure`` reconnects and publishes again.
+            self._dead_letter_publish = publisher.ensure(producer, producer.publish, max_retries=3, interval_start=0.5)
             consumer = Consumer(channel, queues=[queue], on_message=self._on_message, auto_declare=True)
             consumer.qos(prefetch_count=self.prefetch)
             with consumer:
@@ -226,7 +227,7 @@ class EventConsumer:
                         pass
                     connection.heartbeat_check()
         finally:
-            self._dead_letters = None
+            self._dead_letter_publish = None
             try:
                 channel.close()
             except Exception:  # closing a channel of a dead connection; what was unacked is redelivered
@@ -264,7 +265,7 @@ class EventConsumer:
             }
         )
         properties = message.properties or {}
-        self._dead_letters.publish(
+        self._dead_letter_publish(
             message.body,
             routing_key=dead_letter_queue_name(self.queue_name),
             headers=headers,
