@@ -68,6 +68,8 @@ def test_invalid_messages_are_dead_lettered_with_the_error_and_nothing_is_stored
         json.dumps(event_body("scoped", source_service="referral_service")).encode(): "permission_denied",
         json.dumps(event_body("stored-first", actor_user_id="someone-else")).encode(): "idempotency_conflict",
         json.dumps([1, 2, 3]).encode(): "validation_error",
+        b"[" * 100_000 + b"]" * 100_000: "validation_error",  # nested deeper than the parser recurses
+        json.dumps(event_body("big", context={"pad": "x" * 300_000})).encode(): "request_too_large",
         b"\xff\xfe": "validation_error",
     }
     for body in cases:
