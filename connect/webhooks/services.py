@@ -206,11 +206,11 @@ def webhook_retry_delay(attempt: int) -> float:
     return step / 2 + random.uniform(0, step / 2)
 
 
-def _send(delivery: WebhookDelivery) -> SendOutcome:
+def _send(delivery: WebhookDelivery, url_problem: str | None) -> SendOutcome:
     subscription = delivery.subscription
     if not subscription.is_active:
         return SendOutcome(delivered=False, permanent=True, error="The subscription is inactive.")
-    problem = webhook_url_problem(subscription.url)  # checked again: a name may now resolve elsewhere
+    problem = url_problem
     if problem:
         return SendOutcome(delivered=False, permanent=True, error=f"Refused URL: {problem}")
     body = delivery_body(delivery)
@@ -295,13 +295,18 @@ def _record(delivery: WebhookDelivery, outcome: SendOutcome, started_at, seconds
         )
     if not updated:
         logger.warning("webhook delivery outcome not recorded: claimed again", extra={"delivery_id": str(delivery.pk)})
+    elif result == WebhookAttempt.Outcome.FAILED:
+        logger.warning(
+            "webhook delivery failed for good; replay it from admin",
+            extra={"delivery_id": str(delivery.pk), "kind": delivery.kind, "error": outcome.error},
+        )
     return result
 
 
-def _send_timed(delivery: WebhookDelivery):
+def _send_timed(delivery: WebhookDelivery, url_problem: str | None):
     started_at, started = timezone.now(), time.perf_counter()
     try:
-        outcome = _send(delivery)
+        outcome = _send(delivery, url_problem)
     except Exception as exc:  # a fault of this delivery must not hold back the others of the batch
         logger.exception("webhook delivery raised", extra={"delivery_id": str(delivery.pk)})
         outcome = SendOutcome(delivered=False, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
@@ -315,9 +320,12 @@ def webhook_deliveries_send_due(*, limit: int | None = None) -> dict[str, int]:
     counts = {"claimed": len(claimed), "delivered": 0, "retry": 0, "failed": 0}
     if not claimed:
         return counts
+    # Checked again before sending (a host name may now resolve elsewhere), once per subscription.
+    urls = {delivery.subscription.url for delivery in claimed}
+    problems = {url: webhook_url_problem(url) for url in urls}
     workers = max(1, min(settings.WEBHOOK_CONCURRENCY, len(claimed)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
-        sent = list(pool.map(_send_timed, claimed))
+        sent = list(pool.map(_send_timed, claimed, [problems[d.subscription.url] for d in claimed]))
     for delivery, outcome, started_at, seconds in sent:
         counts[_record(delivery, outcome, started_at, seconds)] += 1
     return counts
