@@ -8,7 +8,7 @@ be active and hold ``events:write`` for the event's type. Outcomes:
 - refused (not JSON, a field the API would refuse, an unknown or unauthorised source, an idempotency
   conflict, any other business refusal): published to ``<queue>.invalid`` with the error in its headers,
   then acknowledged; nothing is stored;
-- the database unreachable: the message goes back to the queue unacknowledged (``requeue``) and the
+- the database unreachable (or not migrated yet): the message goes back to the queue unacknowledged (``requeue``) and the
   consumer waits, doubling the wait up to ``EVENTS_RETRY_MAX_SECONDS``, before it takes the next one.
 
 A consumer killed at any moment loses nothing (what it had not acknowledged is delivered again) and
@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connections
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from rest_framework import exceptions as drf
 from rest_framework.parsers import JSONParser
@@ -244,16 +244,23 @@ class EventConsumer:
         except EventRefused as refusal:
             self._dead_letter(message, refusal)
             return
-        except (OperationalError, InterfaceError) as exc:
+        except (DataError, IntegrityError) as exc:  # about this message's data: retrying would not help
+            self._internal_error(message, exc)
+            return
+        except DatabaseError as exc:
+            # Unreachable, restarting, or not migrated yet: nothing was stored, the message waits.
             self._database_unreachable(message, exc)
             return
         except Exception as exc:  # a fault of this message's handling: keep it aside, go on with the others
-            logger.exception("event message could not be handled", extra={"queue": self.queue_name})
-            self._dead_letter(message, EventRefused("internal_error", f"{type(exc).__name__}: {exc}"))
+            self._internal_error(message, exc)
             return
         self._outage_wait = 0.0
         message.ack()
         self.counts["replayed" if result.replayed else "ingested"] += 1
+
+    def _internal_error(self, message, exc: Exception) -> None:
+        logger.exception("event message could not be handled", extra={"queue": self.queue_name})
+        self._dead_letter(message, EventRefused("internal_error", f"{type(exc).__name__}: {exc}"))
 
     def _dead_letter(self, message, refusal: EventRefused) -> None:
         headers = dict(message.headers or {})

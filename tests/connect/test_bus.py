@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from django.conf import settings
@@ -88,9 +89,7 @@ def test_invalid_messages_are_dead_lettered_with_the_error_and_nothing_is_stored
     assert bus.ready() == 0
 
 
-def test_a_message_is_acknowledged_only_after_its_event_committed(bus, source_client):
-    """While the consumer holds a message it has not finished, the broker still has it: a consumer
-    stopped before handling what it was given leaves those messages in the queue."""
+def test_messages_a_stopping_consumer_was_given_but_did_not_handle_stay_in_the_queue(bus, source_client):
     for index in range(5):
         bus.publish(event_body(f"held-{index}"))
     consumer = EventConsumer(broker_url=BROKER_URL, queue_name=bus.name, prefetch=5)
@@ -214,3 +213,34 @@ def test_a_database_outage_leaves_messages_unacknowledged_with_backoff_and_bound
     up = start_consumer(bus.name)
     wait_for(lambda: EconomicEvent.objects.count() == 10, timeout=60, what=_log(up))
     wait_for(lambda: bus.ready() == 0, timeout=10, what="an empty queue")
+
+
+@pytest.fixture
+def empty_database():
+    """A database with no tables, as before ``migrate``: created for the test, dropped afterwards."""
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    name = f"{db['NAME']}_empty_{uuid.uuid4().hex[:8]}"
+    admin = dict(host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"], dbname="postgres")
+    if db.get("PASSWORD"):
+        admin["password"] = db["PASSWORD"]
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _database_url().rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_database_not_migrated_yet_keeps_messages_queued_not_dead_lettered(
+    bus, source_client, start_consumer, empty_database
+):
+    bus.publish(event_body("early-1"))
+    early = start_consumer(bus.name, database_url=empty_database)
+    wait_for(lambda: "database unavailable" in _log(early), timeout=30, what=f"a retry\n{_log(early)}")
+    early.send_signal(signal.SIGTERM)
+    assert early.wait(20) == 0, _log(early)
+    assert bus.ready(dead=True) == 0
+    wait_for(lambda: bus.ready() == 1, timeout=10, what="the message back in the queue")
