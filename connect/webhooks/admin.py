@@ -5,6 +5,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.urls import reverse
 from django.utils.html import format_html
 
 from .models import Kind, WebhookAttempt, WebhookDelivery, WebhookSubscription
@@ -81,7 +82,7 @@ class WebhookSubscriptionAdmin(SuperuserOnly, admin.ModelAdmin):
     list_filter = ("is_active",)
     search_fields = ("url", "description")
     actions = ["rotate_secret"]
-    readonly_fields = ("previous_secret_expires_at", "created_at", "updated_at")
+    readonly_fields = ("previous_secret_expires_at", "deliveries_link", "created_at", "updated_at")
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = SubscriptionChangeForm if obj is not None else SubscriptionForm
@@ -90,7 +91,10 @@ class WebhookSubscriptionAdmin(SuperuserOnly, admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("url", "description", "kinds", "secret", "is_active")
-        return ("url", "description", "kinds", "is_active", "previous_secret_expires_at", "created_at", "updated_at")
+        return (
+            "url", "description", "kinds", "is_active", "previous_secret_expires_at", "deliveries_link",
+            "created_at", "updated_at",
+        )  # fmt: skip
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -108,6 +112,11 @@ class WebhookSubscriptionAdmin(SuperuserOnly, admin.ModelAdmin):
         obj.pk = created.pk
         if not form.cleaned_data.get("secret"):
             messages.warning(request, f"The signing secret (shown once, store it now): {created.secret}")
+
+    @admin.display(description="Deliveries")
+    def deliveries_link(self, obj):
+        url = reverse("admin:connect_webhookdelivery_changelist") + f"?subscription__id__exact={obj.pk}"
+        return format_html('<a href="{}">Deliveries and their attempts</a>', url)
 
     @admin.display(description="Kinds")
     def kinds_list(self, obj):
@@ -145,7 +154,7 @@ class AttemptInline(admin.TabularInline):
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(SuperuserOnly, admin.ModelAdmin):
     list_display = ("created_at", "kind", "subscription", "status", "attempts", "last_status_code", "delivered_at")
-    list_filter = ("status", "kind")
+    list_filter = ("status", "kind", "subscription")
     search_fields = ("id__exact",)
     ordering = ("-created_at",)
     show_full_result_count = False

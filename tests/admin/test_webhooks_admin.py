@@ -33,8 +33,14 @@ def test_only_superusers_reach_webhook_pages(role, hook, login):
         reverse("admin:connect_webhookdelivery_changelist"),
         reverse("admin:connect_webhookdelivery_change", args=[delivery.pk]),
     ]
+    urls.append(reverse("admin:connect_webhookdelivery_changelist") + f"?subscription__id__exact={hook.pk}")
     expected = 200 if role == "superuser" else 403
     assert [client.get(url).status_code for url in urls] == [expected] * len(urls)
+    if role == "superuser":
+        change = client.get(reverse("admin:connect_webhooksubscription_change", args=[hook.pk])).content.decode()
+        assert f"?subscription__id__exact={hook.pk}" in change and SECRET not in change
+        filtered = client.get(urls[-1]).content.decode()
+        assert reverse("admin:connect_webhookdelivery_change", args=[delivery.pk]) in filtered
     index = client.get(reverse("admin:index")).content.decode()
     assert ("Webhook subscriptions" in index) == (role == "superuser")
 
