@@ -114,8 +114,8 @@ def webhook_deliveries_enqueue(*, kind: str, payload: dict, dedupe_key: str | No
 
     Must be called inside the transaction of what it reports (raises ``WebhookOutsideTransaction``
     otherwise), so a rolled-back change sends nothing and a committed one is never missed. With a
-    ``dedupe_key``, a subscription gets at most one delivery of that kind and key, ever. Returns how
-    many deliveries were written.
+    ``dedupe_key``, a subscription gets at most one delivery of that kind and key, ever (a repeat is
+    skipped by the unique constraint). Returns how many deliveries were offered to the insert.
     """
     return webhook_deliveries_enqueue_many(kind=kind, payloads=[(payload, dedupe_key)])
 
