@@ -274,6 +274,36 @@ RULES_REQUIRE_APPROVAL = env.bool("RULES_REQUIRE_APPROVAL", default=False)
 # How many backtest reports the admin keeps (older ones are deleted when a new one starts).
 BACKTEST_KEEP_REPORTS = env.int("BACKTEST_KEEP_REPORTS", default=20)
 
+# --- Events from RabbitMQ (SPEC §16): `manage.py consume_events`
+EVENTS_BROKER_URL = env.str("EVENTS_BROKER_URL", default="amqp://guest:guest@127.0.0.1:5672//")
+EVENTS_QUEUE = env.str("EVENTS_QUEUE", default="connect.events")
+# Messages the broker hands the consumer before it has acknowledged earlier ones.
+EVENTS_PREFETCH = env.int("EVENTS_PREFETCH", default=20)
+# While the database is unreachable a message goes back to the queue and the consumer waits this long,
+# doubling up to the maximum, before it takes the next one.
+EVENTS_RETRY_BASE_SECONDS = env.float("EVENTS_RETRY_BASE_SECONDS", default=1)
+EVENTS_RETRY_MAX_SECONDS = env.float("EVENTS_RETRY_MAX_SECONDS", default=30)
+
+# --- Webhooks out (SPEC §16)
+WEBHOOKS_ALLOW_PRIVATE = env.bool("WEBHOOKS_ALLOW_PRIVATE", default=False)
+WEBHOOK_BATCH_SIZE = env.int("WEBHOOK_BATCH_SIZE", default=100)
+WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=8)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=10)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=10)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600)
+WEBHOOK_CONNECT_TIMEOUT_SECONDS = env.float("WEBHOOK_CONNECT_TIMEOUT_SECONDS", default=3)
+WEBHOOK_READ_TIMEOUT_SECONDS = env.float("WEBHOOK_READ_TIMEOUT_SECONDS", default=10)
+# A claimed delivery whose worker died is claimable again after this long.
+WEBHOOK_LEASE_SECONDS = env.float("WEBHOOK_LEASE_SECONDS", default=120)
+WEBHOOK_SWEEP_INTERVAL_SECONDS = env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=30)
+# After a secret is rotated, the old one still signs (a second v1) for this long.
+WEBHOOK_SECRET_GRACE_SECONDS = env.int("WEBHOOK_SECRET_GRACE_SECONDS", default=24 * 3600)
+# Lost doorbells: beat drains whatever deliveries are due.
+CELERY_BEAT_SCHEDULE["sweep-webhook-deliveries"] = {
+    "task": "connect.webhooks.tasks.webhooks_deliver_due",
+    "schedule": WEBHOOK_SWEEP_INTERVAL_SECONDS,
+}
+
 # --- Ledger
 POINTS_DEFAULT_HOLD_SECONDS = env.int("POINTS_DEFAULT_HOLD_SECONDS", default=15 * 60)
 # Points expiry (SPEC §13): a lot without its own expires_at expires this many days after posting (0: never).

@@ -38,6 +38,7 @@ from .channels import channel_problems
 from .models import EconomicEvent, RewardAction, RewardGrant, UserProfile
 from .profiles import ProfileReader, profile_apply
 from .staff import reward_action_cancel, reward_action_retry
+from .webhooks import admin as webhooks_admin  # noqa: F401  (registers the webhook admin)
 
 # One admin request handles at most this many actions; "select all" on a huge list is refused.
 MAX_ACTIONS_PER_REQUEST = 500

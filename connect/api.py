@@ -2,7 +2,6 @@
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from config.api.errors import NotFound
@@ -11,6 +10,7 @@ from config.api.schema import COMMON_ERRORS, WRITE_ERRORS, error_responses
 from config.api.views import ApiView
 
 from . import selectors, serializers
+from .intake import event_input_validated, event_source_check
 from .services import event_ingest
 
 _FORBIDDEN_EVENT = (
@@ -57,14 +57,9 @@ class EventsView(ApiView):
         tags=["events"],
     )
     def post(self, request):
-        serializer = serializers.EventIn(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = event_input_validated(request.data)
         principal = request.user
-        if data["source_service"] != principal.client_name:
-            raise PermissionDenied("source_service must be the calling client's name.")
-        if not principal.may_write_event_type(data["event_type"]):
-            raise PermissionDenied(f"This key may not post events of type '{data['event_type']}'.")
+        event_source_check(principal=principal, data=data)
         result = event_ingest(client_name=principal.client_name, data=data)
         if result.actions is None:  # a replay: the actions as they are now
             body = serializers.EventOut(selectors.event_with_actions(event_id=result.event.pk)).data

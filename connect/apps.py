@@ -11,3 +11,6 @@ class ConnectConfig(AppConfig):
         from .metrics import RewardActionCollector
 
         scrape_time_collector_register(RewardActionCollector())
+
+        # Celery's autodiscovery imports ``connect.tasks`` only; the webhook task lives in its package.
+        from .webhooks import tasks  # noqa: F401

@@ -7,6 +7,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+# Django finds an app's models in its models module: the webhook models are declared there.
+from .webhooks.models import WebhookAttempt, WebhookDelivery, WebhookSubscription  # noqa: F401
+
 
 class EconomicEvent(models.Model):
     class Status(models.TextChoices):

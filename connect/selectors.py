@@ -1,5 +1,7 @@
 from django.db.models import Prefetch
 
+from points.models import ServiceClient
+
 from .models import EconomicEvent, RewardAction
 
 
@@ -33,3 +35,8 @@ def reward_actions_filtered(*, target_user_id=None, status=None, reward_type=Non
     if event_id:
         queryset = queryset.filter(event_id=event_id)
     return queryset
+
+
+def service_client_active(*, name: str) -> ServiceClient | None:
+    """The active service client called ``name``: who a bus message's ``source_service`` names."""
+    return ServiceClient.objects.filter(name=name, is_active=True).first()

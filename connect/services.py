@@ -21,7 +21,10 @@ from rules.selectors import rules_cache_clear, rules_for_event_type
 from .doorbell import doorbell_ring_on_commit
 from .models import EconomicEvent, RewardAction, RewardGrant
 from .profiles import ProfileReader, profile_apply
+from .serializers import event_out_data
 from .trace import trace_document
+from .webhooks.models import Kind as WebhookKind
+from .webhooks.services import webhook_deliveries_enqueue
 
 logger = logging.getLogger("connect.ingest")
 
@@ -152,7 +155,7 @@ def _ingest_once(*, client_name: str, data: dict) -> IngestResult:
         event = _event_new(source_service=client_name, data=data)
         reader = ProfileReader()
         planned = _plan_without_locks(event, rules, reader)
-        if not _holds_a_lock(planned):
+        if not _needs_transaction(planned):
             return _ingest_in_one_statement(event=event, rules=rules, planned=planned)
     return _ingest_in_transaction(client_name=client_name, data=data, rules=rules)
 
@@ -170,7 +173,7 @@ def _is_foreign_key_violation(exc: Exception) -> bool:
 
 def _one_statement_possible(event_type: str) -> bool:
     """Whether the event may be written in one statement: it projects no profile, and the statement
-    can be its own transaction. Its plan decides the rest (``_holds_a_lock``)."""
+    can be its own transaction. Its plan decides the rest (``_needs_transaction``)."""
     profile_types = (
         settings.PROFILE_SPONSOR_EVENT_TYPES,
         settings.PROFILE_VIP_EVENT_TYPES,
@@ -199,34 +202,31 @@ def _none_granted(line_id: int, target_user_id: str) -> int:
     return 0
 
 
-def _holds_a_lock(planned) -> bool:
-    """True when the plan has an action that must hold a lock until the commit: one of a once-only
-    line (its grant counter row), of a budgeted rule or a periodically capped line (their counter
-    rows, ``rules.budgets``) or of a line with a lock condition (the target's upgrade lock,
-    ``profiles.upgrade_lock``). Such an event is planned again on the transactional path; planned
-    without counters, the plan holds every action the counters could allow."""
+def _needs_transaction(planned) -> bool:
+    """True when the event must take the transactional path after all: its rules could not be
+    evaluated (a failed event writes its ``event.failed`` webhook deliveries in its transaction), or
+    the plan has an action that must hold a lock until the commit: one of a once-only line (its
+    grant counter row), of a budgeted rule or a periodically capped line (their counter rows,
+    ``rules.budgets``) or of a line with a lock condition (the target's upgrade lock,
+    ``profiles.upgrade_lock``). Such an event is planned again on that path; planned without
+    counters, the plan holds every action the counters could allow."""
     if isinstance(planned, engine.RuleEvaluationFailed):
-        return False
+        return True
     return any(
         action.max_per_target is not None or action.lock_condition or action.budget_key or action.cap_period_key
         for action in planned.actions
     )
 
 
-def _ingest_in_one_statement(*, event: EconomicEvent, rules, planned) -> IngestResult:
+def _ingest_in_one_statement(*, event: EconomicEvent, rules, planned: engine.Plan) -> IngestResult:
     """Write the event and the actions of its plan (made beforehand, holding no lock) in one
     statement; the claim of its key decides. Nothing is written before it, so a replay leaves no
     trace. Profiles were read outside a transaction, as each statement of the transactional path
     reads them (READ COMMITTED)."""
-    if isinstance(planned, engine.RuleEvaluationFailed):
-        event.status, event.error = EconomicEvent.Status.FAILED, _failure_message(planned)
-        event.trace = trace_document(rules=planned.trace)
-        actions = []
-    else:
-        event.trace = trace_document(rules=planned.trace)
-        actions = _actions_from(event, planned)
-        if not actions:
-            event.status = EconomicEvent.Status.IGNORED
+    event.trace = trace_document(rules=planned.trace)
+    actions = _actions_from(event, planned)
+    if not actions:
+        event.status = EconomicEvent.Status.IGNORED
     if not insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions):
         return IngestResult(event=_event_stored(event), replayed=True)
     doorbell_ring_on_commit([str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING])
@@ -250,6 +250,7 @@ def _ingest_in_transaction(*, client_name: str, data: dict, rules) -> IngestResu
     except engine.RuleEvaluationFailed as failure:
         event.trace = trace_document(rules=failure.trace, profile_changes=profile_changes, released_actions=to_dispatch)
         _status_set(event, EconomicEvent.Status.FAILED, _failure_message(failure))
+        webhook_deliveries_enqueue(kind=WebhookKind.EVENT_FAILED, payload=event_out_data(event, []))
         doorbell_ring_on_commit(to_dispatch)
         _record(event, 0, has_rules=True)
         return IngestResult(event=event, replayed=False, actions=[])

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Makes sure PostgreSQL and Redis answer on 127.0.0.1 for the test suite: starts them when they are
-# installed but stopped; with CI=true a missing service is a hard failure, never a skip.
+# Makes sure PostgreSQL, Redis and RabbitMQ answer on 127.0.0.1 for the test suite: starts them when
+# they are installed but stopped; with CI=true a missing service is a hard failure, never a skip.
 set -euo pipefail
 
 fail() { echo "ERROR: $*" >&2; exit 1; }
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+# The AMQP port accepting connections (the consumer tests connect as guest/guest).
+rabbitmq_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 
 if ! pg_up; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
@@ -25,4 +27,12 @@ if ! redis_up; then
   fi
   redis_up || fail "Redis is not reachable at 127.0.0.1:6379 and could not be started."
 fi
-echo "PostgreSQL and Redis are up."
+if ! rabbitmq_up; then
+  if command -v rabbitmq-server >/dev/null 2>&1; then
+    echo "Starting RabbitMQ..."
+    service rabbitmq-server start >/dev/null 2>&1 || rabbitmq-server -detached || true
+    for _ in $(seq 1 60); do rabbitmq_up && break; sleep 1; done
+  fi
+  rabbitmq_up || fail "RabbitMQ is not reachable at 127.0.0.1:5672 and could not be started."
+fi
+echo "PostgreSQL, Redis and RabbitMQ are up."

@@ -4,13 +4,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from connect.doorbell import reward_actions_sweep
+from connect.webhooks.services import webhook_deliveries_drain
 from points.services import holds_expire_due
 
 
 class Command(BaseCommand):
     help = (
         "The periodic work of Celery beat for the embedded default (no broker): sweep due reward "
-        "actions and expire holds every SWEEPER_INTERVAL_SECONDS. `make run` starts it beside the server."
+        "actions, expire holds and send due webhook deliveries every SWEEPER_INTERVAL_SECONDS. `make run` starts "
+        "it beside the server."
     )
 
     def add_arguments(self, parser):
@@ -21,8 +23,12 @@ class Command(BaseCommand):
         while True:
             swept = reward_actions_sweep()
             expired = holds_expire_due()
-            if swept or expired or once:
-                self.stdout.write(f"embedded beat: re-enqueued {swept} action(s), expired {expired} hold(s)")
+            webhooks = webhook_deliveries_drain(max_seconds=interval)["claimed"]
+            if swept or expired or webhooks or once:
+                self.stdout.write(
+                    f"embedded beat: re-enqueued {swept} action(s), expired {expired} hold(s), "
+                    f"tried {webhooks} webhook delivery(ies)"
+                )
             if once:
                 return
             time.sleep(interval)
