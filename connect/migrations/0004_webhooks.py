@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('connect', '0002_admin_indexes'),
+        ('connect', '0003_event_trace_counter_keys_backtest'),
     ]
 
     operations = [
