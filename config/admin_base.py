@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
@@ -15,3 +17,19 @@ class ReadOnlyModelAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def badge(value: str, label: str | None = None) -> str:
+    """A status as a coloured pill; the colour comes from the theme's ``badge-<value>`` class."""
+    return format_html('<span class="badge badge-{}">{}</span>', value, label if label is not None else value)
+
+
+def user_page_url(user_id: str) -> str:
+    return reverse("admin_user_page", args=[user_id])
+
+
+def user_link(user_id: str | None) -> str:
+    """A user id linked to its user page (every user id in the admin is shown through this)."""
+    if not user_id:
+        return "—"
+    return format_html('<a class="user-link" href="{}">{}</a>', user_page_url(user_id), user_id)

@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from config.admin_base import ReadOnlyModelAdmin
+from config.admin_base import ReadOnlyModelAdmin, badge, user_link
 from config.api.errors import DomainError
 from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
@@ -92,7 +92,7 @@ ReadOnlyAdmin = ReadOnlyModelAdmin
 
 class RewardActionInline(admin.TabularInline):
     model = RewardAction
-    fields = ("action_link", "rule_code", "rule_version", "target_user_id", "reward_type", "amount", "status")
+    fields = ("action_link", "rule_code", "rule_version", "target", "reward_type", "amount", "status_badge")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -101,6 +101,14 @@ class RewardActionInline(admin.TabularInline):
     @admin.display(description="Action")
     def action_link(self, obj: RewardAction):
         return format_html('<a href="{}">{}</a>', reverse("admin:connect_rewardaction_change", args=[obj.pk]), obj.pk)
+
+    @admin.display(description="Target")
+    def target(self, obj: RewardAction):
+        return user_link(obj.target_user_id)
+
+    @admin.display(description="Status")
+    def status_badge(self, obj: RewardAction):
+        return badge(obj.status)
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -114,15 +122,7 @@ class RewardActionInline(admin.TabularInline):
 
 @admin.register(EconomicEvent)
 class EconomicEventAdmin(ReadOnlyAdmin):
-    list_display = (
-        "received_at",
-        "event_type",
-        "source_service",
-        "external_id",
-        "actor_user_id",
-        "primary_subject_user_id",
-        "status",
-    )
+    list_display = ("received_at", "event_type", "source_service", "external_id", "actor", "subject", "status_badge")
     list_filter = ("status", "event_type", "source_service", "received_at", ReceivedRangeFilter)
     search_fields = ("external_id__exact", "actor_user_id__exact", "primary_subject_user_id__exact")
     search_help_text = "Exact external_id, actor or primary subject user id."
@@ -132,16 +132,33 @@ class EconomicEventAdmin(ReadOnlyAdmin):
         "event_type",
         "source_service",
         "external_id",
-        "actor_user_id",
-        "primary_subject_user_id",
+        "actor",
+        "subject",
         "occurred_at",
         "received_at",
-        "status",
+        "status_badge",
         "error",
         "payload",
     )
     readonly_fields = fields
     inlines = [RewardActionInline]
+    change_form_template = "admin/connect/economicevent/change_form.html"
+
+    @admin.display(description="Actor", ordering="actor_user_id")
+    def actor(self, obj: EconomicEvent):
+        return user_link(obj.actor_user_id)
+
+    @admin.display(description="Primary subject", ordering="primary_subject_user_id")
+    def subject(self, obj: EconomicEvent):
+        return user_link(obj.primary_subject_user_id)
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: EconomicEvent):
+        return badge(obj.status)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {"can_simulate": request.user.has_perm("rules.view_rule"), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="Payload (as received)")
     def payload(self, obj: EconomicEvent):
@@ -204,16 +221,15 @@ class RewardActionAdmin(ReadOnlyAdmin):
         return request.user.has_perm("rules.view_ruleversion")
 
     def get_list_display(self, request):
+        # Fits a 1366-pixel screen beside the filters; attempts, params and results are on the action's page.
         return (
             "created_at",
-            "target_user_id",
-            "reward_type",
-            "amount",
-            "status",
+            "target",
+            "reward",
+            "status_badge",
             "rule_code",
             "version_link" if self._sees_rules(request) else "rule_version",
             "event_link",
-            "attempts",
             "short_error",
         )
 
@@ -223,11 +239,11 @@ class RewardActionAdmin(ReadOnlyAdmin):
             "event_link",
             "rule_code",
             "version_link" if self._sees_rules(request) else "rule_version",
-            "target_user_id",
+            "target",
             "reward_type",
             "amount",
             "params_pretty",
-            "status",
+            "status_badge",
             "locked_until_condition",
             "attempts",
             "next_attempt_at",
@@ -255,9 +271,24 @@ class RewardActionAdmin(ReadOnlyAdmin):
         url = reverse("admin:connect_economicevent_change", args=[obj.event_id])
         return format_html('<a href="{}">{}</a>', url, obj.event.event_type)
 
+    @admin.display(description="Target", ordering="target_user_id")
+    def target(self, obj: RewardAction):
+        return user_link(obj.target_user_id)
+
+    @admin.display(description="Reward", ordering="amount")
+    def reward(self, obj: RewardAction):
+        if obj.reward_type == RewardAction.RewardType.NFT:
+            return f"badge {obj.params.get('badge_type', '')}".strip()
+        unit = "points" if obj.reward_type == RewardAction.RewardType.POINTS else "G2A tokens"
+        return f"{obj.amount} {unit}"
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: RewardAction):
+        return badge(obj.status)
+
     @admin.display(description="Last error")
     def short_error(self, obj: RewardAction):
-        return obj.last_error[:80] + ("…" if len(obj.last_error) > 80 else "")
+        return obj.last_error[:60] + ("…" if len(obj.last_error) > 60 else "")
 
     @admin.display(description="Params")
     def params_pretty(self, obj: RewardAction):
@@ -416,11 +447,23 @@ def _is_uuid(value) -> bool:
 
 @admin.register(UserProfile)
 class UserProfileAdmin(ReadOnlyAdmin):
-    list_display = ("user_id", "sponsor_id", "is_vip", "is_pro", "tier", "updated_at")
+    list_display = ("user", "sponsor", "tier_badge", "updated_at")
     list_filter = ("is_vip", "is_pro")
     search_fields = ("user_id__exact", "sponsor_id__exact")
     search_help_text = "Exact user id or sponsor id."
     ordering = ("user_id",)
+
+    @admin.display(description="User", ordering="user_id")
+    def user(self, obj: UserProfile):
+        return user_link(obj.user_id)
+
+    @admin.display(description="Sponsor", ordering="sponsor_id")
+    def sponsor(self, obj: UserProfile):
+        return user_link(obj.sponsor_id)
+
+    @admin.display(description="Tier")
+    def tier_badge(self, obj: UserProfile):
+        return badge(obj.tier)
 
 
 # --- the rule simulator's view of users ----------------------------------------------------
@@ -642,6 +685,7 @@ def dashboard_data(*, now=None) -> dict:
                 "account": account,
                 "percent": round(max(account.balance, 0) / balance_peak * 100, 1),
                 "url": reverse("admin:points_account_statement", args=[account.pk]),
+                "user_url": reverse("admin_user_page", args=[account.user_id]),
             }
             for account in largest
         ],

@@ -5,7 +5,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from config.admin_base import ReadOnlyModelAdmin
+from config.admin_base import ReadOnlyModelAdmin, badge, user_link
 
 from . import admin_views
 from .admin_views import AccountUserFilter, CreatedRangeFilter, ReasonPrefixFilter
@@ -16,17 +16,26 @@ class ReadOnlyLedgerAdmin(ReadOnlyModelAdmin):
     """Ledger rows are written only by the ledger services; nobody edits them here, superusers included."""
 
 
+def account_link(account: Account):
+    """A user account as a link to its user's page; a system account by its code."""
+    return user_link(account.user_id) if account.kind == Account.Kind.USER else str(account)
+
+
 def _can_read_ledger(request) -> bool:
     return request.user.has_perm("points.view_account") and request.user.has_perm("points.view_transaction")
 
 
 @admin.register(Account)
 class AccountAdmin(ReadOnlyLedgerAdmin):
-    list_display = ("__str__", "kind", "balance", "held", "available", "created_at", "statement_link")
+    list_display = ("owner", "kind", "balance", "held", "available", "created_at", "statement_link")
     list_filter = ("kind",)
     search_fields = ("user_id__exact", "code__exact")
     search_help_text = "Exact user id (or system account code)."
     change_list_template = "admin/points/account/change_list.html"
+
+    @admin.display(description="Account", ordering="user_id")
+    def owner(self, obj: Account):
+        return account_link(obj)
 
     @admin.display(description="Statement")
     def statement_link(self, obj: Account):
@@ -79,7 +88,7 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
     list_display = (
         "created_at",
         "kind",
-        "account",
+        "owner",
         "amount",
         "balance_after",
         "reason",
@@ -95,6 +104,10 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
     inlines = [EntryInline]
     actions = ["export_csv"]
     change_list_template = "admin/points/transaction/change_list.html"
+
+    @admin.display(description="Account", ordering="account__user_id")
+    def owner(self, obj: Transaction):
+        return account_link(obj.account)
 
     def get_urls(self):
         return [
@@ -134,21 +147,21 @@ class HoldCreatedRangeFilter(CreatedRangeFilter):
 @admin.register(Hold)
 class HoldAdmin(ReadOnlyLedgerAdmin):
     list_display = (
-        "id",
-        "account",
-        "amount",
-        "status",
-        "created_at",
-        "expires_at",
-        "captured_amount",
-        "released_amount",
-        "source",
-    )
+        "id", "owner", "amount", "status_badge", "created_at", "expires_at", "captured_amount", "released_amount", "source",
+    )  # fmt: skip
     list_filter = (AccountUserFilter, "status", HoldCreatedRangeFilter)
     search_fields = ("transactions__external_id__exact",)
     search_help_text = "Exact external_id of the hold's transaction."
     list_select_related = ("account",)
     ordering = ("-created_at",)
+
+    @admin.display(description="Account", ordering="account__user_id")
+    def owner(self, obj: Hold):
+        return account_link(obj.account)
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: Hold):
+        return badge(obj.status)
 
 
 class ServiceClientKeyInline(admin.TabularInline):
