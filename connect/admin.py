@@ -32,6 +32,7 @@ from rules import engine
 from rules.admin import SimulationWorld, simulation_world_register
 from rules.models import RuleVersion
 
+from . import rules_admin_sources
 from .dispatch import channel_problems, reward_action_cancel, reward_action_retry
 from .models import EconomicEvent, RewardAction, RewardGrant, UserProfile
 from .profiles import ProfileReader, profile_apply
@@ -530,6 +531,7 @@ def simulation_world(event: engine.EventInput):
 
 
 simulation_world_register(simulation_world)
+rules_admin_sources.register()
 
 
 # --- dashboard -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
 from . import engine
+from .admin_columns import RuleChangeList, RuleColumns
 from .expressions import ProfileView
 from .forms import (
     ImportConfirmForm,
@@ -31,7 +32,6 @@ from .forms import (
     RewardLineInlineFormSet,
     RuleAdminForm,
     RulesImportForm,
-    SimulatorForm,
 )
 from .models import RewardLine, Rule, RuleVersion
 from .services import (
@@ -45,6 +45,7 @@ from .services import (
     rules_export,
     rules_import,
 )
+from .simulator_page import simulator_page
 
 IMPORT_SIGNING_SALT = "rules.admin.import"
 IMPORT_CONFIRM_MAX_AGE = 60 * 60
@@ -231,24 +232,25 @@ class RewardLineInline(admin.TabularInline):
 
 
 @admin.register(Rule)
-class RuleAdmin(SimpleHistoryAdmin):
+class RuleAdmin(RuleColumns, SimpleHistoryAdmin):
     form = RuleAdminForm
     inlines = [RewardLineInline]
     change_list_template = "admin/rules/rule/change_list.html"
     change_form_template = "admin/rules/rule/change_form.html"
     object_history_template = "admin/rules/rule/object_history.html"
+    # What a rule pays and did lately; its window, flags and dates are on its page (fits 1366 pixels).
     list_display = (
-        "code",
-        "name",
+        "rule",
         "event_type",
+        "pays",
+        "active",
         "priority",
-        "is_active",
-        "stop_processing",
-        "valid_from",
-        "valid_until",
+        "fired_30d",
+        "points_30d",
+        "budget_left",
         "version",
-        "updated_at",
     )
+    list_display_links = ("rule",)
     list_filter = ("event_type", "is_active", "stop_processing")
     search_fields = ("code", "name")
     ordering = ("event_type", "priority", "code")
@@ -266,6 +268,9 @@ class RuleAdmin(SimpleHistoryAdmin):
             return "—"
         url = reverse("admin:rules_ruleversion_changelist") + f"?rule__id__exact={obj.pk}"
         return format_html('<a href="{}">All versions of {}</a>', url, obj.code)
+
+    def get_changelist(self, request, **kwargs):
+        return RuleChangeList
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
@@ -386,14 +391,7 @@ class RuleAdmin(SimpleHistoryAdmin):
     def simulate_view(self, request):
         if not self.has_view_permission(request):
             raise PermissionDenied
-        result = None
-        if request.method == "POST":
-            form = SimulatorForm(request.POST)
-            if form.is_valid():
-                result = simulate(form.cleaned_data["event"])
-        else:
-            form = SimulatorForm()
-        context = self._context(request, "Rule simulator", form=form, result=result)
+        context = self._context(request, "Rule simulator", **simulator_page(request, simulate=simulate))
         return TemplateResponse(request, "admin/rules/rule/simulate.html", context)
 
     # history: simple-history's field changes, plus every stored version with a diff against the previous one
