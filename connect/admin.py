@@ -8,7 +8,7 @@ import json
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -41,6 +41,7 @@ from .profiles import ProfileReader, profile_apply
 MAX_ACTIONS_PER_REQUEST = 500
 WAITING_COUNT_LIMIT = 10_000
 DASHBOARD_DAYS = 30
+DASHBOARD_MAX_DAYS = 366
 DASHBOARD_TOP_BALANCES = 10
 DASHBOARD_MAX_SERIES = 7
 # Ledger credits Connect makes for a points reward carry this reason prefix followed by the rule code.
@@ -428,11 +429,12 @@ class RewardActionAdmin(ReadOnlyAdmin):
     def dashboard_view(self, request):
         if not (request.user.has_perm("points.view_transaction") and self.has_view_permission(request)):
             raise PermissionDenied
+        first_day, last_day = dashboard_range(request)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": "Dashboard",
-            **dashboard_data(),
+            **dashboard_data(first_day=first_day, last_day=last_day),
             "channel_warnings": _waiting_by_channel(),
         }
         return TemplateResponse(request, "admin/connect/dashboard.html", context)
@@ -548,7 +550,7 @@ STATUS_COLOURS = {
 CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM = 760, 220, 56, 24
 
 
-def _issued_by_rule(since) -> tuple[list, dict]:
+def _issued_by_rule(since, until) -> tuple[list, dict]:
     """Points credited per day in the ledger since ``since``, per rule (others as "other credits").
 
     One aggregate over the credits of the period, read through the (kind, created_at) index.
@@ -559,7 +561,7 @@ def _issued_by_rule(since) -> tuple[list, dict]:
         output_field=CharField(),
     )
     rows = (
-        Transaction.objects.filter(kind=Transaction.Kind.CREDIT, created_at__gte=since)
+        Transaction.objects.filter(kind=Transaction.Kind.CREDIT, created_at__gte=since, created_at__lt=until)
         .annotate(day=TruncDate("created_at"), label=label)
         .values("day", "label")
         .annotate(points=Sum("amount"))
@@ -595,6 +597,7 @@ def _issued_chart(days: list, per_day: dict) -> dict:
     plot_width = CHART_WIDTH - CHART_LEFT
     plot_height = CHART_HEIGHT - CHART_BOTTOM
     slot = plot_width / max(len(days), 1)
+    label_every = max(5, -(-len(days) // 8))
     bars = []
     for index, (day, values) in enumerate(daily):
         x = CHART_LEFT + index * slot + 1
@@ -618,7 +621,7 @@ def _issued_chart(days: list, per_day: dict) -> dict:
                 # the last label ends at the right edge instead of being cut by it
                 "label_x": round(x + (slot - 2) if index == len(daily) - 1 else x + (slot - 2) / 2, 1),
                 "label_anchor": "end" if index == len(daily) - 1 else "middle",
-                "show_label": index % 5 == 0 or index == len(daily) - 1,
+                "show_label": index % label_every == 0 or index == len(daily) - 1,
             }
         )
     return {
@@ -638,17 +641,40 @@ def _series_total(daily, name) -> int:
     return sum(values.get(name, 0) for _, values in daily)
 
 
-def dashboard_data(*, now=None) -> dict:
-    """Everything the dashboard shows; each figure is one bounded aggregate query."""
+def dashboard_range(request, *, now=None) -> tuple[date, date]:
+    """The days the dashboard covers: ``from``/``to`` of the query (inclusive, at most
+    DASHBOARD_MAX_DAYS), else the last DASHBOARD_DAYS days. A bad range says why and falls back."""
+    today = timezone.localdate(now or timezone.now())
+    default = (today - timedelta(days=DASHBOARD_DAYS - 1), today)
+    try:
+        first = date.fromisoformat(request.GET["from"]) if request.GET.get("from") else default[0]
+        last = date.fromisoformat(request.GET["to"]) if request.GET.get("to") else default[1]
+    except ValueError:
+        messages.error(request, "Dates are YYYY-MM-DD; showing the last 30 days.")
+        return default
+    if first > last or (last - first).days >= DASHBOARD_MAX_DAYS:
+        messages.error(
+            request, f"Pick a range of 1 to {DASHBOARD_MAX_DAYS} days, from before to; showing the last 30 days."
+        )
+        return default
+    return first, last
+
+
+def dashboard_data(*, now=None, first_day: date | None = None, last_day: date | None = None) -> dict:
+    """Everything the dashboard shows for the days ``first_day``..``last_day`` (inclusive; default the
+    last DASHBOARD_DAYS days); each figure is one bounded aggregate query."""
     now = now or timezone.now()
-    today = timezone.localdate(now)
-    first_day = today - timedelta(days=DASHBOARD_DAYS - 1)
-    since = day_start(first_day)
-    days = [first_day + timedelta(days=n) for n in range(DASHBOARD_DAYS)]
-    _, per_day = _issued_by_rule(since)
+    last_day = last_day or timezone.localdate(now)
+    first_day = first_day or last_day - timedelta(days=DASHBOARD_DAYS - 1)
+    since, until = day_start(first_day), day_start(last_day + timedelta(days=1))
+    days = [first_day + timedelta(days=n) for n in range((last_day - first_day).days + 1)]
+    _, per_day = _issued_by_rule(since, until)
 
     by_status = dict(
-        RewardAction.objects.filter(created_at__gte=since).values_list("status").annotate(n=Count("pk")).order_by()
+        RewardAction.objects.filter(created_at__gte=since, created_at__lt=until)
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .order_by()
     )
     status_peak = max(by_status.values(), default=0) or 1
     statuses = [
@@ -660,7 +686,9 @@ def dashboard_data(*, now=None) -> dict:
             "colour": STATUS_COLOURS[value],
             "url": reverse("admin:connect_rewardaction_changelist")
             + "?"
-            + urlencode({"status__exact": value, "created_at__gte": since.isoformat()}),
+            + urlencode(
+                {"status__exact": value, "created_at__gte": since.isoformat(), "created_at__lt": until.isoformat()}
+            ),
         }
         for value, label in RewardAction.Status.choices
     ]
@@ -674,8 +702,9 @@ def dashboard_data(*, now=None) -> dict:
     )
     balance_peak = max((account.balance for account in largest), default=0) or 1
     return {
-        "days": DASHBOARD_DAYS,
+        "days": len(days),
         "since": first_day,
+        "until": last_day,
         "issued": _issued_chart(days, per_day),
         "statuses": statuses,
         "failed_count": attention["failed"],

@@ -192,3 +192,27 @@ def test_a_bad_date_range_falls_back_to_twelve_months_with_a_message(ledger_hist
     assert len(response.context["flows"]) == 12
     assert "must not be after" in response.content.decode()
     assert login("finance").get(reverse("admin_points_reports"), {"from": "yesterday"}).status_code == 200
+
+
+# --- dashboard date range ----------------------------------------------------------------------
+
+
+def test_the_dashboard_covers_the_date_range_asked_for(login, db):
+    services.account_credit(source="svc", external_id="now", user_id="alice", amount=30, reason="reward:quest_rule")
+    services.account_credit(source="svc", external_id="old", user_id="bob", amount=1000, reason="reward:quest_rule")
+    old_day = timezone.localdate() - timedelta(days=45)
+    Transaction.objects.filter(external_id="old").update(created_at=timezone.now() - timedelta(days=45))
+    client = login("finance")
+
+    default = client.get(reverse("admin:connect_dashboard")).context
+    assert (default["issued"]["total"], default["days"]) == (30, 30)
+
+    ranged = client.get(reverse("admin:connect_dashboard"), {"from": (old_day - timedelta(days=1)).isoformat(),
+                                                              "to": (old_day + timedelta(days=1)).isoformat()})  # fmt: skip
+    assert (ranged.context["issued"]["total"], ranged.context["days"]) == (1000, 3)
+    assert {bar["day"]: bar["total"] for bar in ranged.context["issued"]["bars"]}[old_day] == 1000
+
+    too_long = client.get(reverse("admin:connect_dashboard"), {"from": "2020-01-01", "to": "2026-01-01"})
+    assert too_long.context["days"] == 30
+    assert "Pick a range" in too_long.content.decode()
+    assert login("rule_editor").get(reverse("admin:connect_dashboard"), {"from": "2026-01-01"}).status_code == 403
