@@ -1,6 +1,9 @@
+import re
+
 from django.contrib import admin
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
+from django.utils.safestring import mark_safe
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
@@ -33,3 +36,12 @@ def user_link(user_id: str | None) -> str:
     if not user_id:
         return "—"
     return format_html('<a class="user-link" href="{}">{}</a>', user_page_url(user_id), user_id)
+
+
+_BREAK_AFTER = re.compile(r"([._(,/])")
+
+
+def breakable(text: str) -> str:
+    """Escaped text with line-break opportunities after dots, underscores, brackets and commas, so a
+    long code or expression wraps inside a narrow column instead of widening the table."""
+    return mark_safe(_BREAK_AFTER.sub(r"\1<wbr>", escape(text)))  # escaped first, then only <wbr> added

@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from config.admin_base import ReadOnlyModelAdmin, badge, user_link
+from config.admin_base import ReadOnlyModelAdmin, badge, breakable, user_link
 from config.api.errors import DomainError
 from points.admin_views import CreatedRangeFilter, day_start
 from points.models import Account, Transaction
@@ -229,8 +229,7 @@ class RewardActionAdmin(ReadOnlyAdmin):
             "target",
             "reward",
             "status_badge",
-            "rule_code",
-            "version_link" if self._sees_rules(request) else "rule_version",
+            "rule_and_version_link" if self._sees_rules(request) else "rule_and_version",
             "event_link",
             "short_error",
         )
@@ -268,10 +267,23 @@ class RewardActionAdmin(ReadOnlyAdmin):
         url = reverse("admin:rules_ruleversion_change", args=[obj.rule_version_pk])
         return format_html('<a class="rule-version" href="{}">v{}</a>', url, obj.rule_version)
 
+    @admin.display(description="Rule", ordering="rule_code")
+    def rule_and_version(self, obj: RewardAction):
+        return format_html("{} v{}", breakable(obj.rule_code), obj.rule_version)
+
+    @admin.display(description="Rule", ordering="rule_code")
+    def rule_and_version_link(self, obj: RewardAction):
+        if obj.rule_version_pk is None:
+            return f"{obj.rule_code} v{obj.rule_version} (no snapshot)"
+        url = reverse("admin:rules_ruleversion_change", args=[obj.rule_version_pk])
+        return format_html(
+            '{} <a class="rule-version" href="{}">v{}</a>', breakable(obj.rule_code), url, obj.rule_version
+        )
+
     @admin.display(description="Event")
     def event_link(self, obj: RewardAction):
         url = reverse("admin:connect_economicevent_change", args=[obj.event_id])
-        return format_html('<a href="{}">{}</a>', url, obj.event.event_type)
+        return format_html('<a href="{}">{}</a>', url, breakable(obj.event.event_type))
 
     @admin.display(description="Target", ordering="target_user_id")
     def target(self, obj: RewardAction):

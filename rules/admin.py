@@ -239,17 +239,7 @@ class RuleAdmin(RuleColumns, SimpleHistoryAdmin):
     change_form_template = "admin/rules/rule/change_form.html"
     object_history_template = "admin/rules/rule/object_history.html"
     # What a rule pays and did lately; its window, flags and dates are on its page (fits 1366 pixels).
-    list_display = (
-        "rule",
-        "event_type",
-        "pays",
-        "active",
-        "priority",
-        "fired_30d",
-        "points_30d",
-        "budget_left",
-        "version",
-    )
+    list_display = ("rule", "type", "pays", "active", "priority", "fired_30d", "points_30d", "budget_left")
     list_display_links = ("rule",)
     list_filter = ("event_type", "is_active", "stop_processing")
     search_fields = ("code", "name")

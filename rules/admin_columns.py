@@ -6,12 +6,12 @@ from datetime import timedelta
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from config.admin_base import badge
+from config.admin_base import badge, breakable
 
 from .admin_sources import RuleActivity, sources
-from .descriptions import rule_pays_in_words
+from .descriptions import rule_lines_in_words
 
 ACTIVITY_DAYS = 30
 
@@ -36,21 +36,28 @@ class RuleColumns:
 
     @admin.display(description="Rule", ordering="code")
     def rule(self, obj):
-        return format_html('{}<div class="small">{}</div>', obj.code, obj.name)
+        return format_html(
+            '{} <span class="small">v{}</span><div class="small">{}</div>', breakable(obj.code), obj.version, obj.name
+        )
+
+    @admin.display(description="Event type", ordering="event_type")
+    def type(self, obj):
+        return breakable(obj.event_type)
 
     @admin.display(description="Pays")
     def pays(self, obj):
-        return rule_pays_in_words(obj)
+        lines = rule_lines_in_words(obj) or ["nothing"]
+        return format_html_join("", '<div class="pays-line">{}</div>', ((breakable(line),) for line in lines))
 
     @admin.display(description="Active", ordering="is_active")
     def active(self, obj):
         return badge("active", "active") if obj.is_active else badge("inactive", "off")
 
-    @admin.display(description=f"Fired ({ACTIVITY_DAYS} d)")
+    @admin.display(description=f"Fired {ACTIVITY_DAYS}d")
     def fired_30d(self, obj):
         return getattr(obj, "activity_30d", RuleActivity()).fired
 
-    @admin.display(description=f"Points paid ({ACTIVITY_DAYS} d)")
+    @admin.display(description=f"Paid {ACTIVITY_DAYS}d")
     def points_30d(self, obj):
         return getattr(obj, "activity_30d", RuleActivity()).points
 

@@ -30,6 +30,11 @@ def line_in_words(line: RewardLine) -> str:
     return ", ".join(words)
 
 
+def rule_lines_in_words(rule: Rule) -> list[str]:
+    """Each reward line of the rule in words, in order."""
+    return [line_in_words(line) for line in rule.rewards.all()]
+
+
 def rule_pays_in_words(rule: Rule) -> str:
     """Every reward line of the rule in words, in order, separated by "; "."""
-    return "; ".join(line_in_words(line) for line in rule.rewards.all()) or "nothing"
+    return "; ".join(rule_lines_in_words(rule)) or "nothing"

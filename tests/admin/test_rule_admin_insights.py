@@ -57,7 +57,7 @@ def test_the_rules_list_shows_pays_fired_and_points_of_the_last_30_days(quest_ru
     ingest("quest.completed", "user9", None, {"base_reward_points": 7})  # pending: fired, not yet paid
 
     response = login("rule_editor").get(reverse("admin:rules_rule_changelist"))
-    html = response.content.decode()
+    html = response.content.decode().replace("<wbr>", "")  # line-break hints inside codes
     rows = {rule.code: rule for rule in response.context["cl"].result_list}
 
     assert (rows["quest_points"].activity_30d.fired, rows["quest_points"].activity_30d.points) == (3, 42)
