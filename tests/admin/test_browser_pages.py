@@ -14,6 +14,7 @@ from playwright.sync_api import expect
 from connect.dispatch import reward_action_dispatch
 from connect.models import RewardAction
 from points import services
+from points.models import Account, Transaction
 from rules.demo import DEMO_RULES_PATH
 from rules.services import rules_import
 
@@ -64,7 +65,8 @@ def program(db, django_user_model):
     from connect.services import event_ingest
 
     def post(n, event_type, actor, subject=None, **context):
-        data = {"external_id": f"ev-{n}", "event_type": event_type, "actor_user_id": actor,
+        # as real services send them: long opaque external ids
+        data = {"external_id": f"{event_type}:{n}:3f2a9c0e-58b1-4f7e-9d63-0c1b2a3d4e5f", "event_type": event_type, "actor_user_id": actor,
                 "primary_subject_user_id": subject, "context": context, "occurred_at": None}  # fmt: skip
         return event_ingest(client_name="seed_service", data=data).event
 
@@ -129,6 +131,18 @@ def test_finance_reads_a_user_whole_the_reports_and_the_lists_on_a_laptop(laptop
     shot("events")
     assert_fits(page)
 
+    page.goto(live_server.url + reverse("admin:points_transaction_changelist"))
+    expect(page.locator("#result_list tbody tr")).to_have_count(Transaction.objects.count())
+    shot("transactions")
+    assert_fits(page)
+
+    page.goto(
+        live_server.url + reverse("admin:points_account_statement", args=[Account.objects.get(user_id="alice").pk])
+    )
+    expect(page.locator("#balance")).to_have_text("75")
+    shot("statement")
+    assert_fits(page)
+
     page.goto(live_server.url + reverse("admin:connect_dashboard"))
     expect(page.locator("#issued-total")).to_have_text(str(liability() + 25))
     shot("dashboard")
@@ -157,6 +171,9 @@ def test_a_rule_editor_reads_the_rules_list_and_simulates_from_the_form_on_a_lap
     assert_fits(page)
 
     page.click("#result_list a:text('quest_completed_rewards')")
+    expect(page.locator("#id_rewards-0-target")).to_have_value("actor")
+    shot("rule-page")
+    assert_fits(page)
     page.click("#test-rule")
     expect(page.locator("tr.tested-rule")).to_contain_text("quest_completed_rewards")
     shot("test-this-rule")
