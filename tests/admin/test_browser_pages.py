@@ -79,6 +79,7 @@ def program(db, django_user_model):
     for action in RewardAction.objects.filter(reward_type="points"):
         reward_action_dispatch(action_id=action.pk)
     services.account_debit(source="shop", external_id="order-1", user_id="alice", amount=25, reason="order 1")
+    services.hold_create(source="shop", external_id="basket-1", user_id="alice", amount=5, reason="basket")
     for role in ("finance", "rule_editor"):
         make_staff(django_user_model, role)
 
@@ -93,10 +94,11 @@ def test_finance_reads_a_user_whole_the_reports_and_the_lists_on_a_laptop(laptop
     page.press("#user-search-q", "Enter")
     # alice: quest 40 + voucher 10 + booking 50 = 100 credited, 25 spent
     expect(page.locator("#user-balance")).to_have_text("75")
-    expect(page.locator("#user-available")).to_have_text("75")
+    expect(page.locator("#user-held")).to_have_text("5")
+    expect(page.locator("#user-available")).to_have_text("70")
     expect(page.locator("#user-sponsor")).to_contain_text("bob")
     expect(page.locator("#user-tree a.upline")).to_have_text(["bob", "carol"])
-    expect(page.locator("#user-statement tr.statement-row")).to_have_count(4)
+    expect(page.locator("#user-statement tr.statement-row")).to_have_count(5)
     expect(page.locator("#user-statement tr.statement-row td.balance-after").first).to_have_text("75")
     expect(page.locator("#user-statement a.event-link")).to_have_count(3)
     expect(page.locator("#user-actions tr.action-row")).to_have_count(4)
