@@ -216,3 +216,10 @@ def test_the_dashboard_covers_the_date_range_asked_for(login, db):
     assert too_long.context["days"] == 30
     assert "Pick a range" in too_long.content.decode()
     assert login("rule_editor").get(reverse("admin:connect_dashboard"), {"from": "2026-01-01"}).status_code == 403
+
+
+def test_the_user_page_needs_a_bounded_number_of_queries(paid_user, login, django_assert_max_num_queries):
+    client = login("finance")
+    client.get(user_url("alice"))  # warm the session and content-type caches
+    with django_assert_max_num_queries(20):
+        assert client.get(user_url("alice")).status_code == 200

@@ -144,3 +144,22 @@ def test_the_simulator_form_and_test_this_rule_follow_the_roles(quest_rules, log
     client = login(role)
     assert client.get(SIMULATE, {"rule": "quest_points"}).status_code == status
     assert client.post(SIMULATE, {"suggest": "1", "b-event_type": "quest.completed"}).status_code == status
+
+
+def test_the_rules_list_reads_activity_in_one_query_however_many_rules(make_rule, ingest, login):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = login("rule_editor")
+    url = reverse("admin:rules_rule_changelist")
+
+    def queries_with(rules: int) -> int:
+        for n in range(Rule.objects.count(), rules):
+            make_rule(f"rule_{n}", "quest.completed", [{"target": "actor", "reward_type": "points", "amount": "1"}])
+        ingest("quest.completed", f"user_{rules}", None, {})
+        client.get(url)  # warm caches
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url).status_code == 200
+        return len(captured)
+
+    assert queries_with(2) == queries_with(12)
