@@ -223,3 +223,15 @@ def test_the_user_page_needs_a_bounded_number_of_queries(paid_user, login, djang
     client.get(user_url("alice"))  # warm the session and content-type caches
     with django_assert_max_num_queries(20):
         assert client.get(user_url("alice")).status_code == 200
+
+
+def test_the_user_page_shows_tier_badges_and_referrals(paid_user, ingest, login):
+    ingest("user.upgraded_to_vip", "bob")
+    ingest("user.upgraded_to_pro", "bob")
+    response = login("rule_editor").get(user_url("bob"))
+    html = response.content.decode()
+
+    assert 'id="user-tier">pro<' in html
+    assert 'class="badge badge-vip">VIP<' in html and 'class="badge badge-pro">PRO<' in html
+    assert response.context["overview"].referrals == ["alice"]
+    assert 'id="user-referrals">1<' in html
