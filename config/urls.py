@@ -11,10 +11,18 @@ handler403 = "config.api.views.permission_denied"
 handler404 = "config.api.views.not_found"
 handler500 = "config.api.views.server_error"
 
+# The admin reads as the product it runs, with the full width of a laptop screen for its tables.
+admin.site.site_header = "Rewards"
+admin.site.site_title = "Rewards"
+admin.site.index_title = "Overview"
+admin.site.enable_nav_sidebar = False
+
 urlpatterns = [
     path("", TemplateView.as_view(template_name="landing.html"), name="landing"),
     re_path(r"^health/?$", health, name="health"),
     re_path(r"^metrics/?$", metrics, name="metrics"),
+    # The user page and the finance reports (before the admin site, whose catch-all would take them).
+    path("admin/", include("connect.admin_urls")),
     path("admin/", admin.site.urls),
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="api-schema"),
     re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

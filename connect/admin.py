@@ -7,7 +7,7 @@ Everything here is read-only; the only writes are the staff actions of ``connect
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -23,7 +23,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from config.admin_base import ReadOnlyModelAdmin
+from config.admin_base import ReadOnlyModelAdmin, badge, breakable, user_link
 from config.api.errors import DomainError
 from config.api.jsonbody import json_text, stored_json_value
 from connect.trace import trace_html
@@ -34,6 +34,7 @@ from rules.admin import SimulationWorld, simulation_world_register
 from rules.budgets import budget_used_without_lock, period_count_without_lock
 from rules.models import RuleVersion
 
+from . import rules_admin_sources
 from .channels import channel_problems
 from .models import EconomicEvent, RewardAction, RewardGrant, UserProfile
 from .profiles import ProfileReader, profile_apply
@@ -44,6 +45,7 @@ from .webhooks import admin as webhooks_admin  # noqa: F401  (registers the webh
 MAX_ACTIONS_PER_REQUEST = 500
 WAITING_COUNT_LIMIT = 10_000
 DASHBOARD_DAYS = 30
+DASHBOARD_MAX_DAYS = 366
 DASHBOARD_TOP_BALANCES = 10
 DASHBOARD_MAX_SERIES = 7
 # Ledger credits Connect makes for a points reward carry this reason prefix followed by the rule code.
@@ -96,7 +98,7 @@ ReadOnlyAdmin = ReadOnlyModelAdmin
 
 class RewardActionInline(admin.TabularInline):
     model = RewardAction
-    fields = ("action_link", "rule_code", "rule_version", "target_user_id", "reward_type", "amount", "status")
+    fields = ("action_link", "rule_code", "rule_version", "target", "reward_type", "amount", "status_badge")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -105,6 +107,14 @@ class RewardActionInline(admin.TabularInline):
     @admin.display(description="Action")
     def action_link(self, obj: RewardAction):
         return format_html('<a href="{}">{}</a>', reverse("admin:connect_rewardaction_change", args=[obj.pk]), obj.pk)
+
+    @admin.display(description="Target")
+    def target(self, obj: RewardAction):
+        return user_link(obj.target_user_id)
+
+    @admin.display(description="Status")
+    def status_badge(self, obj: RewardAction):
+        return badge(obj.status)
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -118,15 +128,7 @@ class RewardActionInline(admin.TabularInline):
 
 @admin.register(EconomicEvent)
 class EconomicEventAdmin(ReadOnlyAdmin):
-    list_display = (
-        "received_at",
-        "event_type",
-        "source_service",
-        "external_id",
-        "actor_user_id",
-        "primary_subject_user_id",
-        "status",
-    )
+    list_display = ("received_at", "event_type", "source_service", "external_id", "actor", "subject", "status_badge")
     list_filter = ("status", "event_type", "source_service", "received_at", ReceivedRangeFilter)
     search_fields = ("external_id__exact", "actor_user_id__exact", "primary_subject_user_id__exact")
     search_help_text = "Exact external_id, actor or primary subject user id."
@@ -136,17 +138,34 @@ class EconomicEventAdmin(ReadOnlyAdmin):
         "event_type",
         "source_service",
         "external_id",
-        "actor_user_id",
-        "primary_subject_user_id",
+        "actor",
+        "subject",
         "occurred_at",
         "received_at",
-        "status",
+        "status_badge",
         "error",
         "payload",
         "decision",
     )
     readonly_fields = fields
     inlines = [RewardActionInline]
+    change_form_template = "admin/connect/economicevent/change_form.html"
+
+    @admin.display(description="Actor", ordering="actor_user_id")
+    def actor(self, obj: EconomicEvent):
+        return user_link(obj.actor_user_id)
+
+    @admin.display(description="Primary subject", ordering="primary_subject_user_id")
+    def subject(self, obj: EconomicEvent):
+        return user_link(obj.primary_subject_user_id)
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: EconomicEvent):
+        return badge(obj.status)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {"can_simulate": request.user.has_perm("rules.view_rule"), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="Decision (why it got what it got)")
     def decision(self, obj: EconomicEvent):
@@ -228,16 +247,14 @@ class RewardActionAdmin(ReadOnlyAdmin):
         return request.user.has_perm("rules.view_ruleversion")
 
     def get_list_display(self, request):
+        # Fits a 1366-pixel screen beside the filters; attempts, params and results are on the action's page.
         return (
             "created_at",
-            "target_user_id",
-            "reward_type",
-            "amount",
-            "status",
-            "rule_code",
-            "version_link" if self._sees_rules(request) else "rule_version",
+            "target",
+            "reward",
+            "status_badge",
+            "rule_and_version_link" if self._sees_rules(request) else "rule_and_version",
             "event_link",
-            "attempts",
             "short_error",
         )
 
@@ -247,11 +264,11 @@ class RewardActionAdmin(ReadOnlyAdmin):
             "event_link",
             "rule_code",
             "version_link" if self._sees_rules(request) else "rule_version",
-            "target_user_id",
+            "target",
             "reward_type",
             "amount",
             "params_pretty",
-            "status",
+            "status_badge",
             "locked_until_condition",
             "attempts",
             "next_attempt_at",
@@ -274,14 +291,42 @@ class RewardActionAdmin(ReadOnlyAdmin):
         url = reverse("admin:rules_ruleversion_change", args=[obj.rule_version_pk])
         return format_html('<a class="rule-version" href="{}">v{}</a>', url, obj.rule_version)
 
+    @admin.display(description="Rule", ordering="rule_code")
+    def rule_and_version(self, obj: RewardAction):
+        return format_html("{} v{}", breakable(obj.rule_code), obj.rule_version)
+
+    @admin.display(description="Rule", ordering="rule_code")
+    def rule_and_version_link(self, obj: RewardAction):
+        if obj.rule_version_pk is None:
+            return f"{obj.rule_code} v{obj.rule_version} (no snapshot)"
+        url = reverse("admin:rules_ruleversion_change", args=[obj.rule_version_pk])
+        return format_html(
+            '{} <a class="rule-version" href="{}">v{}</a>', breakable(obj.rule_code), url, obj.rule_version
+        )
+
     @admin.display(description="Event")
     def event_link(self, obj: RewardAction):
         url = reverse("admin:connect_economicevent_change", args=[obj.event_id])
-        return format_html('<a href="{}">{}</a>', url, obj.event.event_type)
+        return format_html('<a href="{}">{}</a>', url, breakable(obj.event.event_type))
+
+    @admin.display(description="Target", ordering="target_user_id")
+    def target(self, obj: RewardAction):
+        return user_link(obj.target_user_id)
+
+    @admin.display(description="Reward", ordering="amount")
+    def reward(self, obj: RewardAction):
+        if obj.reward_type == RewardAction.RewardType.NFT:
+            return f"badge {obj.params.get('badge_type', '')}".strip()
+        unit = "points" if obj.reward_type == RewardAction.RewardType.POINTS else "G2A tokens"
+        return f"{obj.amount} {unit}"
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: RewardAction):
+        return badge(obj.status)
 
     @admin.display(description="Last error")
     def short_error(self, obj: RewardAction):
-        return obj.last_error[:80] + ("…" if len(obj.last_error) > 80 else "")
+        return obj.last_error[:60] + ("…" if len(obj.last_error) > 60 else "")
 
     @admin.display(description="Params")
     def params_pretty(self, obj: RewardAction):
@@ -420,11 +465,12 @@ class RewardActionAdmin(ReadOnlyAdmin):
     def dashboard_view(self, request):
         if not (request.user.has_perm("points.view_transaction") and self.has_view_permission(request)):
             raise PermissionDenied
+        first_day, last_day = dashboard_range(request)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": "Dashboard",
-            **dashboard_data(),
+            **dashboard_data(first_day=first_day, last_day=last_day),
             "channel_warnings": _waiting_by_channel(),
         }
         return TemplateResponse(request, "admin/connect/dashboard.html", context)
@@ -440,11 +486,23 @@ def _is_uuid(value) -> bool:
 
 @admin.register(UserProfile)
 class UserProfileAdmin(ReadOnlyAdmin):
-    list_display = ("user_id", "sponsor_id", "is_vip", "is_pro", "tier", "updated_at")
+    list_display = ("user", "sponsor", "tier_badge", "updated_at")
     list_filter = ("is_vip", "is_pro")
     search_fields = ("user_id__exact", "sponsor_id__exact")
     search_help_text = "Exact user id or sponsor id."
     ordering = ("user_id",)
+
+    @admin.display(description="User", ordering="user_id")
+    def user(self, obj: UserProfile):
+        return user_link(obj.user_id)
+
+    @admin.display(description="Sponsor", ordering="sponsor_id")
+    def sponsor(self, obj: UserProfile):
+        return user_link(obj.sponsor_id)
+
+    @admin.display(description="Tier")
+    def tier_badge(self, obj: UserProfile):
+        return badge(obj.tier)
 
 
 # --- the rule simulator's view of users ----------------------------------------------------
@@ -516,6 +574,7 @@ def simulation_world(event: engine.EventInput):
 
 
 simulation_world_register(simulation_world)
+rules_admin_sources.register()
 
 
 # --- dashboard -------------------------------------------------------------------------------
@@ -532,7 +591,7 @@ STATUS_COLOURS = {
 CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM = 760, 220, 56, 24
 
 
-def _issued_by_rule(since) -> tuple[list, dict]:
+def _issued_by_rule(since, until) -> tuple[list, dict]:
     """Points credited per day in the ledger since ``since``, per rule (others as "other credits").
 
     One aggregate over the credits of the period, read through the (kind, created_at) index.
@@ -543,7 +602,7 @@ def _issued_by_rule(since) -> tuple[list, dict]:
         output_field=CharField(),
     )
     rows = (
-        Transaction.objects.filter(kind=Transaction.Kind.CREDIT, created_at__gte=since)
+        Transaction.objects.filter(kind=Transaction.Kind.CREDIT, created_at__gte=since, created_at__lt=until)
         .annotate(day=TruncDate("created_at"), label=label)
         .values("day", "label")
         .annotate(points=Sum("amount"))
@@ -579,6 +638,7 @@ def _issued_chart(days: list, per_day: dict) -> dict:
     plot_width = CHART_WIDTH - CHART_LEFT
     plot_height = CHART_HEIGHT - CHART_BOTTOM
     slot = plot_width / max(len(days), 1)
+    label_every = max(5, -(-len(days) // 8))
     bars = []
     for index, (day, values) in enumerate(daily):
         x = CHART_LEFT + index * slot + 1
@@ -602,7 +662,7 @@ def _issued_chart(days: list, per_day: dict) -> dict:
                 # the last label ends at the right edge instead of being cut by it
                 "label_x": round(x + (slot - 2) if index == len(daily) - 1 else x + (slot - 2) / 2, 1),
                 "label_anchor": "end" if index == len(daily) - 1 else "middle",
-                "show_label": index % 5 == 0 or index == len(daily) - 1,
+                "show_label": index % label_every == 0 or index == len(daily) - 1,
             }
         )
     return {
@@ -622,17 +682,40 @@ def _series_total(daily, name) -> int:
     return sum(values.get(name, 0) for _, values in daily)
 
 
-def dashboard_data(*, now=None) -> dict:
-    """Everything the dashboard shows; each figure is one bounded aggregate query."""
+def dashboard_range(request, *, now=None) -> tuple[date, date]:
+    """The days the dashboard covers: ``from``/``to`` of the query (inclusive, at most
+    DASHBOARD_MAX_DAYS), else the last DASHBOARD_DAYS days. A bad range says why and falls back."""
+    today = timezone.localdate(now or timezone.now())
+    default = (today - timedelta(days=DASHBOARD_DAYS - 1), today)
+    try:
+        first = date.fromisoformat(request.GET["from"]) if request.GET.get("from") else default[0]
+        last = date.fromisoformat(request.GET["to"]) if request.GET.get("to") else default[1]
+    except ValueError:
+        messages.error(request, "Dates are YYYY-MM-DD; showing the last 30 days.")
+        return default
+    if first > last or (last - first).days >= DASHBOARD_MAX_DAYS:
+        messages.error(
+            request, f"Pick a range of 1 to {DASHBOARD_MAX_DAYS} days, from before to; showing the last 30 days."
+        )
+        return default
+    return first, last
+
+
+def dashboard_data(*, now=None, first_day: date | None = None, last_day: date | None = None) -> dict:
+    """Everything the dashboard shows for the days ``first_day``..``last_day`` (inclusive; default the
+    last DASHBOARD_DAYS days); each figure is one bounded aggregate query."""
     now = now or timezone.now()
-    today = timezone.localdate(now)
-    first_day = today - timedelta(days=DASHBOARD_DAYS - 1)
-    since = day_start(first_day)
-    days = [first_day + timedelta(days=n) for n in range(DASHBOARD_DAYS)]
-    _, per_day = _issued_by_rule(since)
+    last_day = last_day or timezone.localdate(now)
+    first_day = first_day or last_day - timedelta(days=DASHBOARD_DAYS - 1)
+    since, until = day_start(first_day), day_start(last_day + timedelta(days=1))
+    days = [first_day + timedelta(days=n) for n in range((last_day - first_day).days + 1)]
+    _, per_day = _issued_by_rule(since, until)
 
     by_status = dict(
-        RewardAction.objects.filter(created_at__gte=since).values_list("status").annotate(n=Count("pk")).order_by()
+        RewardAction.objects.filter(created_at__gte=since, created_at__lt=until)
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .order_by()
     )
     status_peak = max(by_status.values(), default=0) or 1
     statuses = [
@@ -644,7 +727,9 @@ def dashboard_data(*, now=None) -> dict:
             "colour": STATUS_COLOURS[value],
             "url": reverse("admin:connect_rewardaction_changelist")
             + "?"
-            + urlencode({"status__exact": value, "created_at__gte": since.isoformat()}),
+            + urlencode(
+                {"status__exact": value, "created_at__gte": since.isoformat(), "created_at__lt": until.isoformat()}
+            ),
         }
         for value, label in RewardAction.Status.choices
     ]
@@ -658,8 +743,9 @@ def dashboard_data(*, now=None) -> dict:
     )
     balance_peak = max((account.balance for account in largest), default=0) or 1
     return {
-        "days": DASHBOARD_DAYS,
+        "days": len(days),
         "since": first_day,
+        "until": last_day,
         "issued": _issued_chart(days, per_day),
         "statuses": statuses,
         "failed_count": attention["failed"],
@@ -671,6 +757,7 @@ def dashboard_data(*, now=None) -> dict:
                 "account": account,
                 "percent": round(max(account.balance, 0) / balance_peak * 100, 1),
                 "url": reverse("admin:points_account_statement", args=[account.pk]),
+                "user_url": reverse("admin_user_page", args=[account.user_id]),
             }
             for account in largest
         ],

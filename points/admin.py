@@ -10,7 +10,7 @@ from django.http import Http404, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from config.admin_base import ReadOnlyModelAdmin
+from config.admin_base import ReadOnlyModelAdmin, badge, user_link
 from config.api.jsonbody import StrictJSONFormField, stored_json_value
 
 from . import admin_views
@@ -23,13 +23,18 @@ class ReadOnlyLedgerAdmin(ReadOnlyModelAdmin):
     """Ledger rows are written only by the ledger services; nobody edits them here, superusers included."""
 
 
+def account_link(account: Account):
+    """A user account as a link to its user's page; a system account by its code."""
+    return user_link(account.user_id) if account.kind == Account.Kind.USER else str(account)
+
+
 def _can_read_ledger(request) -> bool:
     return request.user.has_perm("points.view_account") and request.user.has_perm("points.view_transaction")
 
 
 @admin.register(Account)
 class AccountAdmin(ReadOnlyLedgerAdmin):
-    list_display = ("__str__", "kind", "balance_shown", "held", "available_shown", "created_at", "statement_link")
+    list_display = ("owner", "kind", "balance_shown", "held", "available_shown", "created_at", "statement_link")
     list_filter = ("kind",)
     search_fields = ("user_id__exact", "code__exact")
     search_help_text = "Exact user id (or system account code)."
@@ -62,6 +67,10 @@ class AccountAdmin(ReadOnlyLedgerAdmin):
         if obj.kind != Account.Kind.USER:
             return getattr(obj, "shown_balance", obj.balance)
         return obj.available
+
+    @admin.display(description="Account", ordering="user_id")
+    def owner(self, obj: Account):
+        return account_link(obj)
 
     @admin.display(description="Statement")
     def statement_link(self, obj: Account):
@@ -114,7 +123,7 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
     list_display = (
         "created_at",
         "kind",
-        "account",
+        "owner",
         "amount",
         "balance_after",
         "reason",
@@ -149,6 +158,10 @@ class TransactionAdmin(ReadOnlyLedgerAdmin):
         )
         value = stored_json_value(stored)
         return format_html("<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
+
+    @admin.display(description="Account", ordering="account__user_id")
+    def owner(self, obj: Transaction):
+        return account_link(obj.account)
 
     def get_urls(self):
         return [
@@ -191,21 +204,21 @@ class HoldCreatedRangeFilter(CreatedRangeFilter):
 @admin.register(Hold)
 class HoldAdmin(ReadOnlyLedgerAdmin):
     list_display = (
-        "id",
-        "account",
-        "amount",
-        "status",
-        "created_at",
-        "expires_at",
-        "captured_amount",
-        "released_amount",
-        "source",
-    )
+        "id", "owner", "amount", "status_badge", "created_at", "expires_at", "captured_amount", "released_amount", "source",
+    )  # fmt: skip
     list_filter = (AccountUserFilter, "status", HoldCreatedRangeFilter)
     search_fields = ("transactions__external_id__exact",)
     search_help_text = "Exact external_id of the hold's transaction."
     list_select_related = ("account",)
     ordering = ("-created_at",)
+
+    @admin.display(description="Account", ordering="account__user_id")
+    def owner(self, obj: Hold):
+        return account_link(obj.account)
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: Hold):
+        return badge(obj.status)
 
 
 @admin.register(Lot)

@@ -24,6 +24,7 @@ from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
 from . import engine
+from .admin_columns import RuleChangeList, RuleColumns
 from .budgets import budget_status
 from .drafts import drafts_of_rule
 from .expressions import ProfileView
@@ -33,7 +34,6 @@ from .forms import (
     RewardLineInlineFormSet,
     RuleAdminForm,
     RulesImportForm,
-    SimulatorForm,
 )
 from .models import RewardLine, Rule, RuleVersion
 from .services import (
@@ -48,6 +48,7 @@ from .services import (
     rules_export,
     rules_import,
 )
+from .simulator_page import simulator_page
 
 IMPORT_SIGNING_SALT = "rules.admin.import"
 IMPORT_CONFIRM_MAX_AGE = 60 * 60
@@ -249,25 +250,15 @@ class RewardLineInline(admin.TabularInline):
 
 
 @admin.register(Rule)
-class RuleAdmin(SimpleHistoryAdmin):
+class RuleAdmin(RuleColumns, SimpleHistoryAdmin):
     form = RuleAdminForm
     inlines = [RewardLineInline]
     change_list_template = "admin/rules/rule/change_list.html"
     change_form_template = "admin/rules/rule/change_form.html"
     object_history_template = "admin/rules/rule/object_history.html"
-    list_display = (
-        "code",
-        "name",
-        "event_type",
-        "priority",
-        "is_active",
-        "stop_processing",
-        "valid_from",
-        "valid_until",
-        "version",
-        "budget_this_period",
-        "updated_at",
-    )
+    # What a rule pays and did lately; its window, flags and dates are on its page (fits 1366 pixels).
+    list_display = ("rule", "type", "pays", "active", "priority", "fired_30d", "points_30d", "budget_left")
+    list_display_links = ("rule",)
     list_filter = ("event_type", "is_active", "stop_processing")
     search_fields = ("code", "name")
     ordering = ("event_type", "priority", "code")
@@ -290,6 +281,9 @@ class RuleAdmin(SimpleHistoryAdmin):
             return "—"
         url = reverse("admin:rules_ruleversion_changelist") + f"?rule__id__exact={obj.pk}"
         return format_html('<a href="{}">All versions of {}</a>', url, obj.code)
+
+    def get_changelist(self, request, **kwargs):
+        return RuleChangeList
 
     def get_readonly_fields(self, request, obj=None):
         fields = super().get_readonly_fields(request, obj)
@@ -463,14 +457,7 @@ class RuleAdmin(SimpleHistoryAdmin):
     def simulate_view(self, request):
         if not self.has_view_permission(request):
             raise PermissionDenied
-        result = None
-        if request.method == "POST":
-            form = SimulatorForm(request.POST)
-            if form.is_valid():
-                result = simulate(form.cleaned_data["event"])
-        else:
-            form = SimulatorForm()
-        context = self._context(request, "Rule simulator", form=form, result=result)
+        context = self._context(request, "Rule simulator", **simulator_page(request, simulate=simulate))
         return TemplateResponse(request, "admin/rules/rule/simulate.html", context)
 
     # history: simple-history's field changes, plus every stored version with a diff against the previous one
