@@ -5,7 +5,7 @@ import io
 from datetime import timedelta
 
 import pytest
-from connect.dispatch import reward_action_dispatch
+from connect.delivery import reward_action_dispatch
 from django.urls import reverse
 from django.utils import timezone
 

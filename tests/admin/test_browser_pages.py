@@ -8,7 +8,7 @@ Screenshots are kept under ``test-artifacts/screenshots/`` (git-ignored).
 import json
 
 import pytest
-from connect.dispatch import reward_action_dispatch
+from connect.delivery import reward_action_dispatch
 from django.urls import reverse
 from playwright.sync_api import expect
 
