@@ -27,6 +27,12 @@ class EconomicEvent(models.Model):
     error = models.TextField(blank=True, default="")
     # Fingerprint of the caller's payload: a replay is told from a conflicting reuse of the id.
     payload_hash = models.CharField(max_length=64)
+    # A refund or cancellation (SPEC §12): the earlier event of the same source whose rewards it takes back.
+    reverses = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversal_events"
+    )
+    reverses_external_id = models.CharField(max_length=200, null=True, blank=True)
+    reversal_fraction = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -108,6 +114,14 @@ class RewardAction(models.Model):
     cancelled_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # SPEC §12: a reversal action takes back (part of) the action it ``reverses``; an original counts
+    # in ``reversed_amount`` how much of it was taken back so far, and a points reversal records in
+    # ``shortfall`` what the user no longer had.
+    reverses = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversal_actions"
+    )
+    reversed_amount = models.BigIntegerField(default=0)
+    shortfall = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -122,7 +136,11 @@ class RewardAction(models.Model):
             ),
         ]
         constraints = [
-            models.CheckConstraint(condition=Q(amount__gt=0), name="connect_action_amount_positive"),
+            # An action reversed before delivery is cancelled with nothing left to pay.
+            models.CheckConstraint(
+                condition=Q(amount__gt=0) | Q(amount=0, status="cancelled"), name="connect_action_amount_positive"
+            ),
+            models.CheckConstraint(condition=Q(reversed_amount__gte=0), name="connect_action_reversed_not_negative"),
         ]
 
     def __str__(self) -> str:
