@@ -32,6 +32,12 @@ class EconomicEvent(models.Model):
     payload_hash = models.CharField(max_length=64)
     # Why the event got what it got (SPEC §15), as ``connect.trace.trace_document`` builds it.
     trace = models.JSONField(default=dict, blank=True)
+    # A refund or cancellation (SPEC §12): the earlier event of the same source whose rewards it takes back.
+    reverses = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversal_events"
+    )
+    reverses_external_id = models.CharField(max_length=200, null=True, blank=True)
+    reversal_fraction = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -118,6 +124,14 @@ class RewardAction(models.Model):
     # line's max_per_target_per_period period ("" when the line has none).
     budget_period_key = models.CharField(max_length=20, blank=True, default="")
     cap_period_key = models.CharField(max_length=20, blank=True, default="")
+    # SPEC §12: a reversal action takes back (part of) the action it ``reverses``; an original counts
+    # in ``reversed_amount`` how much of it was taken back so far, and a points reversal records in
+    # ``shortfall`` what the user no longer had.
+    reverses = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversal_actions"
+    )
+    reversed_amount = models.BigIntegerField(default=0)
+    shortfall = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [
@@ -132,7 +146,11 @@ class RewardAction(models.Model):
             ),
         ]
         constraints = [
-            models.CheckConstraint(condition=Q(amount__gt=0), name="connect_action_amount_positive"),
+            # An action reversed before delivery is cancelled with nothing left to pay.
+            models.CheckConstraint(
+                condition=Q(amount__gt=0) | Q(amount=0, status="cancelled"), name="connect_action_amount_positive"
+            ),
+            models.CheckConstraint(condition=Q(reversed_amount__gte=0), name="connect_action_reversed_not_negative"),
         ]
 
     def __str__(self) -> str:

@@ -24,8 +24,10 @@ def actions_in_read_order(actions: list[RewardAction]) -> list[RewardAction]:
     return sorted(actions, key=lambda action: (action.created_at, action.pk))
 
 
-def reward_actions_filtered(*, target_user_id=None, status=None, reward_type=None, event_id=None):
+def reward_actions_filtered(*, target_user_id=None, status=None, reward_type=None, event_id=None, reverses=None):
     queryset = RewardAction.objects.all()
+    if reverses:
+        queryset = queryset.filter(reverses_id=reverses)
     if target_user_id:
         queryset = queryset.filter(target_user_id=target_user_id)
     if status:

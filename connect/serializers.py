@@ -1,4 +1,5 @@
 import re
+from decimal import Decimal, InvalidOperation
 
 from django.core.validators import RegexValidator
 from rest_framework import serializers
@@ -23,6 +24,31 @@ class _EventTypeValidator(RegexValidator):
     def __call__(self, value):
         if not isinstance(value, str) or not re.fullmatch(EVENT_TYPE_PATTERN, value):
             raise serializers.ValidationError(self.message)
+
+
+class ReversalFractionField(serializers.Field):
+    """A JSON number 0 < f <= 1, kept as an exact decimal (``0.3`` is 3/10, not the nearest float)."""
+
+    default_error_messages = {
+        "invalid": "A number greater than 0 and at most 1.",
+        "precision": "At most 10 decimal places.",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        try:
+            value = Decimal(str(data))
+        except InvalidOperation:
+            self.fail("invalid")
+        if not value.is_finite() or not (0 < value <= 1):
+            self.fail("invalid")
+        if value.as_tuple().exponent < -10:
+            self.fail("precision")
+        return value
+
+    def to_representation(self, value):
+        return None if value is None else float(value)
 
 
 class EventIn(serializers.Serializer):
@@ -64,6 +90,29 @@ class EventIn(serializers.Serializer):
         default=None,
         help_text="When it happened (RFC 3339); rules' validity windows use it, else received_at.",
     )
+    reverses_external_id = StrictCharField(
+        min_length=1,
+        max_length=200,
+        required=False,
+        allow_null=True,
+        default=None,
+        trim_whitespace=False,
+        help_text="A refund or cancellation: the external_id of an earlier event of the same source_service whose "
+        "rewards this event takes back (SPEC §12). Unknown → 422 `original_event_not_found`; an event that is "
+        "itself a reversal → 422 `not_reversible`.",
+    )
+    reversal_fraction = ReversalFractionField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The share taken back, 0 < f <= 1 (default 1), at most 10 decimal places; only with "
+        "reverses_external_id. Each action loses floor(amount × f), never more in total than its amount.",
+    )
+
+    def validate(self, attrs):
+        if attrs.get("reversal_fraction") is not None and attrs.get("reverses_external_id") is None:
+            raise serializers.ValidationError({"reversal_fraction": ["Only with reverses_external_id."]})
+        return attrs
 
 
 # The response serializers below write their output by hand: a ModelSerializer builds (and deep-copies)
@@ -107,6 +156,9 @@ def _reward_action_data(action: RewardAction) -> dict:
         "result": _dict(action.result),
         "created_at": _datetime(action.created_at),
         "completed_at": _datetime(action.completed_at),
+        "reverses": _text(action.reverses_id),
+        "reversed_amount": _int(action.reversed_amount),
+        "shortfall": _int(action.shortfall),
     }
 
 
@@ -114,6 +166,13 @@ class RewardActionOut(serializers.ModelSerializer):
     event_id = serializers.UUIDField()
     rule = serializers.CharField(source="rule_code")
     amount = serializers.IntegerField()
+    reverses = serializers.UUIDField(
+        source="reverses_id", allow_null=True, help_text="For a reversal action, the action it takes back."
+    )
+    reversed_amount = serializers.IntegerField(help_text="How much of this action was taken back so far.")
+    shortfall = serializers.IntegerField(
+        allow_null=True, help_text="For a points reversal: what the user no longer had and could not be taken back."
+    )
     params = serializers.DictField()
     result = serializers.DictField()
 
@@ -122,6 +181,7 @@ class RewardActionOut(serializers.ModelSerializer):
         fields = (
             "id", "event_id", "rule", "rule_version", "target_user_id", "reward_type", "amount", "params",
             "status", "locked_until_condition", "attempts", "last_error", "result", "created_at", "completed_at",
+            "reverses", "reversed_amount", "shortfall",
         )  # fmt: skip
 
     def to_representation(self, instance):
@@ -130,13 +190,15 @@ class RewardActionOut(serializers.ModelSerializer):
 
 class EventOut(serializers.ModelSerializer):
     context = serializers.DictField()
+    reversal_fraction = serializers.FloatField(allow_null=True)
     reward_actions = RewardActionOut(many=True, read_only=True)
 
     class Meta:
         model = EconomicEvent
         fields = (
             "id", "external_id", "event_type", "source_service", "actor_user_id", "primary_subject_user_id",
-            "context", "occurred_at", "status", "error", "received_at", "reward_actions",
+            "context", "occurred_at", "reverses_external_id", "reversal_fraction", "status", "error", "received_at",
+            "reward_actions",
         )  # fmt: skip
 
     def to_representation(self, instance):
@@ -156,6 +218,8 @@ def event_out_data(event: EconomicEvent, actions) -> dict:
         "primary_subject_user_id": _text(event.primary_subject_user_id),
         "context": _dict(event.context),
         "occurred_at": _datetime(event.occurred_at),
+        "reverses_external_id": _text(event.reverses_external_id),
+        "reversal_fraction": None if event.reversal_fraction is None else float(event.reversal_fraction),
         "status": _text(event.status),
         "error": _text(event.error),
         "received_at": _datetime(event.received_at),
@@ -170,6 +234,7 @@ class RewardActionFilter(serializers.Serializer):
     status = serializers.ChoiceField(choices=RewardAction.Status.choices, required=False)
     reward_type = serializers.ChoiceField(choices=RewardAction.RewardType.choices, required=False)
     event_id = StrictUUIDField(required=False)
+    reverses = StrictUUIDField(required=False, help_text="The reversal actions of this reward action (SPEC §12).")
 
 
 class TraceLineOut(serializers.Serializer):

@@ -5,6 +5,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
@@ -21,6 +22,7 @@ from rules.selectors import rules_cache_clear, rules_for_event_type
 from .doorbell import doorbell_ring_on_commit
 from .models import EconomicEvent, RewardAction, RewardGrant
 from .profiles import ProfileReader, profile_apply
+from .reversals import event_reversal_apply, reversal_original_lock
 from .serializers import event_out_data
 from .trace import trace_document
 from .webhooks.models import Kind as WebhookKind
@@ -29,6 +31,7 @@ from .webhooks.services import webhook_deliveries_enqueue
 logger = logging.getLogger("connect.ingest")
 
 PAYLOAD_FIELDS = ("event_type", "actor_user_id", "primary_subject_user_id", "context", "occurred_at")
+REVERSAL_FIELDS = ("reverses_external_id", "reversal_fraction")
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,20 @@ def payload_hash(data: dict) -> str:
         return value.isoformat() if isinstance(value, datetime) else value
 
     canonical = {field: normal(data.get(field)) for field in PAYLOAD_FIELDS}
+    # Only a reversal carries these: the fingerprints of every other event stay as they were stored.
+    for field in REVERSAL_FIELDS:
+        if data.get(field) is not None:
+            canonical[field] = str(data[field])
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
-def _event_new(*, source_service: str, data: dict) -> EconomicEvent:
+def _event_new(*, source_service: str, data: dict, reverses: EconomicEvent | None = None) -> EconomicEvent:
     """The event as it will be stored: ``processed``, what an event with actions ends as."""
     return EconomicEvent(
+        reverses=reverses,
+        reverses_external_id=data.get("reverses_external_id"),
+        reversal_fraction=data.get("reversal_fraction") if reverses is not None else None,
         source_service=source_service,
         external_id=data["external_id"],
         event_type=data["event_type"],
@@ -63,13 +73,15 @@ def _event_new(*, source_service: str, data: dict) -> EconomicEvent:
     )
 
 
-def _event_insert_or_get(*, source_service: str, data: dict) -> tuple[EconomicEvent, bool]:
+def _event_insert_or_get(
+    *, source_service: str, data: dict, reverses: EconomicEvent | None = None
+) -> tuple[EconomicEvent, bool]:
     """Claim ``(source_service, external_id)`` with one INSERT ... ON CONFLICT DO NOTHING.
 
     The event is stored ``processed``; the other outcomes correct it before the transaction
     commits, so no one ever sees the provisional value.
     """
-    event = _event_new(source_service=source_service, data=data)
+    event = _event_new(source_service=source_service, data=data, reverses=reverses)
     if insert_unless_conflict(event, ("source_service", "external_id")):
         return event, True
     return _event_stored(event), False
@@ -151,7 +163,8 @@ def event_ingest(*, client_name: str, data: dict) -> IngestResult:
 
 def _ingest_once(*, client_name: str, data: dict) -> IngestResult:
     rules = rules_for_event_type(data["event_type"])
-    if _one_statement_possible(data["event_type"]):
+    # A reversal takes row locks on the original event and its actions: always the transactional path.
+    if data.get("reverses_external_id") is None and _one_statement_possible(data["event_type"]):
         event = _event_new(source_service=client_name, data=data)
         reader = ProfileReader()
         planned = _plan_without_locks(event, rules, reader)
@@ -236,18 +249,35 @@ def _ingest_in_one_statement(*, event: EconomicEvent, rules, planned: engine.Pla
 
 @transaction.atomic
 def _ingest_in_transaction(*, client_name: str, data: dict, rules) -> IngestResult:
-    event, created = _event_insert_or_get(source_service=client_name, data=data)
+    original = None
+    if data.get("reverses_external_id") is not None:
+        # Before the claim: an unknown original refuses the whole request (nothing stored, the
+        # external_id not used up).
+        original = reversal_original_lock(source_service=client_name, external_id=data["reverses_external_id"])
+    event, created = _event_insert_or_get(source_service=client_name, data=data, reverses=original)
     if not created:
         return IngestResult(event=event, replayed=True)
 
     profile_changes: list[dict] = []
     to_dispatch = profile_apply(event=event, changes=profile_changes)
+    reversal_savepoint = transaction.savepoint() if original is not None else None
+    reversal_actions = []
+    if original is not None:
+        outcome = event_reversal_apply(
+            event=event, original=original, fraction=data.get("reversal_fraction") or Decimal(1)
+        )
+        reversal_actions = outcome.reversal_actions
     reader = ProfileReader()
     grants = _GrantCounter()
     counters = CounterLocks()
     try:
         plan = _plan(event, rules, reader, granted_count=grants, lock_profile=reader.lock_profile, counters=counters)
+        if reversal_savepoint is not None:
+            transaction.savepoint_commit(reversal_savepoint)
     except engine.RuleEvaluationFailed as failure:
+        if reversal_savepoint is not None:
+            # A failed event has no actions (SPEC §5): the refund is not applied either.
+            transaction.savepoint_rollback(reversal_savepoint)
         event.trace = trace_document(rules=failure.trace, profile_changes=profile_changes, released_actions=to_dispatch)
         _status_set(event, EconomicEvent.Status.FAILED, _failure_message(failure))
         webhook_deliveries_enqueue(kind=WebhookKind.EVENT_FAILED, payload=event_out_data(event, []))
@@ -260,6 +290,7 @@ def _ingest_in_transaction(*, client_name: str, data: dict, rules) -> IngestResu
     grants.record(plan.actions)
     counters.record(plan.actions)
     event.trace = trace_document(rules=plan.trace, profile_changes=profile_changes, released_actions=to_dispatch)
+    actions = reversal_actions + actions
     _status_set(event, EconomicEvent.Status.PROCESSED if actions else EconomicEvent.Status.IGNORED)
     to_dispatch += [str(a.pk) for a in actions if a.status == RewardAction.Status.PENDING]
     doorbell_ring_on_commit(to_dispatch)

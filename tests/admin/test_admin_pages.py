@@ -5,10 +5,10 @@ import io
 from datetime import timedelta
 
 import pytest
-from connect.delivery import reward_action_dispatch
 from django.urls import reverse
 from django.utils import timezone
 
+from connect.delivery import reward_action_dispatch
 from connect.models import RewardAction
 from points import services
 from points.models import Account, Transaction

@@ -8,10 +8,10 @@ Screenshots are kept under ``test-artifacts/screenshots/`` (git-ignored).
 import json
 
 import pytest
-from connect.delivery import reward_action_dispatch
 from django.urls import reverse
 from playwright.sync_api import expect
 
+from connect.delivery import reward_action_dispatch
 from connect.models import RewardAction
 from points import services
 from points.models import Account, Transaction

@@ -5,10 +5,10 @@ import json
 from datetime import timedelta
 
 import pytest
-from connect.delivery import reward_action_dispatch
 from django.urls import reverse
 from django.utils import timezone
 
+from connect.delivery import reward_action_dispatch
 from connect.models import RewardAction
 from rules.descriptions import rule_pays_in_words
 from rules.models import Rule

@@ -36,13 +36,15 @@ class TestIngest:
         body = response.json()
         assert set(body) == {
             "id", "external_id", "event_type", "source_service", "actor_user_id", "primary_subject_user_id",
-            "context", "occurred_at", "status", "error", "received_at", "reward_actions",
+            "context", "occurred_at", "reverses_external_id", "reversal_fraction", "status", "error", "received_at",
+            "reward_actions",
         }  # fmt: skip
         assert body["occurred_at"] == "2026-05-01T10:00:00Z"
         action = body["reward_actions"][0]
         assert set(action) == {
             "id", "event_id", "rule", "rule_version", "target_user_id", "reward_type", "amount", "params", "status",
             "locked_until_condition", "attempts", "last_error", "result", "created_at", "completed_at",
+            "reverses", "reversed_amount", "shortfall",
         }  # fmt: skip
         assert action["event_id"] == body["id"]
 

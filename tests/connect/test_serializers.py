@@ -29,6 +29,7 @@ class ReferenceRewardActionOut(serializers.ModelSerializer):
         fields = (
             "id", "event_id", "rule", "rule_version", "target_user_id", "reward_type", "amount", "params",
             "status", "locked_until_condition", "attempts", "last_error", "result", "created_at", "completed_at",
+            "reverses", "reversed_amount", "shortfall",
         )  # fmt: skip
 
 
@@ -40,7 +41,8 @@ class ReferenceEventOut(serializers.ModelSerializer):
         model = EconomicEvent
         fields = (
             "id", "external_id", "event_type", "source_service", "actor_user_id", "primary_subject_user_id",
-            "context", "occurred_at", "status", "error", "received_at", "reward_actions",
+            "context", "occurred_at", "reverses_external_id", "reversal_fraction", "status", "error", "received_at",
+            "reward_actions",
         )  # fmt: skip
 
 
