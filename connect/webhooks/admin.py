@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from config.admin_base import badge, breakable
 
@@ -127,7 +127,7 @@ class WebhookSubscriptionAdmin(SuperuserOnly, admin.ModelAdmin):
 
     @admin.display(description="Kinds")
     def kinds_list(self, obj):
-        return breakable(", ".join(obj.kinds))
+        return format_html_join("", "<div>{}</div>", ((kind,) for kind in obj.kinds))
 
     @admin.display(description="Active", ordering="is_active")
     def active(self, obj):

@@ -234,10 +234,9 @@ def refunded_and_budgeted(program, django_user_model, settings, monkeypatch):
 
     The reversal actions are delivered here as SPEC §12 says dispatch delivers them (the dispatch of
     reversal actions is not part of this code yet), so the refund rings no doorbell."""
+    import connect.services
     from connect.services import event_ingest
     from connect.webhooks.services import webhook_deliveries_enqueue, webhook_subscription_create
-
-    import connect.services
 
     monkeypatch.setattr(connect.services, "doorbell_ring_on_commit", lambda action_ids: None)
     services.account_debit(source="shop", external_id="order-2", user_id="alice", amount=80, reason="order 2")
