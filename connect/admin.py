@@ -121,9 +121,6 @@ class RewardActionInline(admin.TabularInline):
     can_delete = False
     ordering = ("created_at", "id")
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).select_related("reverses")
-
     @admin.display(description="Action")
     def action_link(self, obj: RewardAction):
         return format_html('<a href="{}">{}</a>', reverse("admin:connect_rewardaction_change", args=[obj.pk]), obj.pk)
