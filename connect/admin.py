@@ -20,7 +20,7 @@ from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from config.admin_base import ReadOnlyModelAdmin, badge, breakable, user_link
@@ -96,9 +96,26 @@ ReadOnlyAdmin = ReadOnlyModelAdmin
 # --- events ----------------------------------------------------------------------------------
 
 
+def reversal_summary(action: RewardAction) -> str:
+    """One line on an action's part in reversals (SPEC §12): what a reversal action takes back from
+    which action (and its shortfall), or how much of an original was taken back."""
+    if action.reverses_id is not None:
+        url = reverse("admin:connect_rewardaction_change", args=[action.reverses_id])
+        short = (
+            format_html(' <span class="badge badge-failed shortfall">short {}</span>', action.shortfall)
+            if action.shortfall
+            else ""
+        )
+        return format_html('takes back {} of <a class="reverses-link" href="{}">{}</a>{}', action.amount, url,
+                           action.reverses_id, short)  # fmt: skip
+    if action.reversed_amount:
+        return format_html('<span class="reversed">{} reversed</span>', action.reversed_amount)
+    return "—"
+
+
 class RewardActionInline(admin.TabularInline):
     model = RewardAction
-    fields = ("action_link", "rule_code", "rule_version", "target", "reward_type", "amount", "status_badge")
+    fields = ("action_link", "rule_code", "rule_version", "target", "reward_type", "amount", "status_badge", "reversal")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -107,6 +124,10 @@ class RewardActionInline(admin.TabularInline):
     @admin.display(description="Action")
     def action_link(self, obj: RewardAction):
         return format_html('<a href="{}">{}</a>', reverse("admin:connect_rewardaction_change", args=[obj.pk]), obj.pk)
+
+    @admin.display(description="Reversal")
+    def reversal(self, obj: RewardAction):
+        return reversal_summary(obj)
 
     @admin.display(description="Target")
     def target(self, obj: RewardAction):
@@ -147,7 +168,7 @@ class EconomicEventAdmin(ReadOnlyAdmin):
         "payload",
         "decision",
     )
-    readonly_fields = fields
+    readonly_fields = (*fields, "reversal_of", "reversed_by")
     inlines = [RewardActionInline]
     change_form_template = "admin/connect/economicevent/change_form.html"
 
@@ -166,6 +187,48 @@ class EconomicEventAdmin(ReadOnlyAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {"can_simulate": request.user.has_perm("rules.view_rule"), **(extra_context or {})}
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_fields(self, request, obj=None):
+        # A refund or cancellation (SPEC §12) names its original; an original names its reversals.
+        fields = list(self.fields)
+        at = fields.index("status_badge")
+        if obj is not None and obj.reverses_id is not None:
+            fields.insert(at, "reversal_of")
+        elif obj is not None and obj.reversal_events.exists():
+            fields.insert(at, "reversed_by")
+        return fields
+
+    @admin.display(description="Reverses")
+    def reversal_of(self, obj: EconomicEvent):
+        original = obj.reverses
+        url = reverse("admin:connect_economicevent_change", args=[original.pk])
+        share = "all of it" if obj.reversal_fraction is None else f"fraction {obj.reversal_fraction.normalize()}"
+        return format_html(
+            '<a class="reversal-original" href="{}">{} {}</a> <span class="small">({}; its reversal actions are listed below)</span>',
+            url,
+            breakable(original.event_type),
+            original.external_id,
+            share,
+        )
+
+    @admin.display(description="Reversed by")
+    def reversed_by(self, obj: EconomicEvent):
+        reversals = obj.reversal_events.order_by("received_at").only(
+            "pk", "external_id", "received_at", "reversal_fraction", "status"
+        )
+        return format_html_join(
+            "",
+            '<div class="reversal-event"><a href="{}">{}</a> {} {}</div>',
+            (
+                (
+                    reverse("admin:connect_economicevent_change", args=[event.pk]),
+                    event.external_id,
+                    "all" if event.reversal_fraction is None else f"fraction {event.reversal_fraction.normalize()}",
+                    badge(event.status),
+                )
+                for event in reversals
+            ),
+        )
 
     @admin.display(description="Decision (why it got what it got)")
     def decision(self, obj: EconomicEvent):
@@ -259,6 +322,13 @@ class RewardActionAdmin(ReadOnlyAdmin):
         )
 
     def get_fields(self, request, obj=None):
+        # A reversal action names what it takes back and its shortfall; an original what was taken back.
+        if obj is not None and obj.reverses_id is not None:
+            reversal = ("reverses_link", "shortfall_text")
+        elif obj is not None and (obj.reversed_amount or obj.reversal_actions.exists()):
+            reversal = ("reversed_amount", "reversal_actions_list")
+        else:
+            reversal = ()
         return (
             "id",
             "event_link",
@@ -269,6 +339,7 @@ class RewardActionAdmin(ReadOnlyAdmin):
             "amount",
             "params_pretty",
             "status_badge",
+            *reversal,
             "locked_until_condition",
             "attempts",
             "next_attempt_at",
@@ -283,6 +354,54 @@ class RewardActionAdmin(ReadOnlyAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return self.get_fields(request, obj)
+
+    @admin.display(description="Reverses")
+    def reverses_link(self, obj: RewardAction):
+        original = obj.reverses
+        return format_html(
+            '<a class="reverses-link" href="{}">{} {} for {}</a> from event <a class="reverses-event" href="{}">{}</a>'
+            '<div class="small">This reversal takes back {} of it.</div>',
+            reverse("admin:connect_rewardaction_change", args=[original.pk]),
+            original.amount,
+            original.reward_type,
+            original.target_user_id,
+            reverse("admin:connect_economicevent_change", args=[original.event_id]),
+            breakable(original.event.event_type),
+            obj.amount,
+        )
+
+    @admin.display(description="Shortfall")
+    def shortfall_text(self, obj: RewardAction):
+        if obj.shortfall is None:
+            return "not known until the reversal is delivered"
+        if obj.shortfall == 0:
+            return format_html('<span class="shortfall-amount">0</span> (all {} taken back)', obj.amount)
+        return format_html(
+            '<span class="badge badge-failed shortfall-amount">{}</span> <span class="small">{} taken back; the user '
+            "had spent the rest</span>",
+            obj.shortfall,
+            obj.amount - obj.shortfall,
+        )
+
+    @admin.display(description="Reversal actions")
+    def reversal_actions_list(self, obj: RewardAction):
+        reversals = obj.reversal_actions.select_related("event").only(
+            "pk", "amount", "status", "shortfall", "event__event_type", "event__external_id"
+        )
+        rows = [
+            format_html(
+                '<div class="reversal-action"><a href="{}">{}</a> takes back {} {}{} — event <a href="{}">{}</a></div>',
+                reverse("admin:connect_rewardaction_change", args=[reversal.pk]),
+                reversal.pk,
+                reversal.amount,
+                badge(reversal.status),
+                format_html(", short {}", reversal.shortfall) if reversal.shortfall else "",
+                reverse("admin:connect_economicevent_change", args=[reversal.event_id]),
+                reversal.event.external_id,
+            )
+            for reversal in reversals.order_by("created_at", "pk")
+        ]
+        return format_html_join("", "{}", ((row,) for row in rows)) if rows else "— (reduced before delivery)"
 
     @admin.display(description="Rule version", ordering="rule_version")
     def version_link(self, obj: RewardAction):
@@ -316,8 +435,11 @@ class RewardActionAdmin(ReadOnlyAdmin):
     @admin.display(description="Reward", ordering="amount")
     def reward(self, obj: RewardAction):
         if obj.reward_type == RewardAction.RewardType.NFT:
-            return f"badge {obj.params.get('badge_type', '')}".strip()
+            badge_text = f"badge {obj.params.get('badge_type', '')}".strip()
+            return f"{badge_text} (reversal)" if obj.reverses_id is not None else badge_text
         unit = "points" if obj.reward_type == RewardAction.RewardType.POINTS else "G2A tokens"
+        if obj.reverses_id is not None:
+            return f"−{obj.amount} {unit} (reversal)"
         return f"{obj.amount} {unit}"
 
     @admin.display(description="Status", ordering="status")

@@ -4,7 +4,8 @@ type for the simulator's suggestions, and one stored event as simulator JSON."""
 import uuid
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from rules.admin_sources import RuleActivity, rules_admin_sources_register
@@ -16,21 +17,28 @@ RECENT_TYPES_SCAN = 2000
 
 
 def rule_activity(rule_ids: list[int], since: datetime) -> dict[int, RuleActivity]:
-    """Per rule since ``since``: events it made actions for, and points of its completed points actions."""
+    """Per rule since ``since``: events it made actions for, and the points it paid.
+
+    Reversal actions (SPEC §12) are not firings: they carry the original's rule but were made by a
+    refund. Paid is what the rule's completed points actions credited less what its completed
+    reversal actions took back (their amount less the shortfall the user had already spent).
+    """
+    points_done = Q(reward_type=RewardAction.RewardType.POINTS, status=RewardAction.Status.COMPLETED)
     rows = (
         RewardAction.objects.filter(rule_id__in=rule_ids, created_at__gte=since)
         .values("rule_id")
         .annotate(
-            fired=Count("event_id", distinct=True),
-            points=Sum(
-                "amount",
-                filter=Q(reward_type=RewardAction.RewardType.POINTS, status=RewardAction.Status.COMPLETED),
-                default=0,
+            fired=Count("event_id", distinct=True, filter=Q(reverses__isnull=True)),
+            credited=Sum("amount", filter=points_done & Q(reverses__isnull=True), default=0),
+            taken_back=Sum(
+                F("amount") - Coalesce("shortfall", 0), filter=points_done & Q(reverses__isnull=False), default=0
             ),
         )
         .order_by()
     )
-    return {row["rule_id"]: RuleActivity(fired=row["fired"], points=row["points"]) for row in rows}
+    return {
+        row["rule_id"]: RuleActivity(fired=row["fired"], points=row["credited"] - row["taken_back"]) for row in rows
+    }
 
 
 def recent_event_types() -> list[str]:

@@ -60,9 +60,35 @@ def trace_summary(trace: dict) -> str:
     return "; ".join(parts)
 
 
+def _result_badge(code: str) -> str:
+    """A reason code as a badge coloured by what it means: paid, not applicable, held back, or broken."""
+    from django.utils.html import format_html
+
+    head = code.split(":", 1)[0]
+    tone = _RESULT_TONES.get(head, "ignored")
+    return format_html('<span class="badge badge-{} trace-code">{}</span>', tone, code)
+
+
+# Colours of the theme's badges: fired/matched as completed, limits as pending, locks as locked.
+_RESULT_TONES = {
+    "matched": "completed",
+    "fired": "completed",
+    "cap_reached": "pending",
+    "period_cap_reached": "pending",
+    "budget_exhausted": "pending",
+    "budget_partial": "pending",
+    "locked": "locked",
+    "error": "failed",
+}
+
+
 def trace_html(trace: dict) -> str:
-    """The trace as a small HTML block for the event's admin page (escaped)."""
+    """The trace as an HTML table for the event's admin page (escaped): each rule with its result,
+    each of its lines with target (linked to the user page), amount and result."""
+    from django.urls import reverse
     from django.utils.html import format_html, format_html_join
+
+    from config.admin_base import breakable, user_link
 
     if not trace:
         return format_html("<p>{}</p>", "No decision trace was stored for this event.")
@@ -70,35 +96,40 @@ def trace_html(trace: dict) -> str:
     for rule in trace.get("rules") or []:
         rows.append(
             format_html(
-                "<tr><td><b>{}</b> v{}</td><td><code>{}</code></td><td>{}</td></tr>",
-                rule["rule"],
+                '<tr class="rule-trace"><td><b>{}</b> v{}</td><td>{}</td><td colspan="2">{}</td></tr>',
+                breakable(rule["rule"]),
                 rule["version"],
-                rule["result"],
+                _result_badge(rule["result"]),
                 rule["detail"],
             )
         )
         for line in rule.get("lines") or []:
             rows.append(
                 format_html(
-                    "<tr><td>&nbsp;&nbsp;line {} ({})</td><td><code>{}</code></td><td>{} → {}: {}</td></tr>",
+                    '<tr class="line-trace"><td class="trace-line">line {} ({})</td><td>{}</td><td>{}{}</td><td>{}</td></tr>',
                     line["position"],
                     line["reward_type"],
-                    line["result"],
-                    line["target"] or "—",
-                    "—" if line["amount"] is None else line["amount"],
+                    _result_badge(line["result"]),
+                    user_link(line["target"]),
+                    "" if line["amount"] is None else format_html(": {}", line["amount"]),
                     line["detail"],
                 )
             )
     changes = format_html_join(
         "",
         "<li>{}: {} {} → {}</li>",
-        ((c["user_id"], c["field"], c["from"], c["to"]) for c in trace.get("profile_changes") or []),
+        ((user_link(c["user_id"]), c["field"], c["from"], c["to"]) for c in trace.get("profile_changes") or []),
     )
-    released = format_html_join("", "<li><code>{}</code></li>", ((pk,) for pk in trace.get("released_actions") or []))
+    released = format_html_join(
+        "",
+        '<li><a href="{}"><code>{}</code></a></li>',
+        ((reverse("admin:connect_rewardaction_change", args=[pk]), pk) for pk in trace.get("released_actions") or []),
+    )
     return format_html(
-        '<p class="trace-summary">{}</p><table class="trace">{}</table>{}{}',
+        '<div class="trace-block"><p class="trace-summary">{}</p><table class="data trace"><thead><tr><th>Rule / line</th>'
+        "<th>Result</th><th>Target: amount</th><th>Why</th></tr></thead><tbody>{}</tbody></table>{}{}</div>",
         trace_summary(trace),
         format_html_join("", "{}", ((row,) for row in rows)),
-        format_html("<p>Profile changes:</p><ul>{}</ul>", changes) if changes else "",
-        format_html("<p>Released locked actions:</p><ul>{}</ul>", released) if released else "",
+        format_html('<p>Profile changes:</p><ul class="trace-changes">{}</ul>', changes) if changes else "",
+        format_html('<p>Released locked actions:</p><ul class="trace-released">{}</ul>', released) if released else "",
     )

@@ -32,7 +32,9 @@ class UserOverview:
     # Ledger figures: None when the viewer may not see them (SPEC §11) or the user has no account.
     account: Account | None = None
     statement: list[StatementRow] = field(default_factory=list)
-    lots: list | None = None
+    lots: list = field(default_factory=list)
+    # Points of the open lots due within 30/60/90 days (``reports.expiring``), with an account.
+    expiring: list[dict] = field(default_factory=list)
     ledger_visible: bool = False
 
     @property
@@ -92,13 +94,15 @@ def user_overview(*, user_id: str, with_ledger: bool) -> UserOverview:
         if overview.account is not None:
             overview.statement = _statement(overview.account)
             overview.lots = reports.open_lots(overview.account)
+            overview.expiring = reports.expiring(account=overview.account)
     return overview
 
 
-def reversal_shortfalls(*, limit: int = 100) -> list[RewardAction] | None:
-    """Reversal actions that could not take back all they should (SPEC §12), newest first; None while
-    reward actions record no shortfall."""
-    names = {f.name for f in RewardAction._meta.get_fields()}
-    if "shortfall" not in names:
-        return None
-    return list(RewardAction.objects.filter(shortfall__gt=0).select_related("event").order_by("-created_at")[:limit])
+def reversal_shortfalls(*, limit: int = 100) -> list[RewardAction]:
+    """Reversal actions that could not take back all they should (SPEC §12: the user had spent the
+    points), newest first, with the action each reverses and its event."""
+    return list(
+        RewardAction.objects.filter(reverses__isnull=False, shortfall__gt=0)
+        .select_related("event", "reverses", "reverses__event")
+        .order_by("-created_at")[:limit]
+    )

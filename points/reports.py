@@ -1,58 +1,42 @@
-"""Reads for the finance reports and the user page: liability, lots and expiry, monthly flows, system
-accounts as the sum of their entries, and a user's statement rows.
-
-Lots (SPEC §13) and the transaction kinds ``reversal`` and ``points_expiry`` come with the expiry
-ledger. Until a ``points.Lot`` model exists, the lot figures are ``None`` (the pages say so) and the
-reversed/expired columns read zero: they are sums over transactions of those kinds.
-"""
+"""Reads for the finance reports and the user page: liability, lots and expiry (SPEC §13), monthly
+flows, system accounts as the sum of their entries, and a user's statement rows."""
 
 import calendar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from django.apps import apps
 from django.db.models import Case, F, IntegerField, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncMonth
 from django.utils import timezone
 
 from .admin_views import day_start, with_balance_changes
-from .models import Account, Entry, SystemAccount, Transaction
+from .lots import OPEN_LOT_ORDER
+from .models import Account, Entry, Lot, SystemAccount, Transaction
 
 EXPIRY_WINDOWS_DAYS = (30, 60, 90)
-# Kinds as the ledger writes them; the last two exist once reversals and lot expiry are in place.
-CREDIT, DEBIT, CAPTURE, ADJUSTMENT = "credit", "debit", "capture", "adjustment"
-REVERSAL, POINTS_EXPIRY = "reversal", "points_expiry"
-FLOW_KINDS = (CREDIT, DEBIT, CAPTURE, ADJUSTMENT, REVERSAL, POINTS_EXPIRY)
-
-
-def lot_model():
-    """The ledger's Lot model, or None while this ledger has no lots."""
-    try:
-        return apps.get_model("points", "Lot")
-    except LookupError:
-        return None
+Kind = Transaction.Kind
+# The kinds that move points into or out of a user's balance (holds, releases and a hold's expiry
+# only move points between available and held).
+FLOW_KINDS = (Kind.CREDIT, Kind.DEBIT, Kind.CAPTURE, Kind.ADJUSTMENT, Kind.REVERSAL, Kind.POINTS_EXPIRY)
 
 
 def account_for_user(user_id: str) -> Account | None:
     return Account.objects.filter(user_id=user_id, kind=Account.Kind.USER).first()
 
 
-def open_lots(account: Account, *, limit: int = 50) -> list | None:
-    """The account's lots with points left, soonest expiry first (never-expiring last), or None
-    without lots."""
-    lot = lot_model()
-    if lot is None:
-        return None
+def open_lots(account: Account, *, limit: int = 50) -> list[Lot]:
+    """The account's lots with points left, in the order debits consume them: soonest expiry first,
+    never-expiring last, oldest first among equals."""
     return list(
-        lot.objects.filter(account=account, remaining__gt=0).order_by(
-            F("expires_at").asc(nulls_last=True), "created_at"
-        )[:limit]
+        Lot.objects.filter(account=account, remaining__gt=0)
+        .select_related("transaction")
+        .order_by(*OPEN_LOT_ORDER)[:limit]
     )
 
 
 def statement_rows(account: Account, *, limit: int = 50) -> list[Transaction]:
     """The account's newest transactions with their balance change and the running balance after."""
-    rows = with_balance_changes(Transaction.objects.filter(account=account).select_related("created_by"))
+    rows = with_balance_changes(Transaction.objects.filter(account=account).select_related("created_by", "reverses"))
     return list(rows.order_by("-created_at", "-pk")[:limit])
 
 
@@ -61,13 +45,14 @@ def liability() -> int:
     return Account.objects.filter(kind=Account.Kind.USER).aggregate(total=Coalesce(Sum("balance"), 0))["total"]
 
 
-def expiring(*, now: datetime | None = None) -> list[dict] | None:
-    """Points of open lots expiring within each window of ``EXPIRY_WINDOWS_DAYS``, or None without lots."""
-    lot = lot_model()
-    if lot is None:
-        return None
+def expiring(*, account: Account | None = None, now: datetime | None = None) -> list[dict]:
+    """Points of open lots expiring within each window of ``EXPIRY_WINDOWS_DAYS`` (cumulative: the
+    60-day figure includes the 30-day one), first the points already due that the next expiry run
+    takes (``days`` 0); for one account, or for all users."""
     now = now or timezone.now()
-    open_ = lot.objects.filter(remaining__gt=0, expires_at__isnull=False)
+    open_ = Lot.objects.filter(remaining__gt=0, expires_at__isnull=False)
+    if account is not None:
+        open_ = open_.filter(account=account)
     sums = open_.aggregate(
         overdue=Coalesce(Sum("remaining", filter=Q(expires_at__lte=now)), 0),
         **{
@@ -147,17 +132,19 @@ def monthly_flows(*, first_day: date, last_day: date) -> list[MonthFlow]:
         month = timezone.localtime(row["month"]).date() if isinstance(row["month"], datetime) else row["month"]
         flow = flows.setdefault(month, MonthFlow(month=month))
         kind, gained, lost = row["kind"], row["gained"] or 0, row["lost"] or 0
-        if kind == CREDIT:
+        if kind == Kind.CREDIT:
             flow.issued += gained - lost
-        elif kind in (DEBIT, CAPTURE):
+        elif kind in (Kind.DEBIT, Kind.CAPTURE):
             flow.spent += lost - gained
-        elif kind == ADJUSTMENT:
+        elif kind == Kind.ADJUSTMENT:
             flow.adjusted_in += gained
             flow.adjusted_out += lost
-        elif kind == REVERSAL:
+        elif kind == Kind.REVERSAL:
+            # A credit's reversal takes points from the user (a negative entry), a debit's or
+            # capture's gives them back (a positive one).
             flow.reversed += lost
             flow.returned += gained
-        elif kind == POINTS_EXPIRY:
+        elif kind == Kind.POINTS_EXPIRY:
             flow.expired += lost - gained
     return [flows[month] for month in sorted(flows)]
 

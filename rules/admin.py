@@ -24,8 +24,7 @@ from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
 from . import engine
-from .admin_columns import RuleChangeList, RuleColumns
-from .budgets import budget_status
+from .admin_columns import RuleChangeList, RuleColumns, budget_status_text
 from .drafts import drafts_of_rule
 from .expressions import ProfileView
 from .forms import (
@@ -486,13 +485,6 @@ class RuleAdmin(RuleColumns, SimpleHistoryAdmin):
             **(extra_context or {}),
         }
         return super().history_view(request, object_id, extra_context)
-
-
-def budget_status_text(rule: Rule) -> str:
-    status = budget_status(rule=rule) if rule.pk is not None else None
-    if status is None:
-        return "—"
-    return f"{status.used} used, {status.left} left of {status.budget} ({status.period_key})"
 
 
 @admin.register(RuleVersion)

@@ -62,11 +62,16 @@ class RuleColumns:
     def points_30d(self, obj):
         return getattr(obj, "activity_30d", RuleActivity()).points
 
-    @admin.display(description="Budget left")
+    @admin.display(description="Budget")
     def budget_left(self, obj):
-        # A query for budgeted rules only: a rule without a budget answers without reading.
-        status = budget_status(rule=obj)
-        if status is None:
-            return "—"
-        period = f" this {obj.budget_period}" if obj.budget_period else ""
-        return f"{status.left} of {status.budget}{period}"
+        return budget_status_text(obj)
+
+
+def budget_status_text(rule) -> str:
+    """The budget used and left this period (SPEC §14), as the rules list and a rule's page show it.
+
+    A query for budgeted rules only: a rule without a budget answers without reading."""
+    status = budget_status(rule=rule) if rule.pk is not None else None
+    if status is None:
+        return "—"
+    return f"{status.used} used, {status.left} left of {status.budget} ({status.period_key})"

@@ -11,6 +11,9 @@ from collections import Counter
 from django import forms
 from django.contrib import messages
 
+from config.api.fields import storable_text_problem
+from config.api.jsonbody import JSONInputError, strict_json_loads
+
 from .admin_sources import sources
 from .forms import SIMULATOR_EXAMPLE, SimulatorForm
 from .models import Rule
@@ -151,11 +154,15 @@ def simulator_page(request, *, simulate) -> dict:
         builder, form = _builder_for(payload, types), SimulatorForm()
     elif request.method == "POST":
         run = form = SimulatorForm(request.POST)
+        # The builder is prefilled only from text the JSON form accepts (the same strict parser); a
+        # refused paste shows its error there and an empty builder.
         try:
-            pasted = json.loads(request.POST.get("event", ""))
-        except ValueError:
+            pasted = strict_json_loads(request.POST.get("event", ""))
+        except JSONInputError:
             pasted = None
-        builder = _builder_for(pasted if isinstance(pasted, dict) else {}, types)
+        if not isinstance(pasted, dict) or storable_text_problem(pasted):
+            pasted = {}
+        builder = _builder_for(pasted, types)
     else:
         builder, form, payload = None, None, None
         if event_id := request.GET.get("event", "").strip():

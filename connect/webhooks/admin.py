@@ -6,7 +6,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+
+from config.admin_base import badge, breakable
 
 from .models import Kind, WebhookAttempt, WebhookDelivery, WebhookSubscription
 from .services import (
@@ -78,7 +80,7 @@ class SubscriptionChangeForm(SubscriptionForm):
 
 @admin.register(WebhookSubscription)
 class WebhookSubscriptionAdmin(SuperuserOnly, admin.ModelAdmin):
-    list_display = ("url", "kinds_list", "is_active", "in_rotation", "created_at")
+    list_display = ("url_text", "kinds_list", "active", "in_rotation", "created_at")
     list_filter = ("is_active",)
     search_fields = ("url", "description")
     actions = ["rotate_secret"]
@@ -118,9 +120,18 @@ class WebhookSubscriptionAdmin(SuperuserOnly, admin.ModelAdmin):
         url = reverse("admin:connect_webhookdelivery_changelist") + f"?subscription__id__exact={obj.pk}"
         return format_html('<a href="{}">Deliveries and their attempts</a>', url)
 
+    @admin.display(description="URL", ordering="url")
+    def url_text(self, obj):
+        # A long URL wraps at its separators instead of widening the list.
+        return format_html('{}<div class="small">{}</div>', breakable(obj.url), obj.description)
+
     @admin.display(description="Kinds")
     def kinds_list(self, obj):
-        return ", ".join(obj.kinds)
+        return format_html_join("", "<div>{}</div>", ((kind,) for kind in obj.kinds))
+
+    @admin.display(description="Active", ordering="is_active")
+    def active(self, obj):
+        return badge("active", "active") if obj.is_active else badge("inactive", "off")
 
     @admin.display(description="Old secret still signs", boolean=True)
     def in_rotation(self, obj):
@@ -153,7 +164,9 @@ class AttemptInline(admin.TabularInline):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(SuperuserOnly, admin.ModelAdmin):
-    list_display = ("created_at", "kind", "subscription", "status", "attempts", "last_status_code", "delivered_at")
+    list_display = ("created_at", "kind_text", "subscription_url", "status_badge", "attempts", "last_status_code",
+                    "delivered_at")  # fmt: skip
+    list_select_related = ("subscription",)
     list_filter = ("status", "kind", "subscription")
     search_fields = ("id__exact",)
     ordering = ("-created_at",)
@@ -174,6 +187,18 @@ class WebhookDeliveryAdmin(SuperuserOnly, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Kind", ordering="kind")
+    def kind_text(self, obj):
+        return breakable(obj.kind)
+
+    @admin.display(description="Subscription", ordering="subscription__url")
+    def subscription_url(self, obj):
+        return breakable(obj.subscription.url)
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj):
+        return badge(obj.status)
 
     @admin.display(description="Payload")
     def payload_json(self, obj):

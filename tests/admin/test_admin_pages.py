@@ -166,8 +166,9 @@ def test_the_reports_show_liability_monthly_flows_and_system_accounts(ledger_his
     assert len(context["flows"]) == 12
     assert {row["account"].code: row["total"] for row in context["systems"]}["points_issued"] == -157
     assert html.count("<rect") >= 3  # this month's issued, spent and the older month's issued
-    # lots come with the expiry ledger: until then the page says so instead of showing zeros
-    assert context["expiring"] is None and 'id="expiring-none"' in html
+    # these credits never expire (POINTS_EXPIRE_AFTER_DAYS is 0): nothing is due in any window
+    assert [window["points"] for window in context["expiring"]] == [0, 0, 0, 0]
+    assert 'id="expiring-90"' in html and 'id="expiring-due"' not in html
 
 
 def test_the_date_range_narrows_the_flows_and_the_csv(ledger_history, login):
