@@ -1,7 +1,8 @@
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
 from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from config.api.fields import (
@@ -26,13 +27,15 @@ class _EventTypeValidator(RegexValidator):
             raise serializers.ValidationError(self.message)
 
 
-class ReversalFractionField(serializers.Field):
-    """A JSON number 0 < f <= 1, kept as an exact decimal (``0.3`` is 3/10, not the nearest float)."""
+FRACTION_QUANTUM = Decimal("1e-10")
 
-    default_error_messages = {
-        "invalid": "A number greater than 0 and at most 1.",
-        "precision": "At most 10 decimal places.",
-    }
+
+@extend_schema_field({"type": "number", "minimum": 1e-10, "maximum": 1, "nullable": True})
+class ReversalFractionField(serializers.Field):
+    """A JSON number 1e-10 <= f <= 1 kept as an exact decimal (``0.3`` is 3/10, not the nearest
+    float), rounded down to 10 decimal places (``1/3`` takes back 0.3333333333 of each amount)."""
+
+    default_error_messages = {"invalid": "A number from 0.0000000001 to 1."}
 
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, (int, float)):
@@ -41,11 +44,9 @@ class ReversalFractionField(serializers.Field):
             value = Decimal(str(data))
         except InvalidOperation:
             self.fail("invalid")
-        if not value.is_finite() or not (0 < value <= 1):
+        if not value.is_finite() or not (FRACTION_QUANTUM <= value <= 1):
             self.fail("invalid")
-        if value.as_tuple().exponent < -10:
-            self.fail("precision")
-        return value
+        return value.quantize(FRACTION_QUANTUM, rounding=ROUND_FLOOR)
 
     def to_representation(self, value):
         return None if value is None else float(value)
@@ -105,8 +106,9 @@ class EventIn(serializers.Serializer):
         required=False,
         allow_null=True,
         default=None,
-        help_text="The share taken back, 0 < f <= 1 (default 1), at most 10 decimal places; only with "
-        "reverses_external_id. Each action loses floor(amount × f), never more in total than its amount.",
+        help_text="The share taken back, 0 < f <= 1 (default 1; rounded down to 10 decimal places); only with "
+        "reverses_external_id (given without it: 400). Each action loses floor(amount × f), never more in total "
+        "than its amount.",
     )
 
     def validate(self, attrs):

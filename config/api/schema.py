@@ -116,8 +116,18 @@ ERROR_CODES: dict[str, tuple[str, dict]] = {
         "NotReversibleError",
         {
             "type": "object",
-            "properties": {"transaction_id": _TEXT, "kind": _TEXT},
-            "required": ["transaction_id", "kind"],
+            "description": "A ledger operation names the transaction and its kind; an event names the event it "
+            "tried to reverse (`reverses_external_id`).",
+            "properties": {"transaction_id": _TEXT, "kind": _TEXT, "reverses_external_id": _TEXT},
+            "additionalProperties": False,
+        },
+    ),
+    "original_event_not_found": (
+        "OriginalEventNotFoundError",
+        {
+            "type": "object",
+            "properties": {"reverses_external_id": _TEXT},
+            "required": ["reverses_external_id"],
             "additionalProperties": False,
         },
     ),

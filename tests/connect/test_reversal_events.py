@@ -186,13 +186,19 @@ class TestRefusals:
         assert response.json()["error"]["code"] == "not_reversible"
         assert EconomicEvent.objects.count() == count
 
-    @pytest.mark.parametrize("fraction", [0, -0.5, 1.5, "0.5", True, 0.12345678901])
+    @pytest.mark.parametrize("fraction", [0, -0.5, 1.5, "0.5", True, 1e-11])
     def test_a_bad_fraction_is_a_validation_error(self, services, post_event, fraction):
         voucher(services, post_event)
         response = refund(services, post_event, reversal_fraction=fraction)
         assert response.status_code == 400
         assert "reversal_fraction" in response.json()["error"]["details"]
         assert EconomicEvent.objects.count() == 1
+
+    def test_a_fraction_is_rounded_down_to_ten_decimal_places(self, services, post_event):
+        voucher(services, post_event)
+        body = refund(services, post_event, reversal_fraction=1 / 3).json()
+        assert body["reversal_fraction"] == 0.3333333333
+        assert EconomicEvent.objects.get(pk=body["id"]).reversal_fraction == Decimal("0.3333333333")
 
     def test_a_fraction_without_an_original_is_a_validation_error(self, services, post_event):
         response = voucher(services, post_event, reversal_fraction=0.5)

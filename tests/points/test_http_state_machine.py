@@ -450,12 +450,14 @@ class LedgerOverHttp(RuleBasedStateMachine):
     def reverse_request(self, data) -> tuple[dict, dict] | None:
         if not self.reversible:
             return None
-        target = data.draw(st.sampled_from(self.reversible), label="original")
+        # Draws with constant bounds: which operations succeeded can differ between runs of one
+        # example (concurrent pairs race), and hypothesis needs the same draws to replay it.
+        target = self.reversible[data.draw(st.integers(0, 10**6), label="original") % len(self.reversible)]
         request = {"external_id": self.external_id(), "transaction_id": target["transaction_id"]}
         unreversed = target["amount"] - target["reversed"]
         how = data.draw(st.sampled_from(["rest", "part", "too_much"]), label="how")
         if how == "part":
-            request["amount"] = data.draw(st.integers(1, max(1, unreversed)), label="amount")
+            request["amount"] = 1 + data.draw(st.integers(0, 10**6), label="amount") % max(1, unreversed)
         elif how == "too_much":
             request["amount"] = unreversed + 1
         if data.draw(st.booleans(), label="allow_partial"):
