@@ -70,8 +70,8 @@ def test_points_expiring_is_sent_once_per_lot_within_the_notice_days(expiring_su
     account_credit(source="svc", external_id="later", user_id="u1", amount=5, expires_at=now + timedelta(days=40))
     account_credit(source="svc", external_id="never", user_id="u2", amount=9)
 
-    notify_points_expiring()
-    notify_points_expiring()  # a second run adds nothing for the same lot
+    assert notify_points_expiring() == 1
+    assert notify_points_expiring() == 0  # a second run adds nothing for the same lot
 
     deliveries = WebhookDelivery.objects.filter(kind="points.expiring")
     lot = Lot.objects.get(transaction=soon.transaction)
@@ -87,8 +87,15 @@ def test_points_expiring_is_sent_once_per_lot_within_the_notice_days(expiring_su
 
     # a lot that comes within the notice later is announced then
     settings.POINTS_EXPIRY_NOTICE_DAYS = 45
-    notify_points_expiring()
+    assert notify_points_expiring() == 1
     assert sorted(d.payload["amount"] for d in WebhookDelivery.objects.filter(kind="points.expiring")) == [5, 7]
+    # a subscription added later is told about both lots, the first one about nothing again
+    webhook_subscription_create(url="http://127.0.0.1:9/other", kinds=["points.expiring"], secret="t" * 32)
+    assert notify_points_expiring() == 2
+    per_subscription = WebhookDelivery.objects.filter(kind="points.expiring").values_list(
+        "subscription_id", "dedupe_key"
+    )
+    assert len(per_subscription) == len(set(per_subscription)) == 4
 
 
 def test_no_subscription_no_notice(db):
