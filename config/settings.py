@@ -243,6 +243,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "points.tasks.expire_points",
         "schedule": POINTS_EXPIRY_INTERVAL_SECONDS,
     },
+    "notify-points-expiring": {
+        "task": "connect.tasks.notify_points_expiring",
+        "schedule": POINTS_EXPIRY_INTERVAL_SECONDS,
+    },
 }
 
 # --- Outbound channels (SPEC §8)

@@ -7,6 +7,11 @@ the counters of caps, periodic caps and budgets (seeded from production's action
 So the current rules over a period reproduce production's actions, event for event, wherever
 production's events did not race each other. The report compares with what production stored for
 the same events.
+
+Refunds (SPEC §12) are not replayed: a reversal event's rules run like any event's, but what it took
+back is not. So the comparison leaves reversal actions out and counts each original action at its gross
+amount (before a refund reduced it in place), and the report says how many reversal actions it left
+out: a backtest of unchanged rules still equals production when refunds exist.
 """
 
 import time
@@ -16,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.db.models import Case, Count, F, OuterRef, Subquery, Sum, When
 from django.db.models.functions import Coalesce
 
 from rules import engine
@@ -202,7 +207,7 @@ def _profiles_seed(since: datetime) -> _Profiles:
 def _counters_seed(replayed: _Replayed, since: datetime) -> _Counters:
     """Production's counts before ``since`` of the caps and budgets the replayed rules have."""
     counters = _Counters()
-    before = RewardAction.objects.filter(event__received_at__lt=since)
+    before = RewardAction.objects.filter(event__received_at__lt=since, reverses__isnull=True)
     moment = Coalesce("event__occurred_at", "event__received_at")
     life_lines, period_lines, budget_rules = [], [], []
     for rules in replayed.rules_by_type.values():
@@ -239,14 +244,31 @@ def _counters_seed(replayed: _Replayed, since: datetime) -> _Counters:
 
 
 def _production_actions(since: datetime, until: datetime) -> dict:
-    """Production's actions of the period's events: event id -> [(rule, target, type, amount)]."""
+    """Production's actions of the period's events, reversal actions left out and each at its gross
+    amount (``connect.reversals.gross_amount``): event id -> [(rule, target, type, amount)]."""
     stored: dict = defaultdict(list)
-    rows = RewardAction.objects.filter(event__received_at__gte=since, event__received_at__lt=until)
+    carried = (
+        RewardAction.objects.filter(reverses=OuterRef("pk"))
+        .exclude(status=RewardAction.Status.CANCELLED)
+        .order_by()
+        .values("reverses")
+        .annotate(total=Sum("amount"))
+        .values("total")
+    )
+    gross = Case(
+        When(reversed_amount=0, then=F("amount")),
+        default=F("amount") + F("reversed_amount") - Coalesce(Subquery(carried), 0),
+    )
+    rows = _period_actions(since, until).filter(reverses__isnull=True).annotate(gross=gross)
     for event_id, rule_code, target, reward_type, amount in rows.values_list(
-        "event_id", "rule_code", "target_user_id", "reward_type", "amount"
+        "event_id", "rule_code", "target_user_id", "reward_type", "gross"
     ).iterator(chunk_size=CHUNK):
         stored[event_id].append((rule_code, target, reward_type, amount))
     return stored
+
+
+def _period_actions(since: datetime, until: datetime):
+    return RewardAction.objects.filter(event__received_at__gte=since, event__received_at__lt=until)
 
 
 def _tally() -> dict:
@@ -391,6 +413,7 @@ def backtest_run(
         "budgets": _budgets_report(replayed, counters, budgets_hit),
         "events_differing": differing,
         "differences": examples,
+        "reversal_actions_left_out": _period_actions(since, until).filter(reverses__isnull=False).count(),
         "seconds": round(elapsed, 3),
         "events_per_second": round(done / elapsed, 1) if elapsed > 0 else None,
     }
@@ -456,6 +479,10 @@ def report_lines(report: dict) -> list[str]:
     out += [f"  {name:<14} {v['backtest']:>12} / {v['production']}" for name, v in report["by_reward_type"].items()]
     out += ["", "Top targets (points)"]
     out += [f"  {row['user_id']:<40} {row['points']:>12}" for row in report["top_targets"]]
+    left_out = report.get("reversal_actions_left_out")
+    if left_out:
+        out += ["", f"Refunds are not replayed: {left_out} reversal action(s) left out of the comparison, "
+                    "refunded actions compared at their amount before the refund"]  # fmt: skip
     if report["caps_hit"]:
         out += ["", "Caps hit"]
         out += [f"  {c['rule']} line {c['line']}: {c['reason']} × {c['times']}" for c in report["caps_hit"]]

@@ -10,7 +10,14 @@ The action row is the source of truth:
   run that was given up on and re-queued cannot overwrite a later one;
 - a transient error puts the action back to ``pending`` with ``next_attempt_at`` (exponential
   backoff with jitter); after ``DISPATCH_MAX_ATTEMPTS`` tries it is ``failed``;
-- every channel is idempotent on the action id, so a re-run never pays twice.
+- every channel is idempotent on the action id, so a re-run never pays twice;
+- a *reversal action* (``reverses`` = the action it takes back, SPEC §12) goes the same way, once its
+  original's own delivery has ended: original ``completed`` → the channel's ``reverse_many``; original
+  still ``pending``/``dispatched`` → it waits (back to ``pending``, no attempt used); original
+  ``failed``/``cancelled`` (nothing was paid) → the original is reduced in place and the reversal
+  action cancelled, in the transaction of the guarded outcome update;
+- ``reward_action.completed`` / ``reward_action.failed`` webhooks are written in that same transaction,
+  for the rows it actually changed.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .channels import (
     TransientChannelError,
 )
 from .models import RewardAction
+from .webhooks.emitters import reward_actions_outcome_notify
 
 logger = logging.getLogger("connect.dispatch")
 
@@ -49,7 +57,28 @@ Status = RewardAction.Status
 # hosts). Small, as every drain claims whatever is due: a retry must not come much sooner than its backoff.
 EARLY_RUN_TOLERANCE = timedelta(seconds=0.5)
 MAX_ERROR_CHARS = 2000
-RECORDED_FIELDS = ("status", "attempts", "result", "last_error", "next_attempt_at", "completed_at", "updated_at")
+RECORDED_FIELDS = (
+    "status", "attempts", "result", "last_error", "next_attempt_at", "completed_at", "updated_at", "shortfall",
+    "cancel_reason",
+)  # fmt: skip
+# Originals whose delivery has not ended yet: their reversal actions wait.
+IN_DELIVERY = (Status.LOCKED, Status.PENDING, Status.DISPATCHED)
+# Originals nothing was delivered for: their reversal actions reduce them in place instead.
+NOTHING_DELIVERED = (Status.FAILED, Status.CANCELLED)
+
+
+class ReversalWaits:
+    """A reversal action's outcome while its original is still being delivered: try again in ``seconds``."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+
+class ReversalOfNothing:
+    """A reversal action's outcome when its original was ``status`` (nothing delivered): reduce it instead."""
+
+    def __init__(self, status: str):
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -61,6 +90,7 @@ class DispatchOutcome:
     status: str | None = None
     retry_in: float | None = None
     error: str = ""
+    waiting: bool = False  # a reversal action back to pending until its original's delivery ends
 
     @property
     def ran(self) -> bool:
@@ -133,15 +163,16 @@ def reward_actions_dispatch(*, first_ids=(), limit: int, others: bool = True) ->
     actions = _claim(first_ids=list(first_ids), limit=limit, others=others)
     if not actions:
         return []
-    results: dict = {}
-    seconds: dict = {}
-    by_type: dict[str, list[RewardAction]] = defaultdict(list)
+    results: dict = _reversals_held(actions)
+    seconds: dict = defaultdict(float)
+    by_channel: dict[tuple[str, bool], list[RewardAction]] = defaultdict(list)
     for action in actions:
-        by_type[action.reward_type].append(action)
-    for reward_type, group in by_type.items():
+        if action.pk not in results:
+            by_channel[(action.reward_type, action.reverses_id is not None)].append(action)
+    for (reward_type, reversal), group in by_channel.items():
         started = time.perf_counter()
-        results.update(_deliver(reward_type, group))
-        seconds[reward_type] = time.perf_counter() - started
+        results.update(_deliver(reward_type, group, reversal=reversal))
+        seconds[reward_type] += time.perf_counter() - started
     outcomes = _record(actions, results)
     for action, outcome in zip(actions, outcomes, strict=True):
         _attempt_log(action, outcome, seconds[action.reward_type])
@@ -172,8 +203,38 @@ def _claim(*, first_ids: list, limit: int, others: bool) -> list[RewardAction]:
     return actions
 
 
-def _deliver(reward_type: str, actions: list[RewardAction]) -> dict:
-    """For each action id, the channel's result or the ChannelError that kept it from being delivered."""
+def _reversals_held(actions: list[RewardAction]) -> dict:
+    """The outcomes of the claimed reversal actions whose original is not ``completed``: ReversalWaits
+    or ReversalOfNothing by action id. Loads each reversal action's original onto it (``reverses``)."""
+    ids = {action.reverses_id for action in actions if action.reverses_id is not None}
+    if not ids:
+        return {}
+    originals = RewardAction.objects.in_bulk(ids)
+    now = timezone.now()
+    held = {}
+    for action in actions:
+        if action.reverses_id is None:
+            continue
+        original = action.reverses = originals[action.reverses_id]
+        if original.status in IN_DELIVERY:
+            held[action.pk] = ReversalWaits(_wait_seconds(original, now))
+        elif original.status in NOTHING_DELIVERED:
+            held[action.pk] = ReversalOfNothing(original.status)
+    return held
+
+
+def _wait_seconds(original: RewardAction, now) -> float:
+    """How long a reversal action waits before it looks at its original again: the retry step, or
+    until the original's own next try is due."""
+    seconds = max(1.0, float(settings.DISPATCH_RETRY_BASE_SECONDS))
+    if original.status == Status.PENDING and original.next_attempt_at is not None:
+        seconds = max(seconds, (original.next_attempt_at - now).total_seconds() + seconds)
+    return min(seconds, max(1.0, float(settings.DISPATCH_RETRY_MAX_SECONDS)))
+
+
+def _deliver(reward_type: str, actions: list[RewardAction], *, reversal: bool = False) -> dict:
+    """For each action id, the channel's result or the ChannelError that kept it from being delivered
+    (``reversal``: the actions are reversal actions of completed originals, taken back by the channel)."""
     channel = CHANNELS.get(reward_type)
     if channel is None:
         error = PermanentChannelError(f"No channel delivers reward type '{reward_type}'.")
@@ -182,7 +243,7 @@ def _deliver(reward_type: str, actions: list[RewardAction]) -> dict:
     if problem:
         return {action.pk: ChannelNotConfigured(problem) for action in actions}
     try:
-        results = channel.deliver_many(actions)
+        results = channel.reverse_many(actions) if reversal else channel.deliver_many(actions)
     except Exception as exc:
         # A bug or an outage nobody classified: retried like a transient error and, when the
         # attempts run out, visible to staff as failed, rather than stuck in ``dispatched``.
@@ -229,23 +290,80 @@ def _record(actions: list[RewardAction], results: dict) -> list[DispatchOutcome]
 
 def _store(actions: list[RewardAction]) -> set:
     """UPDATE the rows still ``dispatched`` at the attempt this run claimed; the ids it changed.
+    In the same transaction: the originals of reversal actions cancelled for want of anything to take
+    back are reduced, and the webhooks of the rows that became ``completed`` or ``failed`` are written.
     Atomic on its own, so a refused UPDATE leaves a caller's transaction usable."""
     with transaction.atomic():
-        return update_rows_where(
+        originals = _originals_lock(actions)
+        stored = update_rows_where(
             actions,
             RECORDED_FIELDS,
             where={"status": lambda action: Status.DISPATCHED, "attempts": lambda action: action.claimed_attempt},
         )
+        for action in actions:
+            if action.pk in stored and action.pk in originals:
+                _original_reduce(originals[action.pk], action)
+        reward_actions_outcome_notify(actions=[action for action in actions if action.pk in stored])
+        return stored
+
+
+def _originals_lock(actions: list[RewardAction]) -> dict:
+    """Lock the originals of the reversal actions about to be cancelled (in id order); an original that
+    is no longer ``failed``/``cancelled`` (staff retried it) turns its reversal action's outcome into a wait.
+    The originals by reversal action id."""
+    cancelling = [a for a in actions if a.reverses_id is not None and a.status == Status.CANCELLED]
+    if not cancelling:
+        return {}
+    ids = sorted({action.reverses_id for action in cancelling})
+    locked = {o.pk: o for o in RewardAction.objects.select_for_update().filter(pk__in=ids).order_by("pk")}
+    originals = {}
+    for action in cancelling:
+        original = locked[action.reverses_id]
+        if original.status in NOTHING_DELIVERED:
+            originals[action.pk] = original
+        else:
+            _apply(action, ReversalWaits(_wait_seconds(original, timezone.now())), action.updated_at)
+    return originals
+
+
+def _original_reduce(original: RewardAction, reversal: RewardAction) -> None:
+    """Take the reversal's amount off an original nothing was delivered for (cancelled when 0 is left)."""
+    original.amount -= min(reversal.amount, original.amount)
+    original.updated_at = reversal.updated_at
+    fields = ["amount", "updated_at"]
+    if original.amount == 0 and original.status != Status.CANCELLED:
+        original.status, original.next_attempt_at = Status.CANCELLED, None
+        original.cancel_reason = f"reversed by {reversal.event_id}"
+        fields += ["status", "next_attempt_at", "cancel_reason"]
+    original.save(update_fields=fields)
 
 
 def _apply(action: RewardAction, result, now) -> DispatchOutcome:
     """Set the outcome of this attempt on the instance (not yet stored) and say what it was."""
-    action.claimed_attempt = attempt = action.attempts
+    if not hasattr(action, "claimed_attempt"):
+        action.claimed_attempt = action.attempts
+    attempt = action.claimed_attempt
     action.updated_at = now
     if isinstance(result, dict):
         action.status, action.result, action.completed_at = Status.COMPLETED, result, now
         action.last_error, action.next_attempt_at = "", None
+        if action.reverses_id is not None and "shortfall" in result:
+            action.shortfall = result["shortfall"]
         return DispatchOutcome(action_id=action.pk, status=Status.COMPLETED)
+    if isinstance(result, ReversalWaits):
+        # Not a try: the original is still being delivered. The attempt is given back.
+        action.status, action.attempts, action.last_error = Status.PENDING, attempt - 1, ""
+        action.next_attempt_at = now + timedelta(seconds=result.seconds)
+        return DispatchOutcome(action_id=action.pk, status=Status.PENDING, retry_in=result.seconds, waiting=True)
+    if isinstance(result, ReversalOfNothing):
+        action.status, action.attempts, action.last_error, action.next_attempt_at = (
+            Status.CANCELLED, attempt - 1, "", None
+        )  # fmt: skip
+        action.cancel_reason = (
+            f"nothing to take back: the original action {action.reverses_id} was {result.status} "
+            f"(never delivered), so it was reduced by {action.amount} instead"
+        )
+        return DispatchOutcome(action_id=action.pk, status=Status.CANCELLED)
     if not isinstance(result, ChannelError):
         result = TransientChannelError(f"The channel gave no outcome for this action: {result!r}"[:MAX_ERROR_CHARS])
     message = result.message[:MAX_ERROR_CHARS]
@@ -269,11 +387,16 @@ def _apply(action: RewardAction, result, now) -> DispatchOutcome:
 
 
 def _attempt_outcome(outcome: DispatchOutcome) -> str:
-    """The attempt's outcome as logged and measured: completed, failed, retry, not_configured or superseded."""
+    """The attempt's outcome as logged and measured: completed, failed, retry, not_configured, superseded,
+    or for a reversal action waiting_for_original or reversal_of_nothing."""
     if outcome.status == Status.COMPLETED:
         return "completed"
     if outcome.status == Status.FAILED:
         return "failed"
+    if outcome.status == Status.CANCELLED:
+        return "reversal_of_nothing"
+    if outcome.waiting:
+        return "waiting_for_original"
     if outcome.status == Status.PENDING:
         return "retry" if outcome.retry_in is not None else "not_configured"
     return "superseded"  # the row moved on (re-queued and claimed again); this outcome was dropped

@@ -43,6 +43,14 @@ def sweep_reward_actions() -> int:
     return reward_actions_sweep()
 
 
+@shared_task(acks_late=True, ignore_result=True, soft_time_limit=300, time_limit=330)
+def notify_points_expiring() -> int:
+    """Celery beat: ``points.expiring`` webhooks for lots expiring within POINTS_EXPIRY_NOTICE_DAYS."""
+    from .webhooks.expiring import points_expiring_announce
+
+    return points_expiring_announce()
+
+
 def _parsed(action_id) -> uuid.UUID | None:
     try:
         return uuid.UUID(str(action_id))

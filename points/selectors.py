@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Sum, Value
+from django.db.models import F, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -46,4 +46,20 @@ def account_lots(*, user_id: str):
     """A user's open lots; ``expiry_order`` is the expiry with never-expiring lots last."""
     return Lot.objects.filter(account__user_id=user_id, remaining__gt=0).annotate(
         expiry_order=Coalesce("expires_at", Value(NEVER))
+    )
+
+
+def lots_expiring_soon(*, within_days: int, now: datetime | None = None):
+    """Open lots whose expiry falls within ``within_days`` from ``now`` (not yet due), soonest first:
+    ``id``, ``user_id``, ``remaining`` and ``expires_at`` of each."""
+    now = now or timezone.now()
+    return (
+        Lot.objects.filter(
+            remaining__gt=0,
+            expires_at__gt=now,
+            expires_at__lte=now + timedelta(days=within_days),
+            account__kind=Account.Kind.USER,
+        )
+        .order_by("expires_at", "pk")
+        .values("pk", "remaining", "expires_at", user_id=F("account__user_id"))
     )

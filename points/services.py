@@ -506,6 +506,7 @@ class CreditIn:
     amount: int
     reason: str = ""
     metadata: dict | None = None
+    expires_at: datetime | None = None
 
 
 def account_credit_many(
@@ -535,7 +536,7 @@ def account_credit_many(
             try:
                 outcomes[credit.external_id] = account_credit(
                     source=source, external_id=credit.external_id, user_id=credit.user_id, amount=credit.amount,
-                    reason=credit.reason, metadata=credit.metadata,
+                    reason=credit.reason, metadata=credit.metadata, expires_at=credit.expires_at,
                 )  # fmt: skip
             except (DomainError, IntegrityError) as exc:
                 outcomes[credit.external_id] = exc

@@ -1,6 +1,7 @@
 """The outbound edge of dispatch: what a channel promises and the errors it may report.
 
-A channel delivers a batch of RewardActions and gives, per action, the JSON-able result to keep on it. It must be
+A channel delivers a batch of RewardActions and gives, per action, the JSON-able result to keep on it;
+it also takes back, for a batch of reversal actions (SPEC §12), what their originals paid. It must be
 safe to call twice for the same action (the ledger is idempotent on the action id; HTTP channels send
 ``Idempotency-Key: <action id>``), because a killed worker or a lost acknowledgement re-runs it.
 """
@@ -49,3 +50,8 @@ class Channel(Protocol):
     def deliver_many(self, actions: list[RewardAction]) -> dict:
         """Deliver the actions; for each action id, the result to store on it or the ChannelError
         that kept it from being delivered. One action's failure never holds back the others."""
+
+    def reverse_many(self, actions: list[RewardAction]) -> dict:
+        """Take back what the originals of these reversal actions (``action.reverses``, delivered and
+        ``completed``) paid, ``action.amount`` each; per action id like ``deliver_many``. Idempotent
+        on the reversal action's id."""

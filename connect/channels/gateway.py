@@ -1,4 +1,5 @@
-"""``g2a_offchain`` rewards: an off-chain token payout by the gateway (``POST {G2A_GATEWAY_URL}/payouts``)."""
+"""``g2a_offchain`` rewards: an off-chain token payout by the gateway (``POST {G2A_GATEWAY_URL}/payouts``),
+taken back by a reversal action (``POST {G2A_GATEWAY_URL}/payouts/reverse``)."""
 
 from __future__ import annotations
 
@@ -38,4 +39,25 @@ class G2aGatewayChannel:
             token=settings.G2A_GATEWAY_TOKEN,
             idempotency_key=str(action.pk),
             payload=self.payload(action),
+        )
+
+    def reverse_payload(self, action: RewardAction) -> dict:
+        return {
+            "user_id": action.target_user_id,
+            "amount": action.amount,
+            "action_id": str(action.reverses_id),
+            "reversal_action_id": str(action.pk),
+        }
+
+    def reverse_many(self, actions: list[RewardAction]) -> dict:
+        return deliver_concurrently(self.reverse, actions)
+
+    def reverse(self, action: RewardAction) -> dict:
+        return json_post(
+            service=self.service,
+            base_url=settings.G2A_GATEWAY_URL,
+            path="/payouts/reverse",
+            token=settings.G2A_GATEWAY_TOKEN,
+            idempotency_key=str(action.pk),
+            payload=self.reverse_payload(action),
         )

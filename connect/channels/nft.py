@@ -1,4 +1,5 @@
-"""``nft`` rewards: a badge minted by the NFT service (``POST {NFT_SERVICE_URL}/badges``)."""
+"""``nft`` rewards: a badge minted by the NFT service (``POST {NFT_SERVICE_URL}/badges``), revoked by a
+reversal action (``POST {NFT_SERVICE_URL}/badges/revoke``)."""
 
 from __future__ import annotations
 
@@ -43,4 +44,28 @@ class NftChannel:
             token=settings.NFT_SERVICE_TOKEN,
             idempotency_key=str(action.pk),
             payload=self.payload(action),
+        )
+
+    def reverse_payload(self, action: RewardAction) -> dict:
+        original = action.reverses
+        params = original.params if isinstance(original.params, dict) else {}
+        return {
+            "user_id": action.target_user_id,
+            "badge_type": params.get("badge_type"),
+            "action_id": str(original.pk),
+            "amount": action.amount,
+            "reversal_action_id": str(action.pk),
+        }
+
+    def reverse_many(self, actions: list[RewardAction]) -> dict:
+        return deliver_concurrently(self.reverse, actions)
+
+    def reverse(self, action: RewardAction) -> dict:
+        return json_post(
+            service=self.service,
+            base_url=settings.NFT_SERVICE_URL,
+            path="/badges/revoke",
+            token=settings.NFT_SERVICE_TOKEN,
+            idempotency_key=str(action.pk),
+            payload=self.reverse_payload(action),
         )

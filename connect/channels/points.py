@@ -1,18 +1,23 @@
-"""``points`` rewards: a credit in the Points ledger, in-process.
+"""``points`` rewards: a credit in the Points ledger, in-process; a reversal action is a ledger reversal
+of its original's credit (with ``allow_partial``: what the user no longer has is its ``shortfall``).
 
 The ledger's idempotency key is ``(CONNECT_LEDGER_SOURCE, action id)``: a re-run after a crash gets
-the original credit back instead of paying twice. Everything sent is derived from the action row, so
-a re-run sends the same request (a changed request would be an idempotency conflict).
+the original credit (or reversal) back instead of paying twice. Everything sent is derived from the
+action row, so a re-run sends the same request (a changed request would be an idempotency conflict).
+That is why a line's ``params.expires_in_days`` counts from the action's ``created_at`` (when the
+reward was earned, normally the moment it is posted) and not from the clock of the attempt.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError
 
 from config.api.errors import DomainError
+from points.reversals import transaction_reverse
 from points.services import MAX_AMOUNT, CreditIn, account_credit_many
 
 from .base import ChannelError, PermanentChannelError, TransientChannelError
@@ -48,6 +53,11 @@ class PointsChannel:
                     f"A points reward must be 1..{MAX_AMOUNT} points, not {action.amount}."
                 )
                 continue
+            try:
+                expires_at = lot_expires_at(action)
+            except PermanentChannelError as exc:
+                outcomes[action.pk] = exc
+                continue
             credits.append(
                 CreditIn(
                     external_id=str(action.pk),
@@ -55,6 +65,7 @@ class PointsChannel:
                     amount=action.amount,
                     reason=f"reward:{action.rule_code}"[:200],
                     metadata=self.metadata(action),
+                    expires_at=expires_at,
                 )
             )
         if not credits:
@@ -68,6 +79,41 @@ class PointsChannel:
             if action.pk not in outcomes:
                 outcomes[action.pk] = _outcome(posted[str(action.pk)])
         return outcomes
+
+    def reverse_many(self, actions: list[RewardAction]) -> dict:
+        """Each reversal in its own ledger transaction (it locks the original credit, then the account)."""
+        return {action.pk: self.reverse(action) for action in actions}
+
+    def reverse(self, action: RewardAction) -> dict | ChannelError:
+        try:
+            reversed_ = transaction_reverse(
+                source=settings.CONNECT_LEDGER_SOURCE,
+                external_id=str(action.pk),
+                original_external_id=str(action.reverses_id),
+                amount=action.amount,
+                reason=f"reversal:{action.rule_code}"[:200],
+                metadata={**self.metadata(action), "reverses_action_id": str(action.reverses_id)},
+                allow_partial=True,
+            )
+        except DatabaseError as exc:
+            return TransientChannelError(f"The ledger is unavailable: {exc.__class__.__name__}: {exc}")
+        except DomainError as exc:
+            return PermanentChannelError(f"The ledger refused the reversal ({exc.code}): {exc.message}")
+        outcome = _outcome(reversed_)
+        outcome["shortfall"] = reversed_.transaction.shortfall
+        outcome["reversed"] = reversed_.transaction.amount
+        return outcome
+
+
+def lot_expires_at(action: RewardAction) -> datetime | None:
+    """When the credit's lot expires by the line's ``params.expires_in_days`` (None: the ledger's default)."""
+    params = action.params if isinstance(action.params, dict) else {}
+    days = params.get("expires_in_days")
+    if days is None:
+        return None
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 36500:
+        raise PermanentChannelError("params.expires_in_days must be a whole number of days from 1 to 36500.")
+    return action.created_at + timedelta(days=days)
 
 
 def _outcome(posted) -> dict | ChannelError:

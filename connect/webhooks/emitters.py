@@ -1,9 +1,14 @@
 """What Connect reports by webhook, each called inside the transaction of what it reports."""
 
+from rest_framework import serializers
+
 from ..models import RewardAction
 from ..serializers import RewardActionOut
 from .models import Kind
 from .services import webhook_deliveries_enqueue_many
+
+# Moments as the API shows them (the lots list's expires_at).
+_MOMENT = serializers.DateTimeField()
 
 _KIND_OF_STATUS = {
     RewardAction.Status.COMPLETED: Kind.REWARD_ACTION_COMPLETED,
@@ -21,3 +26,21 @@ def reward_actions_outcome_notify(*, actions: list[RewardAction]) -> int:
         payloads = [(RewardActionOut(action).data, None) for action in actions if action.status == status]
         written += webhook_deliveries_enqueue_many(kind=kind, payloads=payloads)
     return written
+
+
+def points_expiring_notify(*, lots) -> int:
+    """``points.expiring`` for each of ``lots`` (rows of ``points.selectors.lots_expiring_soon``), at most
+    once per lot and subscription ever (dedupe key ``lot:<id>``). Must run in a transaction."""
+    payloads = [
+        (
+            {
+                "user_id": lot["user_id"],
+                "lot_id": str(lot["pk"]),
+                "amount": lot["remaining"],
+                "expires_at": _MOMENT.to_representation(lot["expires_at"]),
+            },
+            f"lot:{lot['pk']}",
+        )
+        for lot in lots
+    ]
+    return webhook_deliveries_enqueue_many(kind=Kind.POINTS_EXPIRING, payloads=payloads)

@@ -3,6 +3,7 @@
 import io
 import json
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
@@ -10,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from connect.backtest import BacktestInvalid, backtest_run
+from connect.backtest import BacktestInvalid, backtest_run, report_lines
 from connect.models import EconomicEvent, RewardAction, RewardGrant, UserProfile
 from connect.services import event_ingest
 from rules.models import BudgetCounter, PeriodGrant, Rule, RuleVersion
@@ -197,3 +198,27 @@ def test_the_admin_keeps_the_last_reports_only(history, settings, django_capture
 
     assert set(BacktestRun.objects.values_list("pk", flat=True)) == {runs[1].pk, runs[2].pk}
     assert set(BacktestRun.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_refunds_are_not_replayed_and_leave_the_comparison_equal(history):
+    """A voucher refunded in part after its rewards were paid (reversal actions) and a booking cancelled
+    before they were (its actions reduced in place to nothing): unchanged rules still equal production."""
+    voucher = EconomicEvent.objects.get(external_id="c-v1")
+    RewardAction.objects.filter(event=voucher).update(status=RewardAction.Status.COMPLETED, attempts=1)
+    partial = {"external_id": "c-v1-refund", "event_type": "voucher.refunded", "actor_user_id": "buyer",
+               "reverses_external_id": "c-v1", "reversal_fraction": Decimal("0.5")}  # fmt: skip
+    event_ingest(client_name="voucher_service", data=partial)
+    cancelled = {"external_id": "d-b1-cancel", "event_type": "rielt.booking_cancelled", "actor_user_id": "tenant3",
+                 "reverses_external_id": "d-b1"}  # fmt: skip
+    event_ingest(client_name="rielt_service", data=cancelled)
+    booking = RewardAction.objects.filter(event__external_id="d-b1")
+    assert booking.exists() and not booking.exclude(status=RewardAction.Status.CANCELLED).exists()
+    assert RewardAction.objects.filter(reverses__isnull=False).count() == 3
+
+    report = _report(history)
+
+    assert report["events_differing"] == 0, report["differences"]
+    assert report["actions"]["backtest"] == report["actions"]["production"]
+    assert all(row["difference"] == {"actions": 0, "points": 0} for row in report["rules"])
+    assert report["reversal_actions_left_out"] == 3
+    assert "Refunds are not replayed: 3 reversal action(s) left out" in "\n".join(report_lines(report))

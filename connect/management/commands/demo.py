@@ -76,6 +76,29 @@ def demo_steps(tag: str) -> list[Step]:
     return steps
 
 
+@dataclass
+class Refund:
+    """A reversal event (SPEC §12) of one of the steps: ``reverses`` is that step's number."""
+
+    label: str
+    service: str
+    event_type: str
+    actor: str
+    reverses: int
+    fraction: float | None = None
+
+
+def demo_refunds(tag: str, first_number: int) -> list[Refund]:
+    """The seed workflows' refunds: the premium voucher refunded in part, the booking cancelled."""
+    refunds = [
+        Refund("premium voucher refunded (50%)", "voucher_service", "voucher.refunded", f"{tag}-buyer", 5, 0.5),
+        Refund("housing booking cancelled", "rielt_service", "rielt.booking_cancelled", f"{tag}-tenant", 6),
+    ]
+    for number, refund in enumerate(refunds, start=first_number):
+        refund.label = f"{number}. {refund.label}"
+    return refunds
+
+
 class ApiSession:
     def __init__(self, base_url: str, key: str, timeout: float):
         self.base_url = base_url.rstrip("/")
@@ -107,7 +130,8 @@ class ApiSession:
 class Command(BaseCommand):
     help = (
         "Post the seed workflows to a running server through its API, wait for the rewards to settle, "
-        "and print the reward actions and the balances of the users involved."
+        "and print the reward actions and the balances of the users involved; then refund the premium "
+        "voucher in part and cancel the booking, and print what was taken back and the balances after."
     )
 
     def add_arguments(self, parser):
@@ -149,7 +173,59 @@ class Command(BaseCommand):
 
         events = self._wait_until_settled(console, [event["id"] for _, event in posted], wait)
         self._print_actions(posted, events)
-        self._print_balances(console, posted, events)
+        self._print_balances(console, self._users(posted, events))
+        self._refund(sessions, console, tag, posted, wait)
+
+    def _refund(self, sessions, console: ApiSession, tag: str, posted, wait: float) -> None:
+        """Post the refunds, wait for their reversal actions, print them and the balances after them."""
+        self.stdout.write("\nRefunds (reversal events): what the rewards of a refunded purchase gave is taken back ...")
+        refunded = []
+        for index, refund in enumerate(demo_refunds(tag, first_number=len(posted) + 1), start=1):
+            original = posted[refund.reverses - 1][1]
+            body = {
+                "external_id": f"{tag}-refund-{index}",
+                "event_type": refund.event_type,
+                "source_service": refund.service,
+                "actor_user_id": refund.actor,
+                "reverses_external_id": original["external_id"],
+            }
+            if refund.fraction is not None:
+                body["reversal_fraction"] = refund.fraction
+            event = sessions[refund.service].json("POST", "/api/v1/events", (200, 201), json=body)
+            refunded.append((refund, original, event))
+            self.stdout.write(
+                f"  {refund.label:<36} {refund.event_type:<30} → {event['status']}, "
+                f"{len(event['reward_actions'])} reversal action(s)"
+            )
+        ids = [event["id"] for *_, event in refunded] + [original["id"] for _, original, _ in refunded]
+        events = self._wait_until_settled(console, ids, wait)
+        rows = []
+        for _, original, event in refunded:
+            for action in events[original["id"]]["reward_actions"]:
+                note = f"{action['reversed_amount']} taken back"
+                if action["status"] == "cancelled":
+                    note += " before delivery: nothing paid"
+                elif action["status"] != "completed":
+                    note += " before delivery (reduced in place)"
+                rows.append((original["external_id"], action["rule"], action["target_user_id"], action["reward_type"],
+                             str(action["amount"]), action["status"], note))  # fmt: skip
+            for action in events[event["id"]]["reward_actions"]:
+                note = f"reverses {action['reverses']}"
+                if action["shortfall"]:
+                    note += f", shortfall {action['shortfall']} (already spent)"
+                elif action["status"] == "pending" and action["last_error"]:
+                    note += f": {action['last_error']}"
+                rows.append((event["external_id"], action["rule"], action["target_user_id"], action["reward_type"],
+                             f"-{action['amount']}", action["status"], note))  # fmt: skip
+        self.stdout.write("\nRefunded rewards and their reversal actions")
+        self._table(("event", "rule", "target", "type", "amount", "status", "note"), rows)
+        users = []
+        for _, original, _ in refunded:
+            for action in events[original["id"]]["reward_actions"]:
+                if action["reward_type"] == "points" and action["target_user_id"] not in users:
+                    users.append(action["target_user_id"])
+        self.stdout.write("\nBalances after the refunds (points users received from the refunded events)")
+        self._print_balances(console, users, title=None)
 
     def _check_server(self, base_url: str) -> None:
         url = base_url.rstrip("/") + "/health"
@@ -239,7 +315,8 @@ class Command(BaseCommand):
         if released and all(row[6] == "completed" for row in released):
             self.stdout.write("The deferred level-2 reward was locked until the sponsor's VIP upgrade, then paid.")
 
-    def _print_balances(self, console: ApiSession, posted, events: dict[str, dict]) -> None:
+    @staticmethod
+    def _users(posted, events: dict[str, dict]) -> list[str]:
         users = []
         for step, event in posted:
             for user_id in (
@@ -249,11 +326,15 @@ class Command(BaseCommand):
             ):
                 if user_id and user_id not in users:
                     users.append(user_id)
+        return users
+
+    def _print_balances(self, console: ApiSession, users: list[str], title: str | None = "Balances") -> None:
         rows = []
         for user_id in users:
             account = console.json("GET", f"/internal/accounts/{user_id}", (200,))
             rows.append((user_id, str(account["balance"]), str(account["held"]), str(account["available"])))
-        self.stdout.write("\nBalances")
+        if title:
+            self.stdout.write(f"\n{title}")
         self._table(("user", "balance", "held", "available"), rows)
 
     def _table(self, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -202,10 +202,11 @@ class ScriptedService:
         self.status = 200
         self.body = '{"ok": true}'
         self.calls: list[tuple[float, str, dict]] = []  # (monotonic time, path, headers)
+        self.bodies: list[tuple[str, dict]] = []  # (path, JSON body)
         self.slow: dict[str, tuple[float, int]] = {}  # badge type -> (seconds, how many more answers)
         self._lock = threading.Lock()
-        server.expect_request("/badges").respond_with_handler(self._handle)
-        server.expect_request("/payouts").respond_with_handler(self._handle)
+        for path in ("/badges", "/payouts", "/badges/revoke", "/payouts/reverse"):
+            server.expect_request(path).respond_with_handler(self._handle)
 
     @property
     def url(self) -> str:
@@ -224,6 +225,7 @@ class ScriptedService:
         badge_type = (request.get_json(silent=True) or {}).get("badge_type")
         with self._lock:
             self.calls.append((time.monotonic(), request.path, dict(request.headers)))
+            self.bodies.append((request.path, request.get_json(silent=True) or {}))
             status, body = self.status, self.body
             seconds, times = self.slow.get(badge_type, (0.0, 0))
             if times:
