@@ -39,7 +39,14 @@ from django.utils import timezone
 
 from config.api.errors import DomainError
 from config.api.fields import storable_text_problem
-from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, update_columns
+from config.db import (
+    column_values,
+    insert_rows,
+    insert_rows_unless_conflict,
+    insert_unless_conflict,
+    mark_saved,
+    update_columns,
+)
 from config.metrics import LEDGER_OPERATIONS
 
 from .errors import (
@@ -506,6 +513,10 @@ class CreditIn:
     amount: int
     reason: str = ""
     metadata: dict | None = None
+    expires_at: datetime | None = None
+
+
+CreditOutcome = LedgerResult | DomainError
 
 
 def account_credit_many(
@@ -513,13 +524,12 @@ def account_credit_many(
 ) -> dict[str, LedgerResult | DomainError | IntegrityError]:
     """Post ``credits`` in one ledger transaction; each one's outcome by its ``external_id``.
 
-    Each credit is ``account_credit`` itself, so it is idempotent on ``(source, external_id)`` and
-    atomic inside this transaction (its own savepoint): a refused credit (its DomainError, or the
-    IntegrityError of a constraint, is its outcome) leaves the others posted. The users' accounts are created first (empty, committed
-    on their own) and then locked in the order of their user ids before anything is posted, and
-    the credits are posted in the order of their keys: two batches touching the same accounts wait
-    for each other instead of deadlocking. A database error of the transaction itself (an outage)
-    propagates and posts nothing. Must not be called inside a caller's transaction.
+    Each credit is exactly ``account_credit`` (``account_credits_post``), so it is idempotent on
+    ``(source, external_id)``: a refused credit (its DomainError, or the IntegrityError of a
+    constraint, is its outcome) leaves the others posted. The users' accounts are created first
+    (empty, committed on their own) so the ledger transaction only waits on existing rows. A
+    database error of the transaction itself (an outage) propagates and posts nothing. Must not be
+    called inside a caller's transaction.
     """
     user_ids = sorted({credit.user_id for credit in credits if isinstance(credit.user_id, str)})
     opened = set(Account.objects.filter(user_id__in=user_ids).values_list("user_id", flat=True))
@@ -528,18 +538,175 @@ def account_credit_many(
             [Account(user_id=user_id, kind=Account.Kind.USER) for user_id in user_ids if user_id not in opened],
             ignore_conflicts=True,
         )
-    outcomes: dict[str, LedgerResult | DomainError | IntegrityError] = {}
     with transaction.atomic():
-        list(Account.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id").values_list("pk"))
-        for credit in sorted(credits, key=lambda credit: str(credit.external_id)):
-            try:
-                outcomes[credit.external_id] = account_credit(
-                    source=source, external_id=credit.external_id, user_id=credit.user_id, amount=credit.amount,
-                    reason=credit.reason, metadata=credit.metadata,
-                )  # fmt: skip
-            except (DomainError, IntegrityError) as exc:
-                outcomes[credit.external_id] = exc
+        posted = account_credits_post(source=source, credits=credits, refusals=(DomainError, IntegrityError))
+    return {credit.external_id: outcome for credit, outcome in zip(credits, posted, strict=True)}
+
+
+@transaction.atomic
+def account_credits_post(
+    *, source: str, credits: Sequence[CreditIn], refusals: tuple[type[Exception], ...] = (DomainError,)
+) -> list[CreditOutcome]:
+    """Post ``credits`` in order, each exactly as ``account_credit`` alone would; one outcome each,
+    in order: its LedgerResult, or the exception (one of ``refusals``) that refused it.
+
+    The batch ledger service of dispatch and of ``POST /internal/batch``. Credits whose keys are
+    new are posted together (``_credits_in_bulk``): their accounts locked in the order of their
+    user ids, then one INSERT each for their Transactions, entries and lots and one UPDATE of the
+    balances, so a batch costs a few statements rather than a few per credit, and two batches
+    over the same accounts wait for each other instead of deadlocking. A key already stored
+    replays or conflicts as alone; a repeated key in the batch is, after its first valid use, a
+    replay or conflict of it. A refusal changes nothing, and the others stay posted (atomic
+    inside the caller's transaction). Any other error propagates.
+    """
+    outcomes: list[CreditOutcome | None] = [None] * len(credits)
+    fresh: dict[str, tuple[int, Transaction, str, datetime | None]] = {}  # by key: the first valid use
+    repeats: list[int] = []
+    for index, credit in enumerate(credits):
+        try:
+            txn, expires_at = _credit_prepared(source, credit)
+        except DomainError as exc:
+            _credit_counted(exc)
+            outcomes[index] = exc
+            continue
+        if txn.external_id in fresh:
+            repeats.append(index)
+        else:
+            fresh[txn.external_id] = (index, txn, credit.user_id, expires_at)
+    if fresh:
+        stored = Transaction.objects.select_related("account", "hold").filter(source=source, external_id__in=fresh)
+        for existing in stored:
+            index, txn, _, _ = fresh.pop(existing.external_id)
+            if existing.request_hash == txn.request_hash:
+                outcomes[index] = _credit_counted(LedgerResult(existing, True))
+            else:
+                outcomes[index] = _credit_counted(IdempotencyConflict(details={"external_id": txn.external_id}))
+    alone = list(fresh.values())
+    if len(alone) > 1 and connection.vendor == "postgresql":
+        posted = _credits_in_bulk(alone)
+        if posted:
+            for index, txn, _, _ in alone:
+                outcomes[index] = _credit_counted(LedgerResult(txn, False))
+            alone = []
+    # A lone credit, a batch the bulk statements could not post as planned (a key taken concurrently,
+    # a constraint), and the repeats: each through ``account_credit`` itself, in batch order.
+    for index in sorted([index for index, *_ in alone] + repeats):
+        credit = credits[index]
+        try:
+            outcomes[index] = account_credit(
+                source=source, external_id=credit.external_id, user_id=credit.user_id, amount=credit.amount,
+                reason=credit.reason, metadata=credit.metadata, expires_at=credit.expires_at,
+            )  # fmt: skip
+        except refusals as exc:
+            outcomes[index] = exc
     return outcomes
+
+
+def _credit_counted(outcome):
+    """Count a credit the batch decided without ``account_credit``, as ``_counted`` would."""
+    if isinstance(outcome, DomainError):
+        LEDGER_OPERATIONS.labels("credit", outcome.code).inc()
+    else:
+        LEDGER_OPERATIONS.labels("credit", "replayed" if outcome.replayed else "performed").inc()
+    return outcome
+
+
+def _credit_prepared(source: str, credit: CreditIn) -> tuple[Transaction, datetime | None]:
+    """The checks and the Transaction (not saved) of ``account_credit``, and the expiry of its lot."""
+    external_id, user_id, amount, reason, metadata = (
+        credit.external_id, credit.user_id, credit.amount, credit.reason, credit.metadata,
+    )  # fmt: skip
+    _operation_check(
+        external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata,
+        expires_at=credit.expires_at,
+    )  # fmt: skip
+    expires_at = _in_utc(credit.expires_at)
+    metadata = metadata or {}
+    extra = {} if expires_at is None else {"expires_at": expires_at.isoformat()}
+    txn = Transaction(
+        kind=Kind.CREDIT, source=source, external_id=external_id, amount=amount, reason=reason, metadata=metadata,
+        request_hash=request_hash(Kind.CREDIT, user_id=user_id, amount=amount, reason=reason, metadata=metadata, **extra),
+    )  # fmt: skip
+    return txn, lot_expiry(posted_at=txn.created_at, expires_at=expires_at)
+
+
+_LOCK_ACCOUNTS_SQL = """
+    SELECT id, user_id, balance, held FROM {accounts}
+     WHERE user_id = ANY(%s) ORDER BY user_id FOR UPDATE
+"""
+
+_ADD_TO_BALANCES_SQL = """
+    UPDATE {accounts} AS account SET balance = account.balance + moved.amount
+      FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS moved (id, amount)
+     WHERE account.id = moved.id
+"""
+
+
+def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]]) -> bool:
+    """Post credits with new keys, given as (index, unsaved Transaction, user id, lot expiry), in order.
+
+    Creates the accounts that do not exist, locks all of them in user id order (the lock also keeps
+    the balances read here current), works out each credit's balance after it in order, then
+    inserts the Transactions, their entries and their lots, and moves the balances: the rows
+    ``account_credit`` would write, one statement per table. True when all were posted. False with
+    nothing posted (the accounts stay created and locked) when a key was taken meanwhile or a
+    constraint refused a row; the caller then posts them one by one.
+    """
+    user_ids = sorted({user_id for _, _, user_id, _ in credits})
+    accounts = _accounts_locked(user_ids)
+    if len(accounts) < len(user_ids):
+        Account.objects.bulk_create(
+            [Account(user_id=user_id, kind=Account.Kind.USER) for user_id in user_ids if user_id not in accounts],
+            ignore_conflicts=True,
+        )
+        accounts = _accounts_locked(user_ids)
+    totals = {user_id: [account_id, balance, held] for user_id, (account_id, balance, held) in accounts.items()}
+    counterpart_id = system_account_id(SystemAccount.ISSUED)
+    entries, lots, moved = [], [], {}
+    for _, txn, user_id, expires_at in credits:
+        account_id, balance, held = totals[user_id]
+        balance += txn.amount
+        totals[user_id][1] = balance
+        moved[account_id] = moved.get(account_id, 0) + txn.amount
+        txn.account = _account_as_left(account_id, user_id, balance, held)
+        txn.balance_after, txn.held_after = balance, held
+        entries += [
+            Entry(transaction_id=txn.pk, account_id=account_id, part=Part.AVAILABLE, amount=txn.amount),
+            Entry(transaction_id=txn.pk, account_id=counterpart_id, part=Part.AVAILABLE, amount=-txn.amount),
+        ]
+        lots.append(
+            Lot(
+                account_id=account_id,
+                transaction_id=txn.pk,
+                amount=txn.amount,
+                remaining=txn.amount,
+                expires_at=expires_at,
+                created_at=txn.created_at,
+            )  # fmt: skip
+        )
+    transactions = [txn for _, txn, _, _ in credits]
+    try:
+        with transaction.atomic():
+            if insert_rows_unless_conflict(transactions, ("source", "external_id")) < len(transactions):
+                raise _KeyTaken
+            insert_rows(entries)
+            insert_rows(lots)
+            with connection.cursor() as cursor:
+                cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
+    except (_KeyTaken, IntegrityError):
+        return False
+    return True
+
+
+class _KeyTaken(Exception):
+    """A key of a bulk credit was stored by a concurrent request after it was looked up."""
+
+
+def _accounts_locked(user_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    """Lock the users' accounts in user id order; (id, balance, held) by user id of those that exist."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
+        return {user_id: (account_id, balance, held) for account_id, user_id, balance, held in cursor.fetchall()}
 
 
 @_counted("debit")
