@@ -51,7 +51,7 @@ class EventsView(ApiView):
             200: OpenApiResponse(
                 serializers.EventOut, description="A replay: the stored event, actions' current statuses."
             ),
-            **error_responses(*WRITE_ERRORS),
+            **error_responses(*WRITE_ERRORS, refusals=("original_event_not_found", "not_reversible")),
             403: OpenApiResponse(error_responses(403)[403].response, description=_FORBIDDEN_EVENT),
         },
         tags=["events"],

@@ -115,9 +115,29 @@ ERROR_CODES: dict[str, tuple[str, dict]] = {
     "not_reversible": (
         "NotReversibleError",
         {
+            # A ledger transaction of a kind that is not reversed, or an event that is itself a reversal.
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"transaction_id": _TEXT, "kind": _TEXT},
+                    "required": ["transaction_id", "kind"],
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "properties": {"reverses_external_id": _TEXT},
+                    "required": ["reverses_external_id"],
+                    "additionalProperties": False,
+                },
+            ]
+        },
+    ),
+    "original_event_not_found": (
+        "OriginalEventNotFoundError",
+        {
             "type": "object",
-            "properties": {"transaction_id": _TEXT, "kind": _TEXT},
-            "required": ["transaction_id", "kind"],
+            "properties": {"reverses_external_id": _TEXT},
+            "required": ["reverses_external_id"],
             "additionalProperties": False,
         },
     ),
