@@ -1,13 +1,15 @@
 """Consecutive credits of a batch are posted together (``account_credits_post``), on PostgreSQL in
 real transactions, and each still answers exactly what it alone would."""
 
+import threading
+
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from points.batch import ledger_batch
 from points.models import Lot, Transaction
-from points.services import CreditIn, account_credits_post
+from points.services import CreditIn, account_credit, account_credits_post
 
 from .conftest import assert_ledger_ok, totals
 from .test_api import post
@@ -123,4 +125,34 @@ def test_the_same_batch_posted_twice_at_once_posts_each_credit_once():
         assert one.transaction.pk == other.transaction.pk
     assert Transaction.objects.filter(source="batcher").count() == 40
     assert all(totals(f"p-{i}") == (100, 0, 100) for i in range(4))
+    assert_ledger_ok()
+
+
+def test_a_key_stored_meanwhile_is_answered_as_its_replay_and_the_others_are_posted():
+    """Another request stores one of the batch's keys after the batch looked its keys up: the bulk
+    insert finds it taken, and the credits are posted one by one instead (that one a replay)."""
+    stored, release = threading.Event(), threading.Event()
+
+    def other_request():
+        try:
+            with transaction.atomic():
+                account_credit(source="batcher", external_id="late-1", user_id="late-b", amount=10)
+                stored.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=other_request)
+    other.start()
+    assert stored.wait(timeout=30)
+    threading.Timer(1.0, release.set).start()  # commit while the batch waits on the key
+    credits = [CreditIn(external_id=f"late-{i}", user_id=f"late-{'ab'[i % 2]}", amount=10) for i in range(6)]
+
+    outcomes = account_credits_post(source="batcher", credits=credits)
+    other.join(timeout=30)
+
+    assert [outcome.replayed for outcome in outcomes] == [False, True, False, False, False, False]
+    assert Transaction.objects.filter(source="batcher").count() == 6
+    assert totals("late-a") == (30, 0, 30) and totals("late-b") == (30, 0, 30)
+    assert Lot.objects.filter(transaction__source="batcher").count() == 6
     assert_ledger_ok()
