@@ -170,35 +170,6 @@ def insert_rows(instances: Sequence[Model]) -> None:
         mark_saved(instance, pk)
 
 
-def insert_rows_unless_conflict(instances: Sequence[Model], conflict_fields: Sequence[str]) -> int:
-    """INSERT several instances of one model in one statement, each unless a row with the same
-    ``conflict_fields`` (a unique constraint) exists, as ``insert_unless_conflict`` does for one.
-
-    Returns how many were inserted; those are saved. Every pk must already be set (a client-side
-    default such as a UUID), so the inserted ones can be told apart.
-    """
-    if not instances:
-        return 0
-    meta = type(instances[0])._meta
-    quote = connection.ops.quote_name
-    rows = [column_values(instance) for instance in instances]
-    columns = rows[0][0]
-    placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    conflict = ", ".join(quote(meta.get_field(name).column) for name in conflict_fields)
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(columns)}) VALUES {', '.join([placeholders] * len(rows))} "
-        f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {quote(meta.pk.column)}"
-    )
-    params = [value for _, values in rows for value in values]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        inserted = {row[0] for row in cursor.fetchall()}
-    for instance in instances:
-        if instance.pk in inserted:
-            mark_saved(instance)
-    return len(inserted)
-
-
 def update_columns(instance: Model, field_names: Sequence[str]) -> None:
     """UPDATE the named fields of a saved instance, by pk, in one statement without signals."""
     fields = [type(instance)._meta.get_field(name) for name in field_names]

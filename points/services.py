@@ -42,7 +42,6 @@ from config.api.fields import storable_text_problem
 from config.db import (
     column_values,
     insert_rows,
-    insert_rows_unless_conflict,
     insert_unless_conflict,
     mark_saved,
     update_columns,
@@ -635,6 +634,38 @@ _LOCK_ACCOUNTS_SQL = """
      WHERE user_id = ANY(%s) ORDER BY user_id FOR UPDATE
 """
 
+# The rows of a run of credits, one statement per table: each column is one array parameter, so
+# the statement text is the same whatever the number of credits. Columns not named take their
+# defaults (no hold, no creator, nothing reversed).
+_BULK_TRANSACTIONS_SQL = """
+    INSERT INTO {transactions} (kind, source, id, external_id, request_hash, {account_column}, amount, reason,
+                                metadata, balance_after, held_after, created_at)
+    SELECT %s, %s, id, external_id, request_hash, account_id, amount, reason, CAST(metadata AS jsonb),
+           balance_after, held_after, created_at
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS bigint[]),
+                  CAST(%s AS bigint[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS bigint[]),
+                  CAST(%s AS bigint[]), CAST(%s AS timestamptz[]))
+           AS credit (id, external_id, request_hash, account_id, amount, reason, metadata, balance_after,
+                      held_after, created_at)
+    ON CONFLICT (source, external_id) DO NOTHING
+    RETURNING id
+"""
+
+_BULK_ENTRIES_SQL = """
+    INSERT INTO {entries} (transaction_id, account_id, part, amount)
+    SELECT transaction_id, account_id, %s, amount
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS bigint[]), CAST(%s AS bigint[]))
+           AS leg (transaction_id, account_id, amount)
+"""
+
+_BULK_LOTS_SQL = """
+    INSERT INTO {lots} (id, account_id, transaction_id, amount, remaining, expired_amount, expires_at, created_at)
+    SELECT id, account_id, transaction_id, amount, amount, 0, expires_at, created_at
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS bigint[]), CAST(%s AS uuid[]), CAST(%s AS bigint[]),
+                  CAST(%s AS timestamptz[]), CAST(%s AS timestamptz[]))
+           AS lot (id, account_id, transaction_id, amount, expires_at, created_at)
+"""
+
 _ADD_TO_BALANCES_SQL = """
     UPDATE {accounts} AS account SET balance = account.balance + moved.amount
       FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS moved (id, amount)
@@ -648,7 +679,7 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
     Creates the accounts that do not exist, locks all of them in user id order (the lock also keeps
     the balances read here current), works out each credit's balance after it in order, then
     inserts the Transactions, their entries and their lots, and moves the balances: the rows
-    ``account_credit`` would write, one statement per table. True when all were posted. False with
+    ``account_credit`` would write, one statement per table (``_BULK_*_SQL``). True when all were posted. False with
     nothing posted (the accounts stay created and locked) when a key was taken meanwhile or a
     constraint refused a row; the caller then posts them one by one.
     """
@@ -661,8 +692,8 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
         )
         accounts = _accounts_locked(user_ids)
     totals = {user_id: [account_id, balance, held] for user_id, (account_id, balance, held) in accounts.items()}
-    counterpart_id = system_account_id(SystemAccount.ISSUED)
-    entries, lots, moved = [], [], {}
+    moved: dict[int, int] = {}
+    rows = []  # (transaction, account id, lot expiry), in order
     for _, txn, user_id, expires_at in credits:
         account_id, balance, held = totals[user_id]
         balance += txn.amount
@@ -670,31 +701,42 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
         moved[account_id] = moved.get(account_id, 0) + txn.amount
         txn.account = _account_as_left(account_id, user_id, balance, held)
         txn.balance_after, txn.held_after = balance, held
-        entries += [
-            Entry(transaction_id=txn.pk, account_id=account_id, part=Part.AVAILABLE, amount=txn.amount),
-            Entry(transaction_id=txn.pk, account_id=counterpart_id, part=Part.AVAILABLE, amount=-txn.amount),
-        ]
-        lots.append(
-            Lot(
-                account_id=account_id,
-                transaction_id=txn.pk,
-                amount=txn.amount,
-                remaining=txn.amount,
-                expires_at=expires_at,
-                created_at=txn.created_at,
-            )  # fmt: skip
-        )
-    transactions = [txn for _, txn, _, _ in credits]
+        rows.append((txn, account_id, expires_at))
+    transactions = [txn for txn, _, _ in rows]
+    ids = [txn.pk for txn in transactions]
+    amounts = [txn.amount for txn in transactions]
+    account_ids = [account_id for _, account_id, _ in rows]
+    counterpart_id = system_account_id(SystemAccount.ISSUED)
     try:
-        with transaction.atomic():
-            if insert_rows_unless_conflict(transactions, ("source", "external_id")) < len(transactions):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                _ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
+                [
+                    Kind.CREDIT, transactions[0].source, ids, [txn.external_id for txn in transactions],
+                    [txn.request_hash for txn in transactions], account_ids, amounts,
+                    [txn.reason for txn in transactions], [json.dumps(txn.metadata) for txn in transactions],
+                    [txn.balance_after for txn in transactions], [txn.held_after for txn in transactions],
+                    [txn.created_at for txn in transactions],
+                ],
+            )  # fmt: skip
+            if len(cursor.fetchall()) < len(transactions):
                 raise _KeyTaken
-            insert_rows(entries)
-            insert_rows(lots)
-            with connection.cursor() as cursor:
-                cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
+            cursor.execute(
+                _ledger_sql(_BULK_ENTRIES_SQL, ()),
+                [Part.AVAILABLE, ids + ids, account_ids + [counterpart_id] * len(ids), amounts + [-a for a in amounts]],
+            )
+            cursor.execute(
+                _ledger_sql(_BULK_LOTS_SQL, ()),
+                [
+                    [uuid.uuid4() for _ in ids], account_ids, ids, amounts, [expires_at for _, _, expires_at in rows],
+                    [txn.created_at for txn in transactions],
+                ],
+            )  # fmt: skip
+            cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
     except (_KeyTaken, IntegrityError):
         return False
+    for txn in transactions:
+        mark_saved(txn)
     return True
 
 

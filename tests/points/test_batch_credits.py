@@ -156,3 +156,37 @@ def test_a_key_stored_meanwhile_is_answered_as_its_replay_and_the_others_are_pos
     assert totals("late-a") == (30, 0, 30) and totals("late-b") == (30, 0, 30)
     assert Lot.objects.filter(transaction__source="batcher").count() == 6
     assert_ledger_ok()
+
+
+def test_a_credit_posted_in_a_run_stores_the_rows_it_alone_would(api):
+    extra = {"reason": "quest réward", "metadata": {"quest": {"id": 42, "tags": ["a", None]}, "ok": True}}
+    expiring = {**extra, "expires_at": "2099-01-31T10:00:00+02:00"}
+    post(api, "/internal/credit", credit_op("alone-1", "alone", 7, **extra))
+    post(api, "/internal/credit", credit_op("alone-2", "alone", 9, **expiring))
+    results = post(
+        api,
+        "/internal/batch",
+        {"operations": [credit_op("run-1", "run", 7, **extra), credit_op("run-2", "run", 9, **expiring)]},
+    ).json()["results"]
+    assert [item["status"] for item in results] == [201, 201]
+
+    def stored(key: str) -> dict:
+        txn = Transaction.objects.get(external_id=key)
+        row = {
+            field.attname: getattr(txn, field.attname)
+            for field in Transaction._meta.concrete_fields
+            if field.attname not in ("id", "external_id", "account_id", "created_at", "request_hash")
+        }
+        lot = Lot.objects.get(transaction=txn)
+        legs = sorted((entry.part, entry.amount, entry.account.user_id) for entry in txn.entries.all())
+        return {
+            **row, "legs": [(part, amount, user and "user") for part, amount, user in legs],
+            "lot": (lot.amount, lot.remaining, lot.expired_amount, lot.expires_at, lot.created_at == txn.created_at),
+        }  # fmt: skip
+
+    assert stored("run-1") == stored("alone-1") and stored("run-2") == stored("alone-2")
+    # The same fingerprint as alone: each posted alone now is its replay.
+    for key, amount, body in (("run-1", 7, extra), ("run-2", 9, expiring)):
+        replay = post(api, "/internal/credit", credit_op(key, "run", amount, **body))
+        assert replay.status_code == 200, replay.json()
+    assert_ledger_ok()
