@@ -18,7 +18,8 @@ account exists and the key is new (``_credit_in_one_statement``); so do a hold
 (``_hold_in_one_statement``) and the release of an active hold of the calling client
 (``_settle_in_one_statement``), which touch no lot. Debits and captures take the stepwise path
 only: taking from lots in order does not fit one statement simply. Every other case takes the same
-steps one by one, and so gives every replay and refusal.
+steps one by one, and so gives every replay and refusal. A batch of credits
+(``account_credits_post``) writes the same rows for all of its new keys with one statement per table.
 """
 
 import contextlib

@@ -190,3 +190,16 @@ def test_a_credit_posted_in_a_run_stores_the_rows_it_alone_would(api):
         replay = post(api, "/internal/credit", credit_op(key, "run", amount, **body))
         assert replay.status_code == 200, replay.json()
     assert_ledger_ok()
+
+
+def test_a_run_of_credits_opens_never_expiring_lots_when_points_do_not_expire(settings):
+    settings.POINTS_EXPIRE_AFTER_DAYS = 0
+    credits = [CreditIn(external_id=f"never-{i}", user_id="forever", amount=3) for i in range(3)]
+
+    outcomes = account_credits_post(source="batcher", credits=credits)
+
+    assert [outcome.transaction.balance_after for outcome in outcomes] == [3, 6, 9]
+    assert (
+        list(Lot.objects.filter(account__user_id="forever").values_list("expires_at", "remaining")) == [(None, 3)] * 3
+    )
+    assert_ledger_ok()
