@@ -230,7 +230,8 @@ class BatchView(ApiView):
         description=(
             "Each operation is exactly the operation alone: its scope, validation, idempotency and refusals; its "
             "result is the status and body it alone would answer, in order. The batch runs in one database "
-            "transaction with a savepoint per operation. With `atomic: true`, the first refused operation makes the "
+            "transaction; consecutive credits are posted together, a few statements for the run. With "
+            "`atomic: true`, the first refused operation makes the "
             "batch a 422 `batch_operation_refused` naming its index, and nothing is written."
         ),
         request=BatchIn,

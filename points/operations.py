@@ -45,12 +45,12 @@ def _lacks(scope: str) -> PermissionDenied:
     return PermissionDenied(f"This API key lacks the scope '{scope}'.")
 
 
-def ledger_operation(*, source: str, scopes: Collection[str] | None, op: str, data) -> OperationOutcome:
-    """Perform one operation ``op`` with the request body ``data`` for the client ``source``.
+def operation_input(*, source: str, scopes: Collection[str] | None, op: str, data) -> dict:
+    """The validated arguments of operation ``op`` (its service's, but ``source``) from the request
+    body ``data`` of the client ``source``, once its scopes allow it.
 
     ``scopes`` are the client's (None: an in-process caller, allowed everything). Raises what the
-    API renders as the operation's refusal: PermissionDenied (403), ValidationError (400), or the
-    service's DomainError (404, 409, 422).
+    API renders as the operation's refusal: PermissionDenied (403) or ValidationError (400).
     """
     operation = OPERATIONS[op]
     if scopes is not None:
@@ -68,5 +68,19 @@ def ledger_operation(*, source: str, scopes: Collection[str] | None, op: str, da
         needed = REVERSAL_SCOPES.get(original.kind)
         if needed is not None and needed not in scopes:
             raise _lacks(needed)
-    result = operation.service(source=source, **fields)
+    return fields
+
+
+def operation_outcome(result: services.LedgerResult) -> OperationOutcome:
+    """What the API answers for an operation's result."""
     return OperationOutcome(200 if result.replayed else 201, serializers.operation_result(result.transaction))
+
+
+def ledger_operation(*, source: str, scopes: Collection[str] | None, op: str, data) -> OperationOutcome:
+    """Perform one operation ``op`` with the request body ``data`` for the client ``source``.
+
+    Raises what the API renders as the operation's refusal: those of ``operation_input``, or the
+    service's DomainError (404, 409, 422).
+    """
+    fields = operation_input(source=source, scopes=scopes, op=op, data=data)
+    return operation_outcome(OPERATIONS[op].service(source=source, **fields))

@@ -18,7 +18,8 @@ account exists and the key is new (``_credit_in_one_statement``); so do a hold
 (``_hold_in_one_statement``) and the release of an active hold of the calling client
 (``_settle_in_one_statement``), which touch no lot. Debits and captures take the stepwise path
 only: taking from lots in order does not fit one statement simply. Every other case takes the same
-steps one by one, and so gives every replay and refusal.
+steps one by one, and so gives every replay and refusal. A batch of credits
+(``account_credits_post``) writes the same rows for all of its new keys with one statement per table.
 """
 
 import contextlib
@@ -39,7 +40,13 @@ from django.utils import timezone
 
 from config.api.errors import DomainError
 from config.api.fields import storable_text_problem
-from config.db import column_values, insert_rows, insert_unless_conflict, mark_saved, update_columns
+from config.db import (
+    column_values,
+    insert_rows,
+    insert_unless_conflict,
+    mark_saved,
+    update_columns,
+)
 from config.metrics import LEDGER_OPERATIONS
 
 from .errors import (
@@ -509,18 +516,20 @@ class CreditIn:
     expires_at: datetime | None = None
 
 
+CreditOutcome = LedgerResult | DomainError
+
+
 def account_credit_many(
     *, source: str, credits: Sequence[CreditIn]
 ) -> dict[str, LedgerResult | DomainError | IntegrityError]:
     """Post ``credits`` in one ledger transaction; each one's outcome by its ``external_id``.
 
-    Each credit is ``account_credit`` itself, so it is idempotent on ``(source, external_id)`` and
-    atomic inside this transaction (its own savepoint): a refused credit (its DomainError, or the
-    IntegrityError of a constraint, is its outcome) leaves the others posted. The users' accounts are created first (empty, committed
-    on their own) and then locked in the order of their user ids before anything is posted, and
-    the credits are posted in the order of their keys: two batches touching the same accounts wait
-    for each other instead of deadlocking. A database error of the transaction itself (an outage)
-    propagates and posts nothing. Must not be called inside a caller's transaction.
+    Each credit is exactly ``account_credit`` (``account_credits_post``), so it is idempotent on
+    ``(source, external_id)``: a refused credit (its DomainError, or the IntegrityError of a
+    constraint, is its outcome) leaves the others posted. The users' accounts are created first
+    (empty, committed on their own) so the ledger transaction only waits on existing rows. A
+    database error of the transaction itself (an outage) propagates and posts nothing. Must not be
+    called inside a caller's transaction.
     """
     user_ids = sorted({credit.user_id for credit in credits if isinstance(credit.user_id, str)})
     opened = set(Account.objects.filter(user_id__in=user_ids).values_list("user_id", flat=True))
@@ -529,18 +538,218 @@ def account_credit_many(
             [Account(user_id=user_id, kind=Account.Kind.USER) for user_id in user_ids if user_id not in opened],
             ignore_conflicts=True,
         )
-    outcomes: dict[str, LedgerResult | DomainError | IntegrityError] = {}
     with transaction.atomic():
-        list(Account.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id").values_list("pk"))
-        for credit in sorted(credits, key=lambda credit: str(credit.external_id)):
-            try:
-                outcomes[credit.external_id] = account_credit(
-                    source=source, external_id=credit.external_id, user_id=credit.user_id, amount=credit.amount,
-                    reason=credit.reason, metadata=credit.metadata, expires_at=credit.expires_at,
-                )  # fmt: skip
-            except (DomainError, IntegrityError) as exc:
-                outcomes[credit.external_id] = exc
+        posted = account_credits_post(source=source, credits=credits, refusals=(DomainError, IntegrityError))
+    return {credit.external_id: outcome for credit, outcome in zip(credits, posted, strict=True)}
+
+
+@transaction.atomic
+def account_credits_post(
+    *, source: str, credits: Sequence[CreditIn], refusals: tuple[type[Exception], ...] = (DomainError,)
+) -> list[CreditOutcome]:
+    """Post ``credits`` in order, each exactly as ``account_credit`` alone would; one outcome each,
+    in order: its LedgerResult, or the exception (one of ``refusals``) that refused it.
+
+    The batch ledger service of dispatch and of ``POST /internal/batch``. Credits whose keys are
+    new are posted together (``_credits_in_bulk``): their accounts locked in the order of their
+    user ids, then one INSERT each for their Transactions, entries and lots and one UPDATE of the
+    balances, so a batch costs a few statements rather than a few per credit, and two batches
+    over the same accounts wait for each other instead of deadlocking. A key already stored
+    replays or conflicts as alone; a repeated key in the batch is, after its first valid use, a
+    replay or conflict of it. A refusal changes nothing, and the others stay posted (atomic
+    inside the caller's transaction). Any other error propagates.
+    """
+    outcomes: list[CreditOutcome | None] = [None] * len(credits)
+    fresh: dict[str, tuple[int, Transaction, str, datetime | None]] = {}  # by key: the first valid use
+    repeats: list[int] = []
+    for index, credit in enumerate(credits):
+        try:
+            txn, expires_at = _credit_prepared(source, credit)
+        except DomainError as exc:
+            _credit_counted(exc)
+            outcomes[index] = exc
+            continue
+        if txn.external_id in fresh:
+            repeats.append(index)
+        else:
+            fresh[txn.external_id] = (index, txn, credit.user_id, expires_at)
+    if fresh:
+        stored = Transaction.objects.select_related("account", "hold").filter(source=source, external_id__in=fresh)
+        for existing in stored:
+            index, txn, _, _ = fresh.pop(existing.external_id)
+            if existing.request_hash == txn.request_hash:
+                outcomes[index] = _credit_counted(LedgerResult(existing, True))
+            else:
+                outcomes[index] = _credit_counted(IdempotencyConflict(details={"external_id": txn.external_id}))
+    alone = list(fresh.values())
+    if len(alone) > 1 and connection.vendor == "postgresql":
+        posted = _credits_in_bulk(alone)
+        if posted:
+            for index, txn, _, _ in alone:
+                outcomes[index] = _credit_counted(LedgerResult(txn, False))
+            alone = []
+    # A lone credit, a batch the bulk statements could not post as planned (a key taken concurrently,
+    # a constraint), and the repeats: each through ``account_credit`` itself, in batch order.
+    for index in sorted([index for index, *_ in alone] + repeats):
+        credit = credits[index]
+        try:
+            outcomes[index] = account_credit(
+                source=source, external_id=credit.external_id, user_id=credit.user_id, amount=credit.amount,
+                reason=credit.reason, metadata=credit.metadata, expires_at=credit.expires_at,
+            )  # fmt: skip
+        except refusals as exc:
+            outcomes[index] = exc
     return outcomes
+
+
+def _credit_counted(outcome):
+    """Count a credit the batch decided without ``account_credit``, as ``_counted`` would."""
+    if isinstance(outcome, DomainError):
+        LEDGER_OPERATIONS.labels("credit", outcome.code).inc()
+    else:
+        LEDGER_OPERATIONS.labels("credit", "replayed" if outcome.replayed else "performed").inc()
+    return outcome
+
+
+def _credit_prepared(source: str, credit: CreditIn) -> tuple[Transaction, datetime | None]:
+    """The checks and the Transaction (not saved) of ``account_credit``, and the expiry of its lot."""
+    external_id, user_id, amount, reason, metadata = (
+        credit.external_id, credit.user_id, credit.amount, credit.reason, credit.metadata,
+    )  # fmt: skip
+    _operation_check(
+        external_id=external_id, user_id=user_id, amount=amount, reason=reason, metadata=metadata,
+        expires_at=credit.expires_at,
+    )  # fmt: skip
+    expires_at = _in_utc(credit.expires_at)
+    metadata = metadata or {}
+    extra = {} if expires_at is None else {"expires_at": expires_at.isoformat()}
+    txn = Transaction(
+        kind=Kind.CREDIT, source=source, external_id=external_id, amount=amount, reason=reason, metadata=metadata,
+        request_hash=request_hash(Kind.CREDIT, user_id=user_id, amount=amount, reason=reason, metadata=metadata, **extra),
+    )  # fmt: skip
+    return txn, lot_expiry(posted_at=txn.created_at, expires_at=expires_at)
+
+
+_LOCK_ACCOUNTS_SQL = """
+    SELECT id, user_id, balance, held FROM {accounts}
+     WHERE user_id = ANY(%s) ORDER BY user_id FOR UPDATE
+"""
+
+# The rows of a run of credits, one statement per table: each column is one array parameter, so
+# the statement text is the same whatever the number of credits. Columns not named take their
+# defaults (no hold, no creator, nothing reversed).
+_BULK_TRANSACTIONS_SQL = """
+    INSERT INTO {transactions} (kind, source, id, external_id, request_hash, {account_column}, amount, reason,
+                                metadata, balance_after, held_after, created_at)
+    SELECT %s, %s, id, external_id, request_hash, account_id, amount, reason, CAST(metadata AS jsonb),
+           balance_after, held_after, created_at
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS bigint[]),
+                  CAST(%s AS bigint[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS bigint[]),
+                  CAST(%s AS bigint[]), CAST(%s AS timestamptz[]))
+           AS credit (id, external_id, request_hash, account_id, amount, reason, metadata, balance_after,
+                      held_after, created_at)
+    ON CONFLICT (source, external_id) DO NOTHING
+    RETURNING id
+"""
+
+_BULK_ENTRIES_SQL = """
+    INSERT INTO {entries} (transaction_id, account_id, part, amount)
+    SELECT transaction_id, account_id, %s, amount
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS bigint[]), CAST(%s AS bigint[]))
+           AS leg (transaction_id, account_id, amount)
+"""
+
+_BULK_LOTS_SQL = """
+    INSERT INTO {lots} (id, account_id, transaction_id, amount, remaining, expired_amount, expires_at, created_at)
+    SELECT id, account_id, transaction_id, amount, amount, 0, expires_at, created_at
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS bigint[]), CAST(%s AS uuid[]), CAST(%s AS bigint[]),
+                  CAST(%s AS timestamptz[]), CAST(%s AS timestamptz[]))
+           AS lot (id, account_id, transaction_id, amount, expires_at, created_at)
+"""
+
+_ADD_TO_BALANCES_SQL = """
+    UPDATE {accounts} AS account SET balance = account.balance + moved.amount
+      FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS moved (id, amount)
+     WHERE account.id = moved.id
+"""
+
+
+def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]]) -> bool:
+    """Post credits with new keys, given as (index, unsaved Transaction, user id, lot expiry), in order.
+
+    Creates the accounts that do not exist, locks all of them in user id order (the lock also keeps
+    the balances read here current), works out each credit's balance after it in order, then
+    inserts the Transactions, their entries and their lots, and moves the balances: the rows
+    ``account_credit`` would write, one statement per table (``_BULK_*_SQL``). True when all were posted. False with
+    nothing posted (the accounts stay created and locked) when a key was taken meanwhile or a
+    constraint refused a row; the caller then posts them one by one.
+    """
+    user_ids = sorted({user_id for _, _, user_id, _ in credits})
+    accounts = _accounts_locked(user_ids)
+    if len(accounts) < len(user_ids):
+        Account.objects.bulk_create(
+            [Account(user_id=user_id, kind=Account.Kind.USER) for user_id in user_ids if user_id not in accounts],
+            ignore_conflicts=True,
+        )
+        accounts = _accounts_locked(user_ids)
+    totals = {user_id: [account_id, balance, held] for user_id, (account_id, balance, held) in accounts.items()}
+    moved: dict[int, int] = {}
+    rows = []  # (transaction, account id, lot expiry), in order
+    for _, txn, user_id, expires_at in credits:
+        account_id, balance, held = totals[user_id]
+        balance += txn.amount
+        totals[user_id][1] = balance
+        moved[account_id] = moved.get(account_id, 0) + txn.amount
+        txn.account = _account_as_left(account_id, user_id, balance, held)
+        txn.balance_after, txn.held_after = balance, held
+        rows.append((txn, account_id, expires_at))
+    transactions = [txn for txn, _, _ in rows]
+    ids = [txn.pk for txn in transactions]
+    amounts = [txn.amount for txn in transactions]
+    account_ids = [account_id for _, account_id, _ in rows]
+    counterpart_id = system_account_id(SystemAccount.ISSUED)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                _ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
+                [
+                    Kind.CREDIT, transactions[0].source, ids, [txn.external_id for txn in transactions],
+                    [txn.request_hash for txn in transactions], account_ids, amounts,
+                    [txn.reason for txn in transactions], [json.dumps(txn.metadata) for txn in transactions],
+                    [txn.balance_after for txn in transactions], [txn.held_after for txn in transactions],
+                    [txn.created_at for txn in transactions],
+                ],
+            )  # fmt: skip
+            if len(cursor.fetchall()) < len(transactions):
+                raise _KeyTaken
+            cursor.execute(
+                _ledger_sql(_BULK_ENTRIES_SQL, ()),
+                [Part.AVAILABLE, ids + ids, account_ids + [counterpart_id] * len(ids), amounts + [-a for a in amounts]],
+            )
+            cursor.execute(
+                _ledger_sql(_BULK_LOTS_SQL, ()),
+                [
+                    [uuid.uuid4() for _ in ids], account_ids, ids, amounts, [expires_at for _, _, expires_at in rows],
+                    [txn.created_at for txn in transactions],
+                ],
+            )  # fmt: skip
+            cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
+    except (_KeyTaken, IntegrityError):
+        return False
+    for txn in transactions:
+        mark_saved(txn)
+    return True
+
+
+class _KeyTaken(Exception):
+    """A key of a bulk credit was stored by a concurrent request after it was looked up."""
+
+
+def _accounts_locked(user_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    """Lock the users' accounts in user id order; (id, balance, held) by user id of those that exist."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
+        return {user_id: (account_id, balance, held) for account_id, user_id, balance, held in cursor.fetchall()}
 
 
 @_counted("debit")

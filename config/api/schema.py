@@ -115,11 +115,21 @@ ERROR_CODES: dict[str, tuple[str, dict]] = {
     "not_reversible": (
         "NotReversibleError",
         {
-            "type": "object",
-            "description": "A ledger operation names the transaction and its kind; an event names the event it "
-            "tried to reverse (`reverses_external_id`).",
-            "properties": {"transaction_id": _TEXT, "kind": _TEXT, "reverses_external_id": _TEXT},
-            "additionalProperties": False,
+            # A ledger transaction of a kind that is not reversed, or an event that is itself a reversal.
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"transaction_id": _TEXT, "kind": _TEXT},
+                    "required": ["transaction_id", "kind"],
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "properties": {"reverses_external_id": _TEXT},
+                    "required": ["reverses_external_id"],
+                    "additionalProperties": False,
+                },
+            ]
         },
     ),
     "original_event_not_found": (

@@ -112,7 +112,10 @@ def test_both_lists_are_cursor_paginated_bodies(document, label, item):
 
 def test_the_reward_action_list_documents_its_filters(document):
     parameters = {p["name"]: p for p in dict(operations(document))["GET /api/v1/reward-actions"]["parameters"]}
-    assert set(parameters) == {"target_user_id", "status", "reward_type", "event_id", "reverses", "cursor", "page_size"}
+    assert set(parameters) == {
+        "target_user_id", "status", "reward_type", "event_id", "reverses", "cursor", "page_size",
+    }  # fmt: skip
+    assert parameters["reverses"]["schema"]["format"] == "uuid"
     assert parameters["event_id"]["schema"]["format"] == "uuid"
     assert parameters["status"]["schema"]["enum"] == [
         "locked",
