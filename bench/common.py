@@ -24,9 +24,10 @@ BIN = Path(sys.executable).parent
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = os.environ.get("BENCH_PG_USER", "root")
-APP_DB = "bench_app"
-PGBENCH_DB = "bench_pgbench"
-REDIS_URL = "redis://127.0.0.1:6379/7"
+# Scratch names; overridable so two checkouts can measure on one machine without sharing them.
+APP_DB = os.environ.get("BENCH_APP_DB", "bench_app")
+PGBENCH_DB = os.environ.get("BENCH_PGBENCH_DB", "bench_pgbench")
+REDIS_URL = f"redis://127.0.0.1:6379/{int(os.environ.get('BENCH_REDIS_DB', '7'))}"
 # One secret for every process of a run (web, workers, this one), never a fixed value.
 _SECRET_KEY = os.environ.get("BENCH_SECRET_KEY") or secrets.token_urlsafe(48)
 

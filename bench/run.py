@@ -12,7 +12,8 @@
    100-credit batches against single credit requests (credits/s of each);
 7. peak RSS of the web and worker processes; SQL statements per request.
 
-Scratch data lives in its own databases (bench_pgbench, bench_app) and Redis database 7, all removed
+Scratch data lives in its own databases (bench_pgbench, bench_app) and Redis database 7 (BENCH_PGBENCH_DB,
+BENCH_APP_DB, BENCH_REDIS_DB name others), all removed
 at the end; every process started here is stopped here, also on failure.
 Options: ``--quick`` (short runs, for development), ``--keep`` (keep bench_app for inspection).
 """
