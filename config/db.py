@@ -207,8 +207,9 @@ def _update_where_sql(model: type[Model], set_names: tuple[str, ...], where_name
 def update_rows_where(instances: Sequence[Model], fields: Sequence[str], *, where: Mapping[str, object]) -> set:
     """UPDATE the named fields of several saved instances of one model, each row only if its fields
     equal ``where[name](instance)`` (a function of the instance, e.g. the attempt a run claimed);
-    returns the pks of the rows changed. On PostgreSQL one ``UPDATE ... FROM (VALUES ...)`` for all
-    of them; elsewhere one guarded UPDATE per row."""
+    returns the pks of the rows changed. On PostgreSQL one ``UPDATE ... FROM unnest(...)`` for all
+    of them, one array per column, so the statement's text is the same whatever the number of rows;
+    elsewhere one guarded UPDATE per row."""
     if not instances:
         return set()
     model = type(instances[0])
@@ -221,14 +222,29 @@ def update_rows_where(instances: Sequence[Model], fields: Sequence[str], *, wher
             if update_where(model, instance.pk, values, where=guard):
                 changed.add(instance.pk)
         return changed
+    sql, set_fields, where_fields, pk_field = _update_rows_where_sql(model, tuple(fields), tuple(where))
+    params = [[pk_field.get_db_prep_value(instance.pk, db) for instance in instances]]
+    params += [
+        [field.get_db_prep_save(getattr(instance, field.attname), db) for instance in instances] for field in set_fields
+    ]
+    params += [
+        [field.get_db_prep_value(value_of(instance), db) for instance in instances]
+        for field, value_of in zip(where_fields, where.values(), strict=True)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {pk for (pk,) in cursor.fetchall()}
+
+
+@functools.cache
+def _update_rows_where_sql(model: type[Model], set_names: tuple[str, ...], where_names: tuple[str, ...]):
     meta = model._meta
     quote = connection.ops.quote_name
-    set_fields = [meta.get_field(name) for name in fields]
-    where_fields = [meta.get_field(name) for name in where]
+    set_fields = [meta.get_field(name) for name in set_names]
+    where_fields = [meta.get_field(name) for name in where_names]
     columns = [meta.pk, *set_fields, *where_fields]
-    casts = [f"CAST(%s AS {_cast_type(field)})" for field in columns]
-    row = "(" + ", ".join(casts) + ")"
-    names = [f"c{index}" for index in range(len(columns))]
+    arrays = ", ".join(f"CAST(%s AS {_cast_type(field)}[])" for field in columns)
+    names = ", ".join(f"c{index}" for index in range(len(columns)))
     table = quote(meta.db_table)
     assignments = ", ".join(f"{quote(field.column)} = v.c{index + 1}" for index, field in enumerate(set_fields))
     conditions = "".join(
@@ -236,17 +252,7 @@ def update_rows_where(instances: Sequence[Model], fields: Sequence[str], *, wher
         for index, field in enumerate(where_fields)
     )
     sql = (
-        f"UPDATE {table} SET {assignments} FROM (VALUES {', '.join([row] * len(instances))}) AS v({', '.join(names)}) "
+        f"UPDATE {table} SET {assignments} FROM unnest({arrays}) AS v({names}) "
         f"WHERE {table}.{quote(meta.pk.column)} = v.c0{conditions} RETURNING {table}.{quote(meta.pk.column)}"
     )
-    params = []
-    for instance in instances:
-        params.append(meta.pk.get_db_prep_value(instance.pk, db))
-        params += [field.get_db_prep_save(getattr(instance, field.attname), db) for field in set_fields]
-        params += [
-            field.get_db_prep_value(value_of(instance), db)
-            for field, value_of in zip(where_fields, where.values(), strict=True)
-        ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {pk for (pk,) in cursor.fetchall()}
+    return sql, set_fields, where_fields, meta.pk

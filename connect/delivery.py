@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -46,7 +46,7 @@ from .channels import (
     PermanentChannelError,
     TransientChannelError,
 )
-from .models import RewardAction
+from .models import EconomicEvent, RewardAction
 from .webhooks.emitters import reward_actions_outcome_notify
 
 logger = logging.getLogger("connect.dispatch")
@@ -61,6 +61,8 @@ RECORDED_FIELDS = (
     "status", "attempts", "result", "last_error", "next_attempt_at", "completed_at", "updated_at", "shortfall",
     "cancel_reason",
 )  # fmt: skip
+# The event's columns a claim loads with each action (the points channel's metadata).
+CLAIM_EVENT_COLUMNS = ("id", "event_type", "source_service", "external_id")
 # Originals whose delivery has not ended yet: their reversal actions wait.
 IN_DELIVERY = (Status.LOCKED, Status.PENDING, Status.DISPATCHED)
 # Originals nothing was delivered for: their reversal actions reduce them in place instead.
@@ -179,27 +181,79 @@ def reward_actions_dispatch(*, first_ids=(), limit: int, others: bool = True) ->
     return outcomes
 
 
-@transaction.atomic
 def _claim(*, first_ids: list, limit: int, others: bool) -> list[RewardAction]:
+    """Mark up to ``limit`` due actions ``dispatched`` (attempts + 1) and return them, the ringing
+    event's first; committed when it returns, so two runs never claim the same action."""
+    if not first_ids and not others:
+        return []
+    if connection.vendor != "postgresql":
+        return _claim_stepwise(first_ids=first_ids, limit=limit, others=others)
+    return _claim_in_one_statement(first_ids=first_ids, limit=limit, others=others)
+
+
+def _claim_in_one_statement(*, first_ids: list, limit: int, others: bool) -> list[RewardAction]:
+    """PostgreSQL: ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING``, its own
+    transaction, joined to the few event columns the channels read."""
+    now = timezone.now()
+    table = RewardAction._meta.db_table
+    events = EconomicEvent._meta.db_table
+    if first_ids:
+        # The ringing event's actions first: a sort, but only a doorbell rung at once carries ids.
+        which = "AND (id = ANY(%(first)s) OR %(others)s)"
+        order = "(id = ANY(%(first)s)) DESC, next_attempt_at"
+        returned_order = "(claimed.id = ANY(%(first)s)) DESC, claimed.due_at"
+    else:
+        which, order = "", "next_attempt_at"  # the due index's order: no sort, however long the backlog
+        returned_order = "claimed.due_at"
+    sql = f"""
+        WITH claimed AS (
+            UPDATE {table} AS action
+               SET status = %(dispatched)s, attempts = action.attempts + 1, next_attempt_at = NULL,
+                   updated_at = %(now)s
+              FROM (SELECT id, next_attempt_at FROM {table}
+                     WHERE status = %(pending)s AND (next_attempt_at IS NULL OR next_attempt_at <= %(due)s) {which}
+                     ORDER BY {order} LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS due
+             WHERE action.id = due.id
+            RETURNING action.*, due.next_attempt_at AS due_at)
+        SELECT claimed.*, {", ".join(f"event.{column} AS event_{column}" for column in CLAIM_EVENT_COLUMNS)}
+          FROM claimed JOIN {events} AS event ON event.id = claimed.event_id
+         ORDER BY {returned_order}
+    """
+    params = {
+        "dispatched": Status.DISPATCHED, "pending": Status.PENDING, "now": now, "due": now + EARLY_RUN_TOLERANCE,
+        "first": list(first_ids), "others": others, "limit": limit,
+    }  # fmt: skip
+    actions = list(RewardAction.objects.raw(sql, params))
+    for action in actions:
+        # What the points channel's metadata reads of the event; the rest of the event is not loaded.
+        action.event = EconomicEvent.from_db(
+            DEFAULT_DB_ALIAS,
+            CLAIM_EVENT_COLUMNS,
+            [getattr(action, f"event_{column}") for column in CLAIM_EVENT_COLUMNS],
+        )
+    return actions
+
+
+@transaction.atomic
+def _claim_stepwise(*, first_ids: list, limit: int, others: bool) -> list[RewardAction]:
+    """SQLite (the embedded default, whose writers take turns): the same claim in a few statements."""
     now = timezone.now()
     due = (
-        RewardAction.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("event")
+        RewardAction.objects.select_related("event")
         .filter(status=Status.PENDING)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + EARLY_RUN_TOLERANCE))
     )
-    actions = list(due.filter(pk__in=first_ids)[:limit]) if first_ids else []
+    actions = list(due.filter(pk__in=first_ids).order_by("next_attempt_at")[:limit]) if first_ids else []
     if others and len(actions) < limit:
         claimed = [action.pk for action in actions]
         actions += list(due.exclude(pk__in=claimed).order_by("next_attempt_at")[: limit - len(actions)])
-    if actions:
-        RewardAction.objects.filter(pk__in=[action.pk for action in actions]).update(
-            status=Status.DISPATCHED, attempts=F("attempts") + 1, next_attempt_at=None, updated_at=now
-        )
-        for action in actions:
-            action.status, action.attempts, action.next_attempt_at, action.updated_at = (
-                Status.DISPATCHED, action.attempts + 1, None, now
-            )  # fmt: skip
+    RewardAction.objects.filter(pk__in=[action.pk for action in actions]).update(
+        status=Status.DISPATCHED, attempts=F("attempts") + 1, next_attempt_at=None, updated_at=now
+    )
+    for action in actions:
+        action.status, action.attempts, action.next_attempt_at, action.updated_at = (
+            Status.DISPATCHED, action.attempts + 1, None, now
+        )  # fmt: skip
     return actions
 
 

@@ -34,7 +34,7 @@ class EconomicEvent(models.Model):
     trace = models.JSONField(default=dict, blank=True)
     # A refund or cancellation (SPEC §12): the earlier event of the same source whose rewards it takes back.
     reverses = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversal_events"
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversal_events", db_index=False
     )
     reverses_external_id = models.CharField(max_length=200, null=True, blank=True)
     reversal_fraction = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
@@ -50,6 +50,8 @@ class EconomicEvent(models.Model):
             models.Index(fields=["primary_subject_user_id"], name="connect_event_subject"),
             models.Index(fields=["status", "-received_at"], name="connect_event_status_recent"),
             models.Index(fields=["external_id"], name="connect_event_external_id"),
+            # Almost every event reverses nothing: only reversals are indexed, so the others write no entry.
+            models.Index(fields=["reverses"], condition=Q(reverses__isnull=False), name="connect_event_reverses"),
         ]
 
     def __str__(self) -> str:
@@ -117,7 +119,7 @@ class RewardAction(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.TextField(blank=True, default="")
     cancelled_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
     )
     # The counters this action was counted in, so a reversal can count it back (rules.budgets):
     # its rule's budget period ("" when not charged to a budget; the charge is the amount) and its
@@ -128,7 +130,7 @@ class RewardAction(models.Model):
     # in ``reversed_amount`` how much of it was taken back so far, and a points reversal records in
     # ``shortfall`` what the user no longer had.
     reverses = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversal_actions"
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="reversal_actions", db_index=False
     )
     reversed_amount = models.BigIntegerField(default=0)
     shortfall = models.BigIntegerField(null=True, blank=True)
@@ -144,6 +146,12 @@ class RewardAction(models.Model):
                 condition=Q(status__in=["pending", "dispatched"]),
                 name="connect_action_due",
             ),
+            # Rarely set: only the rows that have them are indexed, so the insert and the two
+            # status updates of every other action write no entry for them.
+            models.Index(
+                fields=["cancelled_by"], condition=Q(cancelled_by__isnull=False), name="connect_action_cancelled_by"
+            ),
+            models.Index(fields=["reverses"], condition=Q(reverses__isnull=False), name="connect_action_reverses"),
         ]
         constraints = [
             # An action reversed before delivery is cancelled with nothing left to pay.

@@ -23,8 +23,11 @@ def reward_actions_outcome_notify(*, actions: list[RewardAction]) -> int:
     outcomes; returns how many deliveries were written."""
     written = 0
     for status, kind in _KIND_OF_STATUS.items():
-        payloads = [(RewardActionOut(action).data, None) for action in actions if action.status == status]
-        written += webhook_deliveries_enqueue_many(kind=kind, payloads=payloads)
+        chosen = [action for action in actions if action.status == status]
+        if chosen:
+            # Serialized only if some subscription wants the kind (the generator is consumed then).
+            payloads = ((RewardActionOut(action).data, None) for action in chosen)
+            written += webhook_deliveries_enqueue_many(kind=kind, payloads=payloads)
     return written
 
 

@@ -15,6 +15,7 @@ import logging
 import random
 import secrets as secrets_module
 import time
+from collections.abc import Iterable, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -120,19 +121,23 @@ def webhook_deliveries_enqueue(*, kind: str, payload: dict, dedupe_key: str | No
     return webhook_deliveries_enqueue_many(kind=kind, payloads=[(payload, dedupe_key)])
 
 
-def webhook_deliveries_enqueue_many(*, kind: str, payloads: list[tuple[dict, str | None]]) -> int:
+def webhook_deliveries_enqueue_many(*, kind: str, payloads: Iterable[tuple[dict, str | None]]) -> int:
     """``webhook_deliveries_enqueue`` for several ``(payload, dedupe_key)`` of one kind: one query for
-    the subscriptions, one insert, one doorbell."""
+    the subscriptions, one insert, one doorbell. ``payloads`` may be a generator: it is consumed only
+    when some active subscription wants ``kind``, so a caller need not build payloads nobody receives."""
     if kind not in Kind.values:
         raise ValueError(f"unknown webhook kind {kind!r}")
     if not connection.in_atomic_block:
         raise WebhookOutsideTransaction("webhook_deliveries_enqueue must run inside the transaction it reports")
-    if not payloads:
+    if isinstance(payloads, Sized) and not len(payloads):
         return 0
     subscriptions = [
         s for s in WebhookSubscription.objects.filter(is_active=True).only("id", "kinds") if kind in s.kinds
     ]
     if not subscriptions:
+        return 0
+    payloads = list(payloads)
+    if not payloads:
         return 0
     now = timezone.now()
     rows = [
