@@ -5,20 +5,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.conf import settings
-
-from .http import deliver_concurrently, json_post
+from .http import HttpChannel
 
 if TYPE_CHECKING:
     from connect.models import RewardAction
 
 
-class G2aGatewayChannel:
+class G2aGatewayChannel(HttpChannel):
     reward_type = "g2a_offchain"
     service = "Token gateway"
-
-    def configuration_error(self) -> str | None:
-        return None if settings.G2A_GATEWAY_URL else "G2A_GATEWAY_URL is not configured"
+    url_setting, token_setting = "G2A_GATEWAY_URL", "G2A_GATEWAY_TOKEN"
+    deliver_path, reverse_path = "/payouts", "/payouts/reverse"
 
     def payload(self, action: RewardAction) -> dict:
         return {
@@ -28,19 +25,6 @@ class G2aGatewayChannel:
             "params": action.params or {},
         }
 
-    def deliver_many(self, actions: list[RewardAction]) -> dict:
-        return deliver_concurrently(self.deliver, actions)
-
-    def deliver(self, action: RewardAction) -> dict:
-        return json_post(
-            service=self.service,
-            base_url=settings.G2A_GATEWAY_URL,
-            path="/payouts",
-            token=settings.G2A_GATEWAY_TOKEN,
-            idempotency_key=str(action.pk),
-            payload=self.payload(action),
-        )
-
     def reverse_payload(self, action: RewardAction) -> dict:
         return {
             "user_id": action.target_user_id,
@@ -48,16 +32,3 @@ class G2aGatewayChannel:
             "action_id": str(action.reverses_id),
             "reversal_action_id": str(action.pk),
         }
-
-    def reverse_many(self, actions: list[RewardAction]) -> dict:
-        return deliver_concurrently(self.reverse, actions)
-
-    def reverse(self, action: RewardAction) -> dict:
-        return json_post(
-            service=self.service,
-            base_url=settings.G2A_GATEWAY_URL,
-            path="/payouts/reverse",
-            token=settings.G2A_GATEWAY_TOKEN,
-            idempotency_key=str(action.pk),
-            payload=self.reverse_payload(action),
-        )

@@ -117,3 +117,47 @@ def _retry_after(value: str | None) -> float | None:
 def _short(text: str) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+class HttpChannel:
+    """A reward service reached by JSON POSTs: ``deliver_path`` pays an action, ``reverse_path`` takes
+    a delivered one back (SPEC §8, §12). Both send ``Idempotency-Key: <the action's id>`` and run at
+    most ``CHANNEL_CONCURRENCY`` at a time. A channel names its settings and builds its two payloads."""
+
+    reward_type: str
+    service: str
+    url_setting: str
+    token_setting: str
+    deliver_path: str
+    reverse_path: str
+
+    def configuration_error(self) -> str | None:
+        return None if getattr(settings, self.url_setting) else f"{self.url_setting} is not configured"
+
+    def payload(self, action) -> dict:
+        raise NotImplementedError
+
+    def reverse_payload(self, action) -> dict:
+        raise NotImplementedError
+
+    def deliver_many(self, actions: list) -> dict:
+        return deliver_concurrently(self.deliver, actions)
+
+    def reverse_many(self, actions: list) -> dict:
+        return deliver_concurrently(self.reverse, actions)
+
+    def deliver(self, action) -> dict:
+        return self._post(self.deliver_path, action, self.payload(action))
+
+    def reverse(self, action) -> dict:
+        return self._post(self.reverse_path, action, self.reverse_payload(action))
+
+    def _post(self, path: str, action, payload: dict) -> dict:
+        return json_post(
+            service=self.service,
+            base_url=getattr(settings, self.url_setting),
+            path=path,
+            token=getattr(settings, self.token_setting),
+            idempotency_key=str(action.pk),
+            payload=payload,
+        )

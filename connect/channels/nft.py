@@ -5,21 +5,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from django.conf import settings
-
 from .base import PermanentChannelError
-from .http import deliver_concurrently, json_post
+from .http import HttpChannel
 
 if TYPE_CHECKING:
     from connect.models import RewardAction
 
 
-class NftChannel:
+class NftChannel(HttpChannel):
     reward_type = "nft"
     service = "NFT service"
-
-    def configuration_error(self) -> str | None:
-        return None if settings.NFT_SERVICE_URL else "NFT_SERVICE_URL is not configured"
+    url_setting, token_setting = "NFT_SERVICE_URL", "NFT_SERVICE_TOKEN"
+    deliver_path, reverse_path = "/badges", "/badges/revoke"
 
     def payload(self, action: RewardAction) -> dict:
         params = action.params or {}
@@ -33,20 +30,8 @@ class NftChannel:
             "params": params,
         }
 
-    def deliver_many(self, actions: list[RewardAction]) -> dict:
-        return deliver_concurrently(self.deliver, actions)
-
-    def deliver(self, action: RewardAction) -> dict:
-        return json_post(
-            service=self.service,
-            base_url=settings.NFT_SERVICE_URL,
-            path="/badges",
-            token=settings.NFT_SERVICE_TOKEN,
-            idempotency_key=str(action.pk),
-            payload=self.payload(action),
-        )
-
     def reverse_payload(self, action: RewardAction) -> dict:
+        # ``reverses`` is loaded with the batch (delivery._reversals_held), not one query per action.
         original = action.reverses
         params = original.params if isinstance(original.params, dict) else {}
         return {
@@ -56,16 +41,3 @@ class NftChannel:
             "amount": action.amount,
             "reversal_action_id": str(action.pk),
         }
-
-    def reverse_many(self, actions: list[RewardAction]) -> dict:
-        return deliver_concurrently(self.reverse, actions)
-
-    def reverse(self, action: RewardAction) -> dict:
-        return json_post(
-            service=self.service,
-            base_url=settings.NFT_SERVICE_URL,
-            path="/badges/revoke",
-            token=settings.NFT_SERVICE_TOKEN,
-            idempotency_key=str(action.pk),
-            payload=self.reverse_payload(action),
-        )
