@@ -232,6 +232,7 @@ def test_the_account_tells_what_expires_soon_and_next(settings):
     assert totals_now["next_expiry"] == {"amount": 11, "expires_at": soonest}
 
 
+@pytest.mark.ledger_broken  # tampers with the ledger on purpose: the check must catch it
 def test_verify_names_lots_that_do_not_add_up_to_the_balance():
     credit("alice", 100)
     Lot.objects.filter(account__user_id="alice").update(remaining=90)
@@ -239,6 +240,7 @@ def test_verify_names_lots_that_do_not_add_up_to_the_balance():
     assert broken == {"lots_match_balance"}
 
 
+@pytest.mark.ledger_broken  # tampers with the ledger on purpose: the check must catch it
 def test_a_take_beyond_the_lots_is_an_error_not_a_silent_break():
     credit("alice", 100)
     Lot.objects.filter(account__user_id="alice").update(remaining=50)

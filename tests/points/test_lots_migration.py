@@ -20,6 +20,7 @@ def _migrate(targets):
     return executor.loader.project_state(targets).apps
 
 
+@pytest.mark.ledger_broken  # balances written as before lots, without their entries
 def test_the_upgrade_opens_one_never_expiring_lot_per_balance_and_loses_nothing():
     try:
         old = _migrate(BEFORE)

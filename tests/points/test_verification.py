@@ -68,6 +68,7 @@ def test_verify_ledger_command_succeeds_on_a_good_ledger():
     assert "BROKEN" not in out.getvalue()
 
 
+@pytest.mark.ledger_broken  # tampers with the ledger on purpose: the check must catch it
 def test_a_tampered_balance_is_named_by_the_command():
     busy_ledger()
     raw_sql("UPDATE points_account SET balance = balance + 7 WHERE user_id = %s", ["alice"])
@@ -83,12 +84,14 @@ def test_a_tampered_balance_is_named_by_the_command():
     assert broken_checks() == {"balances_match_entries", "lots_match_balance"}
 
 
+@pytest.mark.ledger_broken  # tampers with the ledger on purpose: the check must catch it
 def test_a_tampered_held_amount_is_caught():
     busy_ledger()
     raw_sql("UPDATE points_account SET held = held + 5 WHERE user_id = %s", ["alice"])
     assert broken_checks() == {"held_matches_entries", "held_matches_active_holds"}
 
 
+@pytest.mark.ledger_broken  # tampers with the ledger on purpose: the check must catch it
 def test_a_hold_closed_without_a_settling_transaction_is_caught():
     credit("alice", 100)
     hold_id = hold("alice", 30).transaction.hold_id
@@ -96,6 +99,7 @@ def test_a_hold_closed_without_a_settling_transaction_is_caught():
     assert broken_checks() == {"holds_settled", "hold_transactions_agree", "held_matches_active_holds"}
 
 
+@pytest.mark.ledger_broken  # tampers with the ledger on purpose: the check must catch it
 def test_a_hold_whose_status_disagrees_with_its_settlement_is_caught():
     credit("alice", 100)
     hold_id = hold("alice", 30).transaction.hold_id
@@ -105,6 +109,7 @@ def test_a_hold_whose_status_disagrees_with_its_settlement_is_caught():
     assert broken_checks() == {"hold_transactions_agree"}
 
 
+@pytest.mark.ledger_broken  # tampers with the ledger on purpose: the check must catch it
 def test_a_hold_whose_settled_amounts_disagree_with_its_capture_is_caught():
     credit("alice", 100)
     hold_id = hold("alice", 30).transaction.hold_id
@@ -116,6 +121,7 @@ def test_a_hold_whose_settled_amounts_disagree_with_its_capture_is_caught():
     assert f"hold {hold_id}: captured, 1 placing and 1 settling transaction(s), 0 matching its status" in out.getvalue()
 
 
+@pytest.mark.ledger_broken  # tampers with the ledger on purpose: the check must catch it
 def test_an_active_hold_with_a_settlement_is_caught():
     credit("alice", 100)
     hold_id = hold("alice", 30).transaction.hold_id
