@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.db.models import BooleanField, Case, Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Sum, When
 from django.db.models.functions import Coalesce
 
 from rules import engine
@@ -243,52 +243,51 @@ def _counters_seed(replayed: _Replayed, since: datetime) -> _Counters:
     return counters
 
 
-def _production_actions(event_ids: list) -> dict:
-    """Production's actions of these events, reversal actions left out and each at its gross amount
-    (``connect.reversals.gross_amount``): event id -> [(rule, target, type, amount)].
+class _Production:
+    """Production's actions of the replayed events, read in one pass in the events' order.
 
-    Reads the actions by event id and drops reversal actions here rather than in the query, so the
-    plan stays a lookup on the event index whatever the table's statistics say; what the live
-    reversal actions carry is summed in one more query, for the actions a refund touched only."""
-    stored: dict = defaultdict(list)
-    rows = RewardAction.objects.filter(event_id__in=event_ids).values_list(
-        "id", "event_id", "rule_code", "target_user_id", "reward_type", "amount", "reversed_amount", "reverses_id"
-    )
-    refunded: list = []
-    kept: list = []
-    for row in rows:
-        if row[7] is not None:
-            continue
-        kept.append(row)
-        if row[6]:
-            refunded.append(row[0])
-    carried: dict = {}
-    if refunded:
-        carried = dict(
-            RewardAction.objects.filter(reverses_id__in=refunded)
+    Reversal actions are left out and each action counts at its gross amount
+    (``connect.reversals.gross_amount``). The query orders the actions as the events are replayed
+    (received_at, then event id) and ``of`` walks both in step, so the actions are read once and only
+    a chunk of them is in memory. Reversal actions are dropped here rather than by the query, so
+    its plan reads the actions by the event index whatever the table's statistics say."""
+
+    def __init__(self, since: datetime, until: datetime, types: set[str]):
+        carried = (
+            RewardAction.objects.filter(reverses=OuterRef("pk"))
             .exclude(status=RewardAction.Status.CANCELLED)
             .order_by()
-            .values("reverses_id")
+            .values("reverses")
             .annotate(total=Sum("amount"))
-            .values_list("reverses_id", "total")
+            .values("total")
         )
-    for action_id, event_id, rule_code, target, reward_type, amount, reversed_amount, _ in kept:
-        if reversed_amount:
-            amount = amount + reversed_amount - (carried.get(action_id) or 0)
-        stored[event_id].append((rule_code, target, reward_type, amount))
-    return stored
+        gross = Case(
+            When(reversed_amount=0, then=F("amount")),
+            default=F("amount") + F("reversed_amount") - Coalesce(Subquery(carried), 0),
+        )
+        reversal = ExpressionWrapper(Q(reverses__isnull=False), output_field=BooleanField())
+        rows = (
+            _period_actions(since, until)
+            .filter(event__event_type__in=types)
+            .annotate(gross=gross, reversal=reversal)
+            .order_by("event__received_at", "event_id")
+            .values_list(
+                "event__received_at", "event_id", "reversal", "rule_code", "target_user_id", "reward_type", "gross"
+            )
+        )
+        self.rows = rows.iterator(chunk_size=CHUNK)
+        self.head = next(self.rows, None)
 
-
-def _chunks(rows, size: int):
-    """Lists of up to ``size`` consecutive rows."""
-    chunk: list = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    def of(self, received_at: datetime, event_id) -> list[tuple]:
+        """The event's actions as [(rule, target, type, amount)]; events must come in replay order."""
+        stored = []
+        head = self.head
+        while head is not None and (head[0] < received_at or (head[0] == received_at and head[1] <= event_id)):
+            if head[1] == event_id and not head[2]:
+                stored.append(head[3:])
+            head = next(self.rows, None)
+        self.head = head
+        return stored
 
 
 def _period_actions(since: datetime, until: datetime):
@@ -323,6 +322,7 @@ def backtest_run(
     types = set(replayed.rules_by_type) | _profile_types()
     events = EconomicEvent.objects.filter(received_at__gte=since, received_at__lt=until, event_type__in=types)
     total = events.count()
+    production = _Production(since, until, types)
     if progress:
         progress(0, total)
 
@@ -342,71 +342,69 @@ def backtest_run(
     rows = events.order_by("received_at", "id").values_list(
         "id", "event_type", "actor_user_id", "primary_subject_user_id", "context", "occurred_at", "received_at"
     )
-    for chunk in _chunks(rows.iterator(chunk_size=CHUNK), CHUNK):
-        production = _production_actions([row[0] for row in chunk])
-        for event_id, event_type, actor, subject, context, occurred_at, received_at in chunk:
-            done += 1
-            if event_type in profile_types:
-                profiles.apply(event_type, actor, subject, context)
-            rules = replayed.rules_by_type.get(event_type)
-            planned: list = []
-            if rules:
-                try:
-                    plan = engine.plan(
-                        event=engine.EventInput(event_type, actor, subject, context, occurred_at, received_at),
-                        rules=rules,
-                        profile=profiles.profile,
-                        upline=profiles.upline,
-                        granted_count=counters.granted_count,
-                        period_count=counters.period_count,
-                        budget_used=counters.budget_used,
-                        lines_of=lines_of,
-                    )
-                except engine.RuleEvaluationFailed:
-                    failed_events += 1
-                else:
-                    counters.record(plan.actions)
-                    planned = [(a.rule_code, a.target_user_id, a.reward_type, a.amount) for a in plan.actions]
-                    for rule_trace in plan.trace:
-                        if rule_trace.code != "matched":
-                            continue
-                        ours[rule_trace.rule_code]["events_matched"] += 1
-                        for line in rule_trace.lines:
-                            if line.code in ("cap_reached", "period_cap_reached"):
-                                caps_hit[(rule_trace.rule_code, line.position, line.code)] += 1
-                            elif line.code == "budget_exhausted" or line.code.startswith("budget_partial:"):
-                                budgets_hit[rule_trace.rule_code] += 1
-                    if any(t.code == "matched" for t in plan.trace):
-                        matched_events += 1
-            for rule_code, target, reward_type, amount in planned:
-                tally = ours[rule_code]
-                tally["actions"] += 1
-                tally["by_reward_type"][reward_type] += amount
-                by_type["backtest"][reward_type] += amount
-                if reward_type == RewardLine.RewardType.POINTS:
-                    tally["points"] += amount
-                    targets[target] += amount
-            stored = production.get(event_id, [])
-            for rule_code, _target, reward_type, amount in stored:
-                tally = theirs[rule_code]
-                tally["actions"] += 1
-                tally["by_reward_type"][reward_type] += amount
-                by_type["production"][reward_type] += amount
-                if reward_type == RewardLine.RewardType.POINTS:
-                    tally["points"] += amount
-            if sorted(planned) != sorted(stored):
-                differing += 1
-                if len(examples) < DIFFERENCE_EXAMPLES:
-                    examples.append(
-                        {
-                            "event_id": str(event_id),
-                            "event_type": event_type,
-                            "backtest": [_action_json(a) for a in sorted(planned)],
-                            "production": [_action_json(a) for a in sorted(stored)],
-                        }
-                    )
-            if progress and done % 1000 == 0:
-                progress(done, total)
+    for event_id, event_type, actor, subject, context, occurred_at, received_at in rows.iterator(chunk_size=CHUNK):
+        done += 1
+        if event_type in profile_types:
+            profiles.apply(event_type, actor, subject, context)
+        rules = replayed.rules_by_type.get(event_type)
+        planned: list = []
+        if rules:
+            try:
+                plan = engine.plan(
+                    event=engine.EventInput(event_type, actor, subject, context, occurred_at, received_at),
+                    rules=rules,
+                    profile=profiles.profile,
+                    upline=profiles.upline,
+                    granted_count=counters.granted_count,
+                    period_count=counters.period_count,
+                    budget_used=counters.budget_used,
+                    lines_of=lines_of,
+                )
+            except engine.RuleEvaluationFailed:
+                failed_events += 1
+            else:
+                counters.record(plan.actions)
+                planned = [(a.rule_code, a.target_user_id, a.reward_type, a.amount) for a in plan.actions]
+                for rule_trace in plan.trace:
+                    if rule_trace.code != "matched":
+                        continue
+                    ours[rule_trace.rule_code]["events_matched"] += 1
+                    for line in rule_trace.lines:
+                        if line.code in ("cap_reached", "period_cap_reached"):
+                            caps_hit[(rule_trace.rule_code, line.position, line.code)] += 1
+                        elif line.code == "budget_exhausted" or line.code.startswith("budget_partial:"):
+                            budgets_hit[rule_trace.rule_code] += 1
+                if any(t.code == "matched" for t in plan.trace):
+                    matched_events += 1
+        for rule_code, target, reward_type, amount in planned:
+            tally = ours[rule_code]
+            tally["actions"] += 1
+            tally["by_reward_type"][reward_type] += amount
+            by_type["backtest"][reward_type] += amount
+            if reward_type == RewardLine.RewardType.POINTS:
+                tally["points"] += amount
+                targets[target] += amount
+        stored = production.of(received_at, event_id)
+        for rule_code, _target, reward_type, amount in stored:
+            tally = theirs[rule_code]
+            tally["actions"] += 1
+            tally["by_reward_type"][reward_type] += amount
+            by_type["production"][reward_type] += amount
+            if reward_type == RewardLine.RewardType.POINTS:
+                tally["points"] += amount
+        if sorted(planned) != sorted(stored):
+            differing += 1
+            if len(examples) < DIFFERENCE_EXAMPLES:
+                examples.append(
+                    {
+                        "event_id": str(event_id),
+                        "event_type": event_type,
+                        "backtest": [_action_json(a) for a in sorted(planned)],
+                        "production": [_action_json(a) for a in sorted(stored)],
+                    }
+                )
+        if progress and done % 1000 == 0:
+            progress(done, total)
     if progress:
         progress(done, total)
 
