@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Case, Count, F, OuterRef, Subquery, Sum, When
+from django.db.models import BooleanField, Case, Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Sum, When
 from django.db.models.functions import Coalesce
 
 from rules import engine
@@ -243,28 +243,51 @@ def _counters_seed(replayed: _Replayed, since: datetime) -> _Counters:
     return counters
 
 
-def _production_actions(since: datetime, until: datetime) -> dict:
-    """Production's actions of the period's events, reversal actions left out and each at its gross
-    amount (``connect.reversals.gross_amount``): event id -> [(rule, target, type, amount)]."""
-    stored: dict = defaultdict(list)
-    carried = (
-        RewardAction.objects.filter(reverses=OuterRef("pk"))
-        .exclude(status=RewardAction.Status.CANCELLED)
-        .order_by()
-        .values("reverses")
-        .annotate(total=Sum("amount"))
-        .values("total")
-    )
-    gross = Case(
-        When(reversed_amount=0, then=F("amount")),
-        default=F("amount") + F("reversed_amount") - Coalesce(Subquery(carried), 0),
-    )
-    rows = _period_actions(since, until).filter(reverses__isnull=True).annotate(gross=gross)
-    for event_id, rule_code, target, reward_type, amount in rows.values_list(
-        "event_id", "rule_code", "target_user_id", "reward_type", "gross"
-    ).iterator(chunk_size=CHUNK):
-        stored[event_id].append((rule_code, target, reward_type, amount))
-    return stored
+class _Production:
+    """Production's actions of the replayed events, read in one pass in the events' order.
+
+    Reversal actions are left out and each action counts at its gross amount
+    (``connect.reversals.gross_amount``). The query orders the actions as the events are replayed
+    (received_at, then event id) and ``of`` walks both in step, so the actions are read once and only
+    a chunk of them is in memory. Reversal actions are dropped here rather than by the query: with
+    ``reverses_id IS NULL`` in it, a planner on stale statistics scanned that index once per event."""
+
+    def __init__(self, since: datetime, until: datetime, types: set[str]):
+        carried = (
+            RewardAction.objects.filter(reverses=OuterRef("pk"))
+            .exclude(status=RewardAction.Status.CANCELLED)
+            .order_by()
+            .values("reverses")
+            .annotate(total=Sum("amount"))
+            .values("total")
+        )
+        gross = Case(
+            When(reversed_amount=0, then=F("amount")),
+            default=F("amount") + F("reversed_amount") - Coalesce(Subquery(carried), 0),
+        )
+        reversal = ExpressionWrapper(Q(reverses__isnull=False), output_field=BooleanField())
+        rows = (
+            _period_actions(since, until)
+            .filter(event__event_type__in=types)
+            .annotate(gross=gross, reversal=reversal)
+            .order_by("event__received_at", "event_id")
+            .values_list(
+                "event__received_at", "event_id", "reversal", "rule_code", "target_user_id", "reward_type", "gross"
+            )
+        )
+        self.rows = rows.iterator(chunk_size=CHUNK)
+        self.head = next(self.rows, None)
+
+    def of(self, received_at: datetime, event_id) -> list[tuple]:
+        """The event's actions as [(rule, target, type, amount)]; events must come in replay order."""
+        stored = []
+        head = self.head
+        while head is not None and (head[0] < received_at or (head[0] == received_at and head[1] <= event_id)):
+            if head[1] == event_id and not head[2]:
+                stored.append(head[3:])
+            head = next(self.rows, None)
+        self.head = head
+        return stored
 
 
 def _period_actions(since: datetime, until: datetime):
@@ -295,11 +318,11 @@ def backtest_run(
     replayed = _rules_prepare(payload, only=only)
     profiles = _profiles_seed(since)
     counters = _counters_seed(replayed, since)
-    production = _production_actions(since, until)
 
     types = set(replayed.rules_by_type) | _profile_types()
     events = EconomicEvent.objects.filter(received_at__gte=since, received_at__lt=until, event_type__in=types)
     total = events.count()
+    production = _Production(since, until, types)
     if progress:
         progress(0, total)
 
@@ -361,7 +384,7 @@ def backtest_run(
             if reward_type == RewardLine.RewardType.POINTS:
                 tally["points"] += amount
                 targets[target] += amount
-        stored = production.get(event_id, [])
+        stored = production.of(received_at, event_id)
         for rule_code, _target, reward_type, amount in stored:
             tally = theirs[rule_code]
             tally["actions"] += 1

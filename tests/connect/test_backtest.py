@@ -222,3 +222,31 @@ def test_refunds_are_not_replayed_and_leave_the_comparison_equal(history):
     assert all(row["difference"] == {"actions": 0, "points": 0} for row in report["rules"])
     assert report["reversal_actions_left_out"] == 3
     assert "Refunds are not replayed: 3 reversal action(s) left out" in "\n".join(report_lines(report))
+
+
+def test_production_s_actions_are_read_with_a_fixed_number_of_statements_whatever_the_period_s_size(history):
+    earlier = EconomicEvent.objects.order_by("received_at").first().received_at
+
+    with CaptureQueriesContext(connection) as short:
+        assert _report(history)["events"] == 20
+    with CaptureQueriesContext(connection) as long:
+        assert _report(earlier)["events"] == 41
+
+    assert len(long.captured_queries) == len(short.captured_queries)
+
+
+def test_events_received_at_the_same_moment_each_get_their_own_production_actions(history):
+    from connect.backtest import _Production, _profile_types
+
+    moment = timezone.now()
+    EconomicEvent.objects.filter(received_at__gte=history).update(received_at=moment)
+    types = set(EconomicEvent.objects.values_list("event_type", flat=True)) | _profile_types()
+    production = _Production(history, moment + timedelta(seconds=1), types)
+
+    events = EconomicEvent.objects.filter(received_at=moment).order_by("received_at", "id")
+    for event in events:
+        stored = RewardAction.objects.filter(event=event).values_list("rule_code", "target_user_id", "reward_type",
+                                                                      "amount")  # fmt: skip
+        assert sorted(production.of(event.received_at, event.id)) == sorted(stored)
+    assert production.head is None
+    assert sum(1 for _ in events) == 20 and RewardAction.objects.filter(event__in=events).count() > 20
