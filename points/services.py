@@ -49,6 +49,7 @@ from config.db import (
 )
 from config.metrics import LEDGER_OPERATIONS
 
+from . import prepared
 from .errors import (
     CaptureExceedsHold,
     ExpiryInPast,
@@ -397,7 +398,7 @@ def _one_statement_row(sql: str, params: list):
         # savepoint, so an abort does not take the caller's work with it.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             with connection.cursor() as cursor:
-                cursor.execute(sql, params)
+                prepared.execute(cursor, sql, params)
                 return cursor.fetchone()
     except IntegrityError:
         return None
@@ -710,7 +711,8 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
     counterpart_id = system_account_id(SystemAccount.ISSUED)
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
+            prepared.execute(
+                cursor,
                 _ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
                 [
                     Kind.CREDIT, transactions[0].source, ids, [txn.external_id for txn in transactions],
@@ -722,18 +724,20 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
             )  # fmt: skip
             if len(cursor.fetchall()) < len(transactions):
                 raise _KeyTaken
-            cursor.execute(
+            prepared.execute(
+                cursor,
                 _ledger_sql(_BULK_ENTRIES_SQL, ()),
                 [Part.AVAILABLE, ids + ids, account_ids + [counterpart_id] * len(ids), amounts + [-a for a in amounts]],
             )
-            cursor.execute(
+            prepared.execute(
+                cursor,
                 _ledger_sql(_BULK_LOTS_SQL, ()),
                 [
                     [uuid.uuid4() for _ in ids], account_ids, ids, amounts, [expires_at for _, _, expires_at in rows],
                     [txn.created_at for txn in transactions],
                 ],
             )  # fmt: skip
-            cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
+            prepared.execute(cursor, _ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
     except (_KeyTaken, IntegrityError):
         return False
     for txn in transactions:
@@ -748,7 +752,7 @@ class _KeyTaken(Exception):
 def _accounts_locked(user_ids: list[str]) -> dict[str, tuple[int, int, int]]:
     """Lock the users' accounts in user id order; (id, balance, held) by user id of those that exist."""
     with connection.cursor() as cursor:
-        cursor.execute(_ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
+        prepared.execute(cursor, _ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
         return {user_id: (account_id, balance, held) for account_id, user_id, balance, held in cursor.fetchall()}
 
 
