@@ -11,15 +11,18 @@ A refusal raises, which rolls everything back, so it consumes neither points nor
 Lots (SPEC §13, ``points.lots``): a credit or positive adjustment opens a lot; a debit, a capture
 or a negative adjustment takes from the open lots, soonest expiry first, and records what it took
 (so its reversal can give it back). Lot rows change only under the account's row lock, which the
-guarded balance UPDATE of step 2 takes.
+guarded balance UPDATE of step 2 takes, and every transaction that changes an account's lots also
+updates its row.
 
 A credit, the hot path, does all three steps and opens its lot in one PostgreSQL statement when the
 account exists and the key is new (``_credit_in_one_statement``); so do a hold
-(``_hold_in_one_statement``) and the release of an active hold of the calling client
-(``_settle_in_one_statement``), which touch no lot. Debits and captures take the stepwise path
-only: taking from lots in order does not fit one statement simply. Every other case takes the same
-steps one by one, and so gives every replay and refusal. A batch of credits
-(``account_credits_post``) writes the same rows for all of its new keys with one statement per table.
+(``_hold_in_one_statement``), the capture or release of an active hold of the calling client
+(``_settle_in_one_statement``) and a debit (``_debit_in_one_statement``). A debit and a capture
+take from the account's first open lots in the same statement, guarded by the account row's
+version so that the lots they read are those under its lock (``_OPEN_LOTS_CTE``). Every other
+case takes the same steps one by one, and so gives every replay and refusal. A batch of credits
+(``account_credits_post``) writes the same rows for all of its new keys with one statement per
+table. These statements are prepared once per connection (``points.prepared``).
 """
 
 import contextlib
@@ -1120,10 +1123,12 @@ _CAPTURE_SQL = (
 def _settle_in_one_statement(txn: Transaction, *, captured: int | None) -> bool:
     """The common case of a capture (``captured`` points, None: all) or a release (0) as one
     PostgreSQL statement: close the active hold, move the account's balance and held, insert the
-    Transaction with the balance after it and its entries (the legs of ``_settle_legs``). False,
-    with nothing changed, when the key is taken or the hold is not this client's, not active,
-    expired or smaller than ``captured``: the stepwise path then answers (a replay, or the refusal
-    in its usual order)."""
+    Transaction with the balance after it and its entries (the legs of ``_settle_legs``); a
+    capture also takes the captured points from the lots (``_CAPTURE_SQL``). False, with nothing
+    changed, when the key is taken or the hold is not this client's, not active, expired or smaller
+    than ``captured``, or, for a capture, when the first open lots do not cover it or the account
+    changed since the statement began: the stepwise path then answers (a replay, the refusal in its
+    usual order, or the same capture in steps)."""
     columns, values = column_values(txn, exclude=("account", "amount", "balance_after", "held_after"))
     now = txn.created_at
     status = Hold.Status.RELEASED if txn.kind == Kind.RELEASE else Hold.Status.CAPTURED
