@@ -3,10 +3,11 @@
 Django's psycopg cursors bind parameters on the client, so PostgreSQL parses, analyses and plans
 every statement it receives; for the ledger's one-statement operations (data-modifying CTEs over
 four or five tables) that is about as much server CPU as running them. ``execute`` sends such a
-statement once per connection as SQL ``PREPARE`` and then only ``EXECUTE name(values)``: plain SQL
-through Django's own cursor, so query logging, execute wrappers and error translation are as for
-any statement. A prepared statement lasts as long as the session (a rollback keeps it), and
-PostgreSQL re-plans it by itself after a schema change.
+statement once per connection as SQL ``PREPARE`` (connection set-up, sent on the psycopg connection
+itself) and then only ``EXECUTE name(values)``, plain SQL through Django's own cursor, so query
+logging, execute wrappers and error translation are as for any statement. A prepared statement
+lasts as long as the session (a rollback keeps it), and PostgreSQL re-plans it by itself after a
+schema change.
 
 ``POINTS_PREPARED_STATEMENTS = False`` (environment ``POINTS_PREPARED_STATEMENTS=0``) sends the
 statements as they are, for a connection pooler in transaction mode, where the next statement may
@@ -46,7 +47,10 @@ def execute(cursor, sql: str, params) -> None:
     if names is None:
         names = _prepared[raw] = set()
     if name not in names:
-        cursor.execute(prepare_sql)
+        # Set-up of the connection, as Django's own (time zone, role): sent on the psycopg connection
+        # itself, so it is not one of the operation's statements in query logs and counts.
+        with raw.cursor() as raw_cursor:
+            raw_cursor.execute(prepare_sql)
         names.add(name)
     cursor.execute(_execute_sql(name, count), params)
 

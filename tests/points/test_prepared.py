@@ -25,17 +25,27 @@ def _words(captured) -> list[str]:
     return [query["sql"].split()[0].upper() for query in captured.captured_queries]
 
 
+def _prepared_here() -> list[str]:
+    """The statements prepared on this connection, as PostgreSQL lists them."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE name LIKE 'points%%'")
+        return [row[0].split(" AS ", 1)[1] for row in cursor.fetchall()]
+
+
 def test_a_statement_is_prepared_once_per_connection_then_executed():
     connection.close()
     with CaptureQueriesContext(connection) as captured:
         assert _run() == (42, "x")
         assert _run(params=(2**40, "y")) == (2**40 + 1, "y")  # any int size: one prepared form
-    assert _words(captured) == ["PREPARE", "EXECUTE", "EXECUTE"]
+    assert _words(captured) == ["EXECUTE", "EXECUTE"]  # the PREPARE is connection set-up, not logged
+    assert _prepared_here() == ["SELECT CAST($1 AS bigint) + 1, CAST($2 AS text)"]
 
     connection.close()  # a new connection has nothing prepared
+    assert _prepared_here() == []
     with CaptureQueriesContext(connection) as captured:
         assert _run() == (42, "x")
-    assert _words(captured) == ["PREPARE", "EXECUTE"]
+    assert _words(captured) == ["EXECUTE"]
+    assert len(_prepared_here()) == 1
 
 
 def test_a_rollback_keeps_the_prepared_statement():
@@ -43,17 +53,21 @@ def test_a_rollback_keeps_the_prepared_statement():
     with pytest.raises(RuntimeError), transaction.atomic():
         assert _run() == (42, "x")
         raise RuntimeError("rolled back")
+    assert len(_prepared_here()) == 1
     with CaptureQueriesContext(connection) as captured:
         assert _run() == (42, "x")
     assert _words(captured) == ["EXECUTE"]
+    assert len(_prepared_here()) == 1
 
 
 def test_off_by_setting_the_statement_goes_as_it_is():
+    connection.close()
     with override_settings(POINTS_PREPARED_STATEMENTS=False), CaptureQueriesContext(connection) as captured:
         assert _run() == (42, "x")
         assert credit("alice", 5).transaction.balance_after == 5
         assert credit("alice", 6).transaction.balance_after == 11
-    assert "PREPARE" not in _words(captured) and "EXECUTE" not in _words(captured)
+    assert "EXECUTE" not in _words(captured)
+    assert _prepared_here() == []
     assert totals("alice") == (11, 0, 11)
     assert_ledger_ok()
 
