@@ -49,7 +49,8 @@ def execute(cursor, sql: str, params) -> None:
     if name not in names:
         # Set-up of the connection, as Django's own (time zone, role): sent on the psycopg connection
         # itself, so it is not one of the operation's statements in query logs and counts.
-        with raw.cursor() as raw_cursor:
+        # Its errors (a lost connection) are translated into Django's, as for any statement.
+        with connection.wrap_database_errors, raw.cursor() as raw_cursor:
             raw_cursor.execute(prepare_sql)
         names.add(name)
     cursor.execute(_execute_sql(name, count), params)

@@ -84,3 +84,11 @@ def test_errors_are_djangos_as_for_any_statement():
 def test_a_wrong_number_of_parameters_is_refused_before_anything_is_sent():
     with pytest.raises(ValueError, match="2 placeholders"):
         _run(params=(1,))
+
+
+def test_an_error_while_preparing_is_djangos_too():
+    from django.db import ProgrammingError
+
+    with pytest.raises(ProgrammingError):
+        _run("SELECT %s FROM no_such_table", [1])
+    assert _run() == (42, "x")  # the connection goes on
