@@ -143,3 +143,47 @@ def test_a_debit_whose_account_changes_while_it_waits_takes_from_the_lots_as_the
     assert Transaction.objects.get(external_id="waiting").amount == 3
     assert totals("alice") == (102, 0, 102)
     assert_ledger_ok()
+
+
+def test_a_capture_whose_account_changes_while_it_waits_is_written_whole_in_steps():
+    """The capture's statement closes the hold before it reaches the account's row; when the row
+    changed meanwhile, the statement fails as a whole (the hold stays active) and the stepwise path
+    captures it from the lots as they are then."""
+    credit("alice", 100)
+    held = hold("alice", 30)
+    services.system_account_id(SystemAccount.SPENT)
+    locked = threading.Event()
+    outcome = {}
+
+    def concurrent_credit():
+        try:
+            with transaction.atomic():
+                Account.objects.select_for_update().get(user_id="alice")
+                locked.set()
+                threading.Event().wait(timeout=1)  # the capture starts meanwhile and waits for the row
+                credit("alice", 5, external_id="soonest", expires_at=timezone.now() + timedelta(days=1))
+        finally:
+            connection.close()
+
+    def concurrent_capture():
+        try:
+            locked.wait(timeout=10)
+            outcome["result"] = capture(held.transaction.hold_id, external_id="waiting", amount=7)
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcome["result"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=concurrent_credit), threading.Thread(target=concurrent_capture)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+
+    result = outcome["result"]
+    assert not isinstance(result, Exception), result
+    assert (result.transaction.amount, result.transaction.hold.status) == (7, "captured")
+    assert Lot.objects.get(transaction__external_id="soonest").remaining == 0  # the lot expiring first
+    assert Transaction.objects.filter(kind="capture").count() == 1
+    assert totals("alice") == (98, 0, 98)
+    assert_ledger_ok()
