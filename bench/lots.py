@@ -22,23 +22,24 @@ from .common import balanced_order, log, percentile
 
 SOURCE = "bench_lots"
 USERS_PER_PROCESS = 200
-PREP_CHUNK = 1000
+PREP_CHUNK = 5000
 
 
 def _credits(run_id: str, users: list[str], amount: int, *, expires_at=None) -> dict[str, str]:
-    """One credit per user, batched; the credit's transaction id per user."""
-    from points.batch import ledger_batch
+    """One credit per user, posted through the batch ledger service a chunk at a time (one statement
+    per table per chunk); the credit's transaction id per user."""
+    from points.services import CreditIn, account_credit_many
 
     ids: dict[str, str] = {}
     for start in range(0, len(users), PREP_CHUNK):
         chunk = users[start : start + PREP_CHUNK]
-        operations = [
-            {"op": "credit", "external_id": f"{run_id}-prep-{user}", "user_id": user, "amount": amount}
-            | ({"expires_at": expires_at.isoformat()} if expires_at else {})
+        credits = [
+            CreditIn(external_id=f"{run_id}-prep-{user}", user_id=user, amount=amount, expires_at=expires_at)
             for user in chunk
         ]
-        for user, item in zip(chunk, ledger_batch(source=SOURCE, operations=operations, atomic=True), strict=True):
-            ids[user] = item.body["transaction_id"]
+        posted = account_credit_many(source=SOURCE, credits=credits)
+        for user, credit in zip(chunk, credits, strict=True):
+            ids[user] = str(posted[credit.external_id].transaction.pk)
     return ids
 
 
@@ -118,10 +119,14 @@ def expiry_measure(*, lots: int) -> dict:
 
     run_id = uuid.uuid4().hex[:10]
     log(f"lots: preparing {lots} due lots")
+    prepared_from = time.perf_counter()
     ids = _credits(
         run_id, [f"bench-exp-{run_id}-{n}" for n in range(lots)], 10, expires_at=timezone.now() + timedelta(days=1)
     )
-    Lot.objects.filter(transaction_id__in=list(ids.values())).update(expires_at=timezone.now() - timedelta(seconds=1))
+    Lot.objects.filter(account__user_id__startswith=f"bench-exp-{run_id}-").update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    log(f"lots: {len(ids)} due lots prepared in {time.perf_counter() - prepared_from:.1f} s")
     began = time.perf_counter()
     run = lots_expire_due()
     elapsed = time.perf_counter() - began
@@ -192,4 +197,103 @@ def batch_measure(*, base_url: str, key: str, seconds: float, batch_size: int = 
     result["batch_size"] = batch_size
     result["ratio"] = round(result["batch"]["credits_per_s"] / single, 2) if single else None
     log(f"lots: batch vs single over HTTP: {result}")
+    return result
+
+
+def _backend_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a PostgreSQL backend on this machine (None when it runs elsewhere)."""
+    import os
+    from pathlib import Path
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lot_cost_measure(*, credits: int = 1000, rounds: int = 6) -> dict:
+    """What a credit's lot costs (issue 21): the one-statement credit as posted, and the same statement
+    with its lot INSERT cut out, alternated in one process on the same users (``rounds`` runs of
+    ``credits`` each, in a balanced order). Client CPU (this process) and PostgreSQL CPU (its backend,
+    from /proc when the database runs on this machine) per credit, medians of the runs, and the
+    statements per credit. The credits without a lot go to users of their own, so no later phase
+    meets an account whose lots do not add up to its balance."""
+    import re
+    import statistics
+
+    from django.db import connection
+
+    from config.db import column_values
+    from points import prepared, services
+    from points.models import SystemAccount, Transaction
+
+    run_id = uuid.uuid4().hex[:10]
+    users = {
+        variant: [f"bench-lotcost-{variant}-{run_id}-{n}" for n in range(USERS_PER_PROCESS)]
+        for variant in ("with_lot", "without_lot")
+    }
+    for variant_users in users.values():
+        _credits(run_id, variant_users, 1)
+    counterpart = services.system_account_id(SystemAccount.ISSUED)
+    cut = re.compile(r"\), lot AS \(.*?\n    \)\n", re.S)
+    state = {"n": 0, "statements": 0}
+
+    def count(execute, sql, params, many, context):
+        state["statements"] += 1
+        return execute(sql, params, many, context)
+
+    def one(variant: str) -> None:
+        state["n"] += 1
+        txn = Transaction(
+            kind=Transaction.Kind.CREDIT, source=SOURCE, external_id=f"{run_id}-lotcost-{state['n']}", amount=1,
+            reason="bench", metadata={}, request_hash="0" * 64,
+        )  # fmt: skip
+        columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
+        sql = services._ledger_sql(services._CREDIT_SQL, tuple(columns))
+        params = [
+            1, users[variant][state["n"] % USERS_PER_PROCESS], txn.source, txn.external_id, *values,
+            services.Part.AVAILABLE, 1, counterpart, services.Part.AVAILABLE, -1,
+            uuid.uuid4(), 1, 1, None, txn.created_at,
+        ]  # fmt: skip
+        if variant == "without_lot":
+            sql, params = cut.sub(")\n", sql), params[:-5]
+        with connection.cursor() as cursor:
+            prepared.execute(cursor, sql, params)
+            if cursor.fetchone() is None:
+                raise RuntimeError("a bench credit was not posted in one statement")
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    figures: dict[str, list[tuple]] = {"with_lot": [], "without_lot": []}
+    for variant in balanced_order(("with_lot", "without_lot"), rounds):
+        one(variant)  # prepared on this connection before the clock starts
+        state["statements"] = 0
+        with connection.execute_wrapper(count):
+            pg_began, cpu_began = _backend_cpu_seconds(backend), time.process_time()
+            for _ in range(credits):
+                one(variant)
+            cpu, pg_ended = time.process_time() - cpu_began, _backend_cpu_seconds(backend)
+        pg = None if pg_began is None or pg_ended is None else pg_ended - pg_began
+        figures[variant].append((1000 * cpu / credits, None if pg is None else 1000 * pg / credits,
+                                 state["statements"] / credits))  # fmt: skip
+
+    def median(variant: str, index: int) -> float | None:
+        values = [item[index] for item in figures[variant] if item[index] is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    result = {
+        variant: {
+            "client_cpu_ms": median(variant, 0),
+            "pg_cpu_ms": median(variant, 1),
+            "statements": median(variant, 2),
+        }
+        for variant in figures
+    }
+    for key in ("client_cpu_ms", "pg_cpu_ms"):
+        with_lot, without = result["with_lot"][key], result["without_lot"][key]
+        result[f"lot_{key}"] = None if with_lot is None or without is None else round(with_lot - without, 3)
+    result["credits_per_run"], result["runs"] = credits, len(figures["with_lot"])
+    log(f"lots: lot bookkeeping per credit: {result}")
     return result

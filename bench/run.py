@@ -252,6 +252,13 @@ def table(results: dict) -> str:
     if "expiry" in lots:
         row(f"expiry run over {lots['expiry']['lots']} due lots (lots/s)", 1, lots["expiry"]["lots_per_s"], None, None,
             lots["expiry"]["skipped"])  # fmt: skip
+    if "lot_cost" in lots:
+        cost = lots["lot_cost"]
+        for variant, label in (("with_lot", "with its lot"), ("without_lot", "lot INSERT cut out")):
+            row(f"ledger credit {label} (statements; cpu, host: client, PG ms)", 1, cost[variant]["statements"],
+                None, None, None, None, cost[variant]["client_cpu_ms"], cost[variant]["pg_cpu_ms"])  # fmt: skip
+        row("lot bookkeeping per credit (cpu, host: client, PG ms)", 1, None, None, None, None, None,
+            cost["lot_client_cpu_ms"], cost["lot_pg_cpu_ms"])  # fmt: skip
     if "batch" in lots:
         batch = lots["batch"]
         row("HTTP single POST /internal/credit (credits/s)", 1, batch["single"]["credits_per_s"], None, None,
@@ -348,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     from .e2e import dispatch_backlog_measure, e2e_measure
     from .http import gunicorn_start, wrk_run
     from .ledger import SCENARIOS, ledger_measure
-    from .lots import batch_measure, expiry_measure, reversals_measure
+    from .lots import batch_measure, expiry_measure, lot_cost_measure, reversals_measure
     from .pgbench import pgbench_drop, pgbench_measure, pgbench_prepare
     from .queries import queries_measure
     from .rules_scaling import rules_scaling_measure
@@ -382,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             results["lots"] = {
                 "reversals": reversals_measure(processes=4, seconds=durations["ledger"]),
                 "expiry": expiry_measure(lots=EXPIRY_LOTS[0 if args.quick else 1]),
+                "lot_cost": lot_cost_measure(credits=300 if args.quick else 1000),
             }
         if phases & {"http", "e2e", "rules", "lots"}:
             server = gunicorn_start(workers=WEB_WORKERS)

@@ -1,21 +1,26 @@
 """Points expiry (SPEC §13): each due lot's remainder leaves the balance in a ``points_expiry`` transaction.
 
 What active holds still need is spared: a lot expires at most the account's available points, and
-the spared rest expires at a later run once the holds settle. Each lot is expired under its
-account's row lock, taken with SKIP LOCKED: parallel runs never wait for each other, and one that
-finds an account busy leaves its lots to the next run. A lot is never expired twice: its
-``expired_amount`` names the expiry transaction's idempotency key, and the remainder is re-read
-under the lock.
+the spared rest expires at a later run once the holds settle. Due lots are expired a run at a time
+(up to ``batch_size`` lots, one transaction, one statement per table) under their accounts' row
+locks, taken with SKIP LOCKED: parallel runs never wait for each other, and one that finds an
+account busy leaves its lots to the next run. A lot is never expired twice: its ``expired_amount``
+names the expiry transaction's idempotency key, and the remainders are re-read under the locks.
 """
 
+import functools
+import json
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+
+from config.metrics import LEDGER_OPERATIONS
 
 from .lots import lots_take
 from .models import Account, Entry, Lot, SystemAccount, Transaction
@@ -88,12 +93,15 @@ def lot_expire(*, lot_id, now: datetime) -> LedgerResult | None:
 
 
 def lots_expire_due(
-    *, now: datetime | None = None, batch_size: int = 500, progress: Callable[[ExpiryRun], None] | None = None
+    *, now: datetime | None = None, batch_size: int = 1000, progress: Callable[[ExpiryRun], None] | None = None
 ) -> ExpiryRun:
     """Expire every lot due by ``now`` (default: the start of the run), once, in expiry order.
 
-    One lot that cannot be processed is logged and skipped; the run goes on. ``progress`` is called
-    after each batch with the totals so far.
+    The due lots are taken a run of ``batch_size`` at a time (``_lots_expire_run``: one transaction,
+    one statement per table). A run the bulk statements cannot write (a constraint, a key stored
+    meanwhile) is expired lot by lot instead (``lot_expire``), where one lot that cannot be
+    processed is logged and skipped and the others go on. ``progress`` is called after each run
+    with the totals so far.
     """
     now = now or timezone.now()
     run = ExpiryRun()
@@ -102,19 +110,157 @@ def lots_expire_due(
         due = Lot.objects.filter(remaining__gt=0, expires_at__lte=now)
         if after is not None:
             due = due.filter(Q(expires_at__gt=after[0]) | Q(expires_at=after[0], pk__gt=after[1]))
-        batch = list(due.order_by("expires_at", "pk").values_list("expires_at", "pk")[:batch_size])
+        batch = list(due.order_by("expires_at", "pk").values_list("expires_at", "pk", "account_id")[:batch_size])
         if not batch:
             return run
-        after = batch[-1]
-        for _, lot_id in batch:
-            try:
-                result = lot_expire(lot_id=lot_id, now=now)
-            except Exception:
-                logger.exception("points expiry: lot %s could not be expired; left for a later run", lot_id)
-                run.skipped += 1
-                continue
-            if result is not None:
-                run.expired_lots += 1
-                run.expired_points += result.transaction.amount
+        after = batch[-1][:2]
+        try:
+            expired = _lots_expire_run([(lot_id, account_id) for _, lot_id, account_id in batch], now)
+        except (_BulkRefused, DatabaseError):
+            expired = None  # nothing of the run was written: lot by lot, each failure logged
+        if expired is not None:
+            run.expired_lots += len(expired)
+            run.expired_points += sum(expired)
+        else:
+            for _, lot_id, _ in batch:
+                try:
+                    result = lot_expire(lot_id=lot_id, now=now)
+                except Exception:
+                    logger.exception("points expiry: lot %s could not be expired; left for a later run", lot_id)
+                    run.skipped += 1
+                    continue
+                if result is not None:
+                    run.expired_lots += 1
+                    run.expired_points += result.transaction.amount
         if progress is not None:
             progress(run)
+
+
+class _BulkRefused(Exception):
+    """The bulk statements of a run could not write it as planned; nothing of the run was written."""
+
+
+# Lock the accounts of a run of due lots, skipping those another run or an operation holds (their
+# lots are left for a later run), in id order so that two runs never wait on each other in a cycle.
+_LOCK_ACCOUNTS_SQL = """
+    SELECT id, balance, held FROM {accounts} WHERE id = ANY(%s) ORDER BY id FOR UPDATE SKIP LOCKED
+"""
+
+# The run's lots as they are under their accounts' locks (a statement after the lock: a fresh snapshot).
+_DUE_LOTS_SQL = """
+    SELECT id, account_id, remaining, expired_amount, expires_at FROM {lots}
+     WHERE id = ANY(%s) AND account_id = ANY(%s) AND remaining > 0 AND expires_at <= %s
+     ORDER BY expires_at, id
+"""
+
+_EXPIRY_TRANSACTIONS_SQL = """
+    INSERT INTO {transactions} (kind, source, id, external_id, request_hash, {account_column}, amount, reason,
+                                metadata, balance_after, held_after, created_at)
+    SELECT %s, %s, id, external_id, request_hash, account_id, amount, %s, CAST(metadata AS jsonb),
+           balance_after, held_after, %s
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS bigint[]),
+                  CAST(%s AS bigint[]), CAST(%s AS text[]), CAST(%s AS bigint[]), CAST(%s AS bigint[]))
+           AS expiry (id, external_id, request_hash, account_id, amount, metadata, balance_after, held_after)
+    ON CONFLICT (source, external_id) DO NOTHING
+    RETURNING id
+"""
+
+_EXPIRY_ENTRIES_SQL = """
+    INSERT INTO {entries} (transaction_id, account_id, part, amount)
+    SELECT transaction_id, account_id, %s, amount
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS leg (transaction_id, account_id, amount)
+"""
+
+_EXPIRY_LOTS_SQL = """
+    UPDATE {lots} AS lot
+       SET remaining = lot.remaining - expired.amount, expired_amount = lot.expired_amount + expired.amount
+      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS bigint[])) AS expired (id, amount)
+     WHERE lot.id = expired.id
+"""
+
+_EXPIRY_BALANCES_SQL = """
+    UPDATE {accounts} AS account SET balance = account.balance - expired.amount
+      FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS expired (id, amount)
+     WHERE account.id = expired.id AND account.balance - expired.amount >= account.held
+"""
+
+
+@functools.cache
+def _sql(template: str) -> str:
+    quote = connection.ops.quote_name
+    return template.format(
+        accounts=quote(Account._meta.db_table),
+        lots=quote(Lot._meta.db_table),
+        transactions=quote(Transaction._meta.db_table),
+        entries=quote(Entry._meta.db_table),
+        account_column=quote(Transaction._meta.get_field("account").column),
+    )
+
+
+@transaction.atomic
+def _lots_expire_run(lots: list[tuple], now: datetime) -> list[int] | None:
+    """Expire a run of due lots, given as (lot id, account id), in one transaction: the rows
+    ``lot_expire`` would write for each, one statement per table. Returns the points expired per
+    lot expired (lots of busy accounts, and lots whose points active holds need, are left out).
+    None on a database other than PostgreSQL; _BulkRefused, with nothing written, when a row is
+    refused or a key was stored meanwhile."""
+    if connection.vendor != "postgresql":
+        return None
+    account_ids = sorted({account_id for _, account_id in lots})
+    with connection.cursor() as cursor:
+        cursor.execute(_sql(_LOCK_ACCOUNTS_SQL), [account_ids])
+        accounts = {account_id: [balance, held] for account_id, balance, held in cursor.fetchall()}
+        if not accounts:
+            return []
+        cursor.execute(_sql(_DUE_LOTS_SQL), [[lot_id for lot_id, _ in lots], list(accounts), now])
+        rows = cursor.fetchall()
+    expiries = []  # (lot id, account id, amount, key, fingerprint, metadata, balance after, held after)
+    moved: dict[int, int] = {}
+    for lot_id, account_id, remaining, expired_before, expires_at in rows:
+        balance, held = accounts[account_id]
+        amount = min(remaining, balance - held)  # what active holds need is spared
+        if amount <= 0:
+            continue
+        accounts[account_id][0] = balance - amount
+        moved[account_id] = moved.get(account_id, 0) + amount
+        expiries.append(
+            (
+                lot_id, account_id, amount, f"points_expiry:{lot_id}:{expired_before}",
+                request_hash("points_expiry", lot_id=str(lot_id), expired_before=expired_before),
+                json.dumps({"lot_id": str(lot_id), "expires_at": expires_at.isoformat()}),
+                balance - amount, held,
+            )
+        )  # fmt: skip
+    if not expiries:
+        return []
+    ids = [uuid.uuid4() for _ in expiries]
+    amounts = [row[2] for row in expiries]
+    owners = [row[1] for row in expiries]
+    expired_id = system_account_id(SystemAccount.EXPIRED)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                _sql(_EXPIRY_TRANSACTIONS_SQL),
+                [
+                    Transaction.Kind.POINTS_EXPIRY, SYSTEM_SOURCE, "points expired", timezone.now(),
+                    ids, [row[3] for row in expiries], [row[4] for row in expiries], owners, amounts,
+                    [row[5] for row in expiries], [row[6] for row in expiries], [row[7] for row in expiries],
+                ],
+            )  # fmt: skip
+            if len(cursor.fetchall()) < len(expiries):
+                raise _BulkRefused
+            cursor.execute(
+                _sql(_EXPIRY_ENTRIES_SQL),
+                [Part.AVAILABLE, ids + ids, owners + [expired_id] * len(ids), [-a for a in amounts] + amounts],
+            )
+            cursor.execute(_sql(_EXPIRY_LOTS_SQL), [[row[0] for row in expiries], amounts])
+            if cursor.rowcount != len(expiries):
+                raise _BulkRefused
+            cursor.execute(_sql(_EXPIRY_BALANCES_SQL), [list(moved), list(moved.values())])
+            if cursor.rowcount != len(moved):
+                raise _BulkRefused
+    except IntegrityError:
+        raise _BulkRefused from None
+    for _ in expiries:
+        LEDGER_OPERATIONS.labels("points_expiry", "performed").inc()
+    return amounts

@@ -5,9 +5,11 @@ guarded UPDATE earlier in the same database transaction, or it was locked explic
 account's lots never change concurrently and the consumption order is the same for everyone.
 """
 
+import functools
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import F
 
 from .models import Lot, LotUse, Transaction
@@ -43,10 +45,46 @@ def lot_open(*, txn: Transaction, account_id: int, amount: int, expires_at: date
     )
 
 
-def _open_lots(account_id: int, *, skip, limit: int | None) -> list[tuple]:
-    lots = Lot.objects.filter(account_id=account_id, remaining__gt=0).exclude(pk__in=skip).order_by(*OPEN_LOT_ORDER)
-    rows = lots.values_list("pk", "remaining")
-    return list(rows[:limit] if limit else rows)
+# Taking from an account's open lots in one statement: the lots in consumption order (the first lot
+# given, if open, ahead of all), each one's running total, and from each lot the part of ``amount``
+# its running total reaches; those lots updated and, when recorded, the LotUse rows inserted.
+# At most ``amount`` lots are read besides the first (each holds at least one point), so a small
+# take reads a few lots however many the account has; the index points_lot_open_order gives the order.
+_TAKE_SQL = """
+    WITH ordered AS (
+        SELECT id, remaining, 0 AS rank, expires_at, created_at
+          FROM {lots} WHERE id = %(first)s AND account_id = %(account)s AND remaining > 0
+         UNION ALL
+        (SELECT id, remaining, 1, expires_at, created_at
+           FROM {lots}
+          WHERE account_id = %(account)s AND remaining > 0 AND id IS DISTINCT FROM %(first)s
+          ORDER BY expires_at, created_at, id
+          LIMIT %(amount)s)
+    ), running AS (
+        SELECT id, remaining, CAST(SUM(remaining) OVER (ORDER BY rank, expires_at, created_at, id) AS bigint) AS upto
+          FROM ordered
+    ), takes AS (
+        SELECT id, LEAST(remaining, %(amount)s - (upto - remaining)) AS take
+          FROM running WHERE upto - remaining < %(amount)s
+    ), taken AS (
+        UPDATE {lots} AS lot
+           SET remaining = lot.remaining - takes.take,
+               expired_amount = lot.expired_amount + CASE WHEN %(expiring)s THEN takes.take ELSE 0 END
+          FROM takes
+         WHERE lot.id = takes.id
+     RETURNING lot.id, takes.take
+    ), used AS (
+        INSERT INTO {uses} (transaction_id, lot_id, amount, returned)
+        SELECT %(txn)s, id, take, 0 FROM taken WHERE %(record)s
+    )
+    SELECT id, take FROM taken
+"""
+
+
+@functools.cache
+def _take_sql() -> str:
+    quote = connection.ops.quote_name
+    return _TAKE_SQL.format(lots=quote(Lot._meta.db_table), uses=quote(LotUse._meta.db_table))
 
 
 def lots_take(
@@ -56,8 +94,37 @@ def lots_take(
     reversal's own lot), then soonest expiry first. ``record`` keeps what was taken from each lot
     (LotUse), so a reversal of ``txn`` can give it back; ``expiring`` counts it as expired.
 
-    Returns the (lot id, points) taken. LotsDisagree when the lots do not cover ``amount``.
+    One statement on PostgreSQL; returns the (lot id, points) taken. LotsDisagree when the lots do
+    not cover ``amount`` (the caller's transaction must then roll back: the lots were changed).
     """
+    if connection.vendor != "postgresql":
+        return _lots_take_in_steps(
+            account_id=account_id, amount=amount, txn=txn, record=record, first_lot_id=first_lot_id, expiring=expiring
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _take_sql(),
+            {
+                "first": first_lot_id, "account": account_id, "amount": amount, "expiring": expiring,
+                "txn": txn.pk, "record": record,
+            },
+        )  # fmt: skip
+        takes = cursor.fetchall()
+    if sum(take for _, take in takes) < amount:
+        raise LotsDisagree(f"account {account_id}: open lots are short of a take of {amount}")
+    return takes
+
+
+def _open_lots(account_id: int, *, skip, limit: int | None) -> list[tuple]:
+    lots = Lot.objects.filter(account_id=account_id, remaining__gt=0).exclude(pk__in=skip).order_by(*OPEN_LOT_ORDER)
+    rows = lots.values_list("pk", "remaining")
+    return list(rows[:limit] if limit else rows)
+
+
+def _lots_take_in_steps(
+    *, account_id: int, amount: int, txn: Transaction, record: bool, first_lot_id=None, expiring: bool = False
+) -> list[tuple]:
+    """``lots_take`` on a database without data-modifying CTEs (the embedded SQLite)."""
     takes: list[tuple] = []
     left = amount
     if first_lot_id is not None:

@@ -11,15 +11,18 @@ A refusal raises, which rolls everything back, so it consumes neither points nor
 Lots (SPEC §13, ``points.lots``): a credit or positive adjustment opens a lot; a debit, a capture
 or a negative adjustment takes from the open lots, soonest expiry first, and records what it took
 (so its reversal can give it back). Lot rows change only under the account's row lock, which the
-guarded balance UPDATE of step 2 takes.
+guarded balance UPDATE of step 2 takes, and every transaction that changes an account's lots also
+updates its row.
 
 A credit, the hot path, does all three steps and opens its lot in one PostgreSQL statement when the
 account exists and the key is new (``_credit_in_one_statement``); so do a hold
-(``_hold_in_one_statement``) and the release of an active hold of the calling client
-(``_settle_in_one_statement``), which touch no lot. Debits and captures take the stepwise path
-only: taking from lots in order does not fit one statement simply. Every other case takes the same
-steps one by one, and so gives every replay and refusal. A batch of credits
-(``account_credits_post``) writes the same rows for all of its new keys with one statement per table.
+(``_hold_in_one_statement``), the capture or release of an active hold of the calling client
+(``_settle_in_one_statement``) and a debit (``_debit_in_one_statement``). A debit and a capture
+take from the account's first open lots in the same statement, guarded by the account row's
+version so that the lots they read are those under its lock (``_OPEN_LOTS_CTE``). Every other
+case takes the same steps one by one, and so gives every replay and refusal. A batch of credits
+(``account_credits_post``) writes the same rows for all of its new keys with one statement per
+table. These statements are prepared once per connection (``points.prepared``).
 """
 
 import contextlib
@@ -49,6 +52,7 @@ from config.db import (
 )
 from config.metrics import LEDGER_OPERATIONS
 
+from . import prepared
 from .errors import (
     CaptureExceedsHold,
     ExpiryInPast,
@@ -59,7 +63,7 @@ from .errors import (
     NotFound,
 )
 from .lots import lot_expiry, lot_open, lots_take
-from .models import Account, Entry, Hold, Lot, SystemAccount, Transaction
+from .models import Account, Entry, Hold, Lot, LotUse, SystemAccount, Transaction
 from .namespaces import STAFF_SOURCE, SYSTEM_SOURCE
 
 MAX_AMOUNT = 10**12
@@ -261,6 +265,7 @@ def _ledger_sql(template: str, columns: tuple[str, ...], hold_columns: tuple[str
         entries=quote(Entry._meta.db_table),
         holds=quote(Hold._meta.db_table),
         lots=quote(Lot._meta.db_table),
+        uses=quote(LotUse._meta.db_table),
         account_column=quote(Transaction._meta.get_field("account").column),
         hold_account_column=quote(Hold._meta.get_field("account").column),
         columns=", ".join(columns),
@@ -389,6 +394,90 @@ def _credit_in_one_statement(txn: Transaction, user_id: str, counterpart_id: int
     return True
 
 
+# Taking from lots inside a one-statement operation (``_DEBIT_SQL``, ``_CAPTURE_SQL``). ``cur`` is the
+# account as the statement's snapshot sees it: its id and its row version (xmin). The operation's
+# account UPDATE only goes ahead while the row is still that version, so the lots read from the same
+# snapshot are the lots as they are under the row lock: every change to an account's lots is made by a
+# transaction that also updates the account's row (its balance). When the row changed in between (a
+# concurrent operation committed), nothing is written and the stepwise path decides. ``open`` is the
+# first of the account's open lots in consumption order (soonest expiry first, then oldest) with their
+# running totals; a take that they do not cover goes the stepwise way as well.
+_OPEN_LOTS_CTE = """
+    open AS (
+        SELECT id, remaining,
+               CAST(SUM(remaining) OVER (ORDER BY expires_at, created_at, id) AS bigint) AS upto
+          FROM (SELECT id, remaining, expires_at, created_at FROM {lots}
+                 WHERE account_id = (SELECT id FROM cur) AND remaining > 0
+                 ORDER BY expires_at, created_at, id
+                 LIMIT 16) AS first_lots
+    )
+"""
+
+_DEBIT_SQL = (
+    """
+    WITH cur AS (
+        SELECT id, xmin FROM {accounts} WHERE user_id = %s
+    ), """
+    + _OPEN_LOTS_CTE
+    + """, acct AS (
+        UPDATE {accounts} SET balance = balance - %s
+         WHERE id = (SELECT id FROM cur) AND xmin = (SELECT xmin FROM cur)
+           AND (balance - %s) - held >= 0
+           AND (SELECT max(upto) FROM open) >= %s
+           AND NOT EXISTS (SELECT 1 FROM {transactions} WHERE source = %s AND external_id = %s)
+     RETURNING id, balance, held
+    ), takes AS (
+        SELECT open.id, LEAST(open.remaining, %s - (open.upto - open.remaining)) AS take
+          FROM open
+         WHERE open.upto - open.remaining < %s AND EXISTS (SELECT 1 FROM acct)
+    ), taken AS (
+        UPDATE {lots} AS lot SET remaining = lot.remaining - takes.take
+          FROM takes
+         WHERE lot.id = takes.id
+     RETURNING lot.id, takes.take
+    ), txn AS (
+        INSERT INTO {transactions} ({columns}, {account_column}, balance_after, held_after)
+        SELECT {placeholders}, id, balance, held FROM acct
+        RETURNING id, {account_column}
+    ), legs AS (
+        INSERT INTO {entries} (transaction_id, account_id, part, amount)
+        SELECT id, {account_column}, %s, CAST(%s AS bigint) FROM txn
+         UNION ALL
+        SELECT id, CAST(%s AS bigint), %s, CAST(%s AS bigint) FROM txn
+    ), used AS (
+        INSERT INTO {uses} (transaction_id, lot_id, amount, returned)
+        SELECT txn.id, taken.id, taken.take, 0 FROM txn, taken
+    )
+    SELECT id, balance, held FROM acct
+"""
+)
+
+
+def _debit_in_one_statement(txn: Transaction, user_id: str, counterpart_id: int) -> bool:
+    """The common case of a debit as one PostgreSQL statement: move the balance, take from the
+    account's open lots soonest expiry first (recording what it took from each), insert the
+    Transaction with the balance after it and its two entries. False, with nothing changed, when
+    the key is taken, the user has no account, the funds do not suffice, the first open lots do not
+    cover the amount or the account changed since the statement began: the stepwise path then
+    decides (a replay, a refusal, or the same debit in steps)."""
+    columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
+    amount = txn.amount
+    params = [
+        user_id,
+        amount, amount, amount, txn.source, txn.external_id,
+        amount, amount,
+        *values,
+        Part.AVAILABLE, -amount,
+        counterpart_id, Part.AVAILABLE, amount,
+    ]  # fmt: skip
+    row = _one_statement_row(_ledger_sql(_DEBIT_SQL, tuple(columns)), params)
+    if row is None:
+        return False
+    account_id, balance, held = row
+    _one_statement_saved(txn, _account_as_left(account_id, user_id, balance, held))
+    return True
+
+
 def _one_statement_row(sql: str, params: list):
     """The row a one-statement operation returns, or None when it did nothing or was refused
     by a constraint (a key taken concurrently, a balance check): the stepwise path then decides."""
@@ -397,7 +486,7 @@ def _one_statement_row(sql: str, params: list):
         # savepoint, so an abort does not take the caller's work with it.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             with connection.cursor() as cursor:
-                cursor.execute(sql, params)
+                prepared.execute(cursor, sql, params)
                 return cursor.fetchone()
     except IntegrityError:
         return None
@@ -477,6 +566,8 @@ def _transfer(
     )  # fmt: skip
     counterpart_id = system_account_id(counterpart)
     if delta < 0:
+        if connection.vendor == "postgresql" and _debit_in_one_statement(txn, user_id, counterpart_id):
+            return LedgerResult(txn, False)
         return _transfer_in_steps(txn, user_id, delta, counterpart_id)
     lot_expires_at = lot_expiry(posted_at=txn.created_at, expires_at=expires_at)
     if connection.vendor == "postgresql" and _credit_in_one_statement(txn, user_id, counterpart_id, lot_expires_at):
@@ -710,7 +801,8 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
     counterpart_id = system_account_id(SystemAccount.ISSUED)
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
+            prepared.execute(
+                cursor,
                 _ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
                 [
                     Kind.CREDIT, transactions[0].source, ids, [txn.external_id for txn in transactions],
@@ -722,18 +814,20 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
             )  # fmt: skip
             if len(cursor.fetchall()) < len(transactions):
                 raise _KeyTaken
-            cursor.execute(
+            prepared.execute(
+                cursor,
                 _ledger_sql(_BULK_ENTRIES_SQL, ()),
                 [Part.AVAILABLE, ids + ids, account_ids + [counterpart_id] * len(ids), amounts + [-a for a in amounts]],
             )
-            cursor.execute(
+            prepared.execute(
+                cursor,
                 _ledger_sql(_BULK_LOTS_SQL, ()),
                 [
                     [uuid.uuid4() for _ in ids], account_ids, ids, amounts, [expires_at for _, _, expires_at in rows],
                     [txn.created_at for txn in transactions],
                 ],
             )  # fmt: skip
-            cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
+            prepared.execute(cursor, _ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
     except (_KeyTaken, IntegrityError):
         return False
     for txn in transactions:
@@ -748,7 +842,7 @@ class _KeyTaken(Exception):
 def _accounts_locked(user_ids: list[str]) -> dict[str, tuple[int, int, int]]:
     """Lock the users' accounts in user id order; (id, balance, held) by user id of those that exist."""
     with connection.cursor() as cursor:
-        cursor.execute(_ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
+        prepared.execute(cursor, _ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
         return {user_id: (account_id, balance, held) for account_id, user_id, balance, held in cursor.fetchall()}
 
 
@@ -904,6 +998,9 @@ def _settle_legs(hold: Hold, captured: int) -> list[tuple[int, str, int]]:
 def hold_capture(*, source: str, external_id: str, hold_id, amount: int | None = None) -> LedgerResult:
     """Spend ``amount`` (default: all) of an active hold; the rest returns to available."""
     _operation_check(external_id=external_id, amount=amount, amount_required=False)
+    settled = _settled_in_one_statement(source, external_id, hold_id, kind=Kind.CAPTURE, amount=amount)
+    if settled is not None:
+        return settled
     return _capture_in_steps(source=source, external_id=external_id, hold_id=hold_id, amount=amount)
 
 
@@ -964,26 +1061,100 @@ _SETTLE_SQL = """
 """
 
 
+# A capture in one statement: ``_SETTLE_SQL`` taking the captured points from the lots (see
+# ``_OPEN_LOTS_CTE``). The hold is closed first (hold, then account: the lock order of every settle),
+# and only when the first open lots cover the capture. When the account's row changed since the
+# statement began, ``acct`` updates nothing; the Transaction, which must name an account, then has
+# none, and the statement fails as a whole (NOT NULL), hold closure included.
+_CAPTURE_SQL = (
+    """
+    WITH cur AS (
+        SELECT account.id, account.xmin
+          FROM {holds} AS hold JOIN {accounts} AS account ON account.id = hold.{hold_account_column}
+         WHERE hold.id = %s
+    ), """
+    + _OPEN_LOTS_CTE
+    + """, closed AS (
+        UPDATE {holds}
+           SET status = %s, captured_amount = COALESCE(%s, amount),
+               released_amount = amount - COALESCE(%s, amount), closed_at = %s
+         WHERE id = %s AND source = %s AND status = %s AND expires_at > %s AND COALESCE(%s, amount) <= amount
+           AND NOT EXISTS (SELECT 1 FROM {transactions} WHERE source = %s AND external_id = %s)
+           AND (SELECT max(upto) FROM open) >= COALESCE(%s, amount)
+     RETURNING id, {hold_account_column} AS account_id, amount, captured_amount, released_amount
+    ), acct AS (
+        UPDATE {accounts} AS account
+           SET balance = account.balance - closed.captured_amount, held = account.held - closed.amount
+          FROM closed
+         WHERE account.id = closed.account_id AND account.xmin = (SELECT xmin FROM cur)
+     RETURNING account.id, account.user_id, account.balance, account.held,
+               closed.amount AS hold_amount, closed.captured_amount AS captured, closed.released_amount AS released
+    ), takes AS (
+        SELECT open.id, LEAST(open.remaining, acct.captured - (open.upto - open.remaining)) AS take
+          FROM open, acct
+         WHERE open.upto - open.remaining < acct.captured
+    ), taken AS (
+        UPDATE {lots} AS lot SET remaining = lot.remaining - takes.take
+          FROM takes
+         WHERE lot.id = takes.id
+     RETURNING lot.id, takes.take
+    ), txn AS (
+        INSERT INTO {transactions} ({columns}, {account_column}, amount, balance_after, held_after)
+        SELECT {placeholders}, acct.id, closed.captured_amount, acct.balance, acct.held
+          FROM closed LEFT JOIN acct ON true
+        RETURNING id
+    ), legs AS (
+        INSERT INTO {entries} (transaction_id, account_id, part, amount)
+        SELECT txn.id, leg.account_id, leg.part, leg.amount
+          FROM txn, acct,
+               LATERAL (VALUES (acct.id, %s, -acct.hold_amount),
+                               (CAST(%s AS bigint), %s, acct.captured),
+                               (acct.id, %s, acct.released)) AS leg (account_id, part, amount)
+         WHERE leg.amount <> 0
+    ), used AS (
+        INSERT INTO {uses} (transaction_id, lot_id, amount, returned)
+        SELECT txn.id, taken.id, taken.take, 0 FROM txn, taken
+    )
+    SELECT id, user_id, balance, held, hold_amount, captured, released FROM acct
+"""
+)
+
+
 def _settle_in_one_statement(txn: Transaction, *, captured: int | None) -> bool:
     """The common case of a capture (``captured`` points, None: all) or a release (0) as one
     PostgreSQL statement: close the active hold, move the account's balance and held, insert the
-    Transaction with the balance after it and its entries (the legs of ``_settle_legs``). False,
-    with nothing changed, when the key is taken or the hold is not this client's, not active,
-    expired or smaller than ``captured``: the stepwise path then answers (a replay, or the refusal
-    in its usual order)."""
+    Transaction with the balance after it and its entries (the legs of ``_settle_legs``); a
+    capture also takes the captured points from the lots (``_CAPTURE_SQL``). False, with nothing
+    changed, when the key is taken or the hold is not this client's, not active, expired or smaller
+    than ``captured``, or, for a capture, when the first open lots do not cover it or the account
+    changed since the statement began: the stepwise path then answers (a replay, the refusal in its
+    usual order, or the same capture in steps)."""
     columns, values = column_values(txn, exclude=("account", "amount", "balance_after", "held_after"))
     now = txn.created_at
     status = Hold.Status.RELEASED if txn.kind == Kind.RELEASE else Hold.Status.CAPTURED
-    params = [
-        status, captured, captured, now,
-        txn.hold_id, txn.source, Hold.Status.ACTIVE, now, captured, txn.source, txn.external_id,
-        *values,
-        txn.kind == Kind.RELEASE,
-        Part.HELD,
-        system_account_id(SystemAccount.SPENT), Part.AVAILABLE,
-        Part.AVAILABLE,
-    ]  # fmt: skip
-    row = _one_statement_row(_ledger_sql(_SETTLE_SQL, tuple(columns)), params)
+    if txn.kind == Kind.RELEASE:
+        params = [
+            status, captured, captured, now,
+            txn.hold_id, txn.source, Hold.Status.ACTIVE, now, captured, txn.source, txn.external_id,
+            *values,
+            True,
+            Part.HELD,
+            system_account_id(SystemAccount.SPENT), Part.AVAILABLE,
+            Part.AVAILABLE,
+        ]  # fmt: skip
+        sql = _ledger_sql(_SETTLE_SQL, tuple(columns))
+    else:
+        params = [
+            txn.hold_id,
+            status, captured, captured, now,
+            txn.hold_id, txn.source, Hold.Status.ACTIVE, now, captured, txn.source, txn.external_id, captured,
+            *values,
+            Part.HELD,
+            system_account_id(SystemAccount.SPENT), Part.AVAILABLE,
+            Part.AVAILABLE,
+        ]  # fmt: skip
+        sql = _ledger_sql(_CAPTURE_SQL, tuple(columns))
+    row = _one_statement_row(sql, params)
     if row is None:
         return False
     account_id, user_id, balance, held, hold_amount, captured_amount, released = row

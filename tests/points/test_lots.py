@@ -248,3 +248,43 @@ def test_a_take_beyond_the_lots_is_an_error_not_a_silent_break():
         debit("alice", 60)
     assert totals("alice") == (100, 0, 100)
     assert Account.objects.get(user_id="alice").balance == 100
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expiry_run_writes_a_run_of_lots_in_a_few_statements_as_lot_by_lot_would():
+    """Several due lots per account, one account with a hold: the bulk run spares what the hold
+    needs across the account's lots in expiry order, and costs the same statements for 3 lots as for 30."""
+    from django.test.utils import CaptureQueriesContext
+
+    def prepare(prefix: str, count: int) -> None:
+        for n in range(count):
+            due(f"{prefix}-{n % 3}", 10 + n, ago=timedelta(minutes=count - n))
+        credit(f"{prefix}-0", 5)  # never expires
+        hold(f"{prefix}-1", 10)
+
+    services.system_account_id(SystemAccount.EXPIRED)  # looked up once per process
+    prepare("small", 3)
+    with CaptureQueriesContext(connection) as small:
+        small_run = lots_expire_due()
+    prepare("large", 30)
+    with CaptureQueriesContext(connection) as large:
+        large_run = lots_expire_due()
+
+    assert len(large.captured_queries) == len(small.captured_queries)
+    assert (small_run.expired_lots, small_run.skipped) == (3, 0)
+    assert (large_run.expired_lots, large_run.skipped) == (30, 0)
+    assert totals("large-0") == (5, 0, 5)
+    assert totals("large-1") == (10, 10, 0)  # the hold's points are spared
+    assert totals("large-2") == (0, 0, 0)
+    due_points = sum(10 + n for n in range(30))
+    assert large_run.expired_points == due_points - 10
+    # Balance after each expiry, in expiry order, as lot by lot would have stamped it.
+    expiries = Transaction.objects.filter(kind="points_expiry", account__user_id="large-0").order_by("balance_after")
+    lots = sorted((lot for lot in Lot.objects.filter(account__user_id="large-0", expired_amount__gt=0)),
+                  key=lambda lot: (lot.expires_at, lot.pk))  # fmt: skip
+    assert [expiry.metadata["lot_id"] for expiry in expiries.reverse()] == [str(lot.pk) for lot in lots]
+    assert [expiry.balance_after for expiry in expiries.reverse()] == [
+        5 + sum(lot.amount for lot in lots[index + 1 :]) for index in range(len(lots))
+    ]
+    assert lots_expire_due().expired_lots == 0  # never twice
+    assert_ledger_ok()

@@ -10,7 +10,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--batch-size", type=int, default=500, help="Lots read per batch (default 500).")
+        parser.add_argument("--batch-size", type=int, default=1000, help="Lots expired per transaction (default 1000).")
 
     def handle(self, *args, batch_size, **options):
         def progress(run):
