@@ -225,7 +225,7 @@ def lot_cost_measure(*, credits: int = 1000, rounds: int = 6) -> dict:
     from django.db import connection
 
     from config.db import column_values
-    from points import prepared, services
+    from points import services
     from points.models import SystemAccount, Transaction
 
     run_id = uuid.uuid4().hex[:10]
@@ -259,7 +259,7 @@ def lot_cost_measure(*, credits: int = 1000, rounds: int = 6) -> dict:
         if variant == "without_lot":
             sql, params = cut.sub(")\n", sql), params[:-5]
         with connection.cursor() as cursor:
-            prepared.execute(cursor, sql, params)
+            cursor.execute(sql, params)
             if cursor.fetchone() is None:
                 raise RuntimeError("a bench credit was not posted in one statement")
 

@@ -323,9 +323,6 @@ POINTS_DEFAULT_HOLD_SECONDS = env.int("POINTS_DEFAULT_HOLD_SECONDS", default=15 
 POINTS_EXPIRE_AFTER_DAYS = env.int("POINTS_EXPIRE_AFTER_DAYS", default=0)
 # Points whose lots expire within this many days are reported as expiring_soon.
 POINTS_EXPIRY_NOTICE_DAYS = env.int("POINTS_EXPIRY_NOTICE_DAYS", default=30)
-# The ledger's hot statements prepared once per connection (points.prepared); off behind a
-# connection pooler in transaction mode.
-POINTS_PREPARED_STATEMENTS = env.bool("POINTS_PREPARED_STATEMENTS", default=True)
 
 # --- Admin login protection (django-axes)
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)

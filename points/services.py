@@ -22,7 +22,7 @@ take from the account's first open lots in the same statement, guarded by the ac
 version so that the lots they read are those under its lock (``_OPEN_LOTS_CTE``). Every other
 case takes the same steps one by one, and so gives every replay and refusal. A batch of credits
 (``account_credits_post``) writes the same rows for all of its new keys with one statement per
-table. These statements are prepared once per connection (``points.prepared``).
+table. A connection prepares them once it has run them a few times (``DB_PREPARED_STATEMENTS``).
 """
 
 import contextlib
@@ -52,7 +52,6 @@ from config.db import (
 )
 from config.metrics import LEDGER_OPERATIONS
 
-from . import prepared
 from .errors import (
     CaptureExceedsHold,
     ExpiryInPast,
@@ -486,7 +485,7 @@ def _one_statement_row(sql: str, params: list):
         # savepoint, so an abort does not take the caller's work with it.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             with connection.cursor() as cursor:
-                prepared.execute(cursor, sql, params)
+                cursor.execute(sql, params)
                 return cursor.fetchone()
     except IntegrityError:
         return None
@@ -801,9 +800,7 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
     counterpart_id = system_account_id(SystemAccount.ISSUED)
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            prepared.execute(
-                cursor,
-                _ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
+            cursor.execute(_ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
                 [
                     Kind.CREDIT, transactions[0].source, ids, [txn.external_id for txn in transactions],
                     [txn.request_hash for txn in transactions], account_ids, amounts,
@@ -814,20 +811,17 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
             )  # fmt: skip
             if len(cursor.fetchall()) < len(transactions):
                 raise _KeyTaken
-            prepared.execute(
-                cursor,
+            cursor.execute(
                 _ledger_sql(_BULK_ENTRIES_SQL, ()),
                 [Part.AVAILABLE, ids + ids, account_ids + [counterpart_id] * len(ids), amounts + [-a for a in amounts]],
             )
-            prepared.execute(
-                cursor,
-                _ledger_sql(_BULK_LOTS_SQL, ()),
+            cursor.execute(_ledger_sql(_BULK_LOTS_SQL, ()),
                 [
                     [uuid.uuid4() for _ in ids], account_ids, ids, amounts, [expires_at for _, _, expires_at in rows],
                     [txn.created_at for txn in transactions],
                 ],
             )  # fmt: skip
-            prepared.execute(cursor, _ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
+            cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
     except (_KeyTaken, IntegrityError):
         return False
     for txn in transactions:
@@ -842,7 +836,7 @@ class _KeyTaken(Exception):
 def _accounts_locked(user_ids: list[str]) -> dict[str, tuple[int, int, int]]:
     """Lock the users' accounts in user id order; (id, balance, held) by user id of those that exist."""
     with connection.cursor() as cursor:
-        prepared.execute(cursor, _ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
+        cursor.execute(_ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
         return {user_id: (account_id, balance, held) for account_id, user_id, balance, held in cursor.fetchall()}
 
 

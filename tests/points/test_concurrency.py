@@ -351,7 +351,7 @@ def test_the_expiry_sweep_leaves_a_hold_being_captured_in_a_callers_transaction_
 
     assert isinstance(outcome["result"], services.LedgerResult)
     # The hold's row was locked by then: by the one-statement capture, or the stepwise one's UPDATE.
-    assert {"EXECUTE", "UPDATE"} & set(outcome["statements"])
+    assert {"WITH", "UPDATE"} & set(outcome["statements"])
     assert expired_meanwhile == 0
     assert Hold.objects.get(pk=hold_id).status == "captured"
     assert totals("alice") == (0, 0, 0)

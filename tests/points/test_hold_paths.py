@@ -71,7 +71,7 @@ def test_a_hold_a_capture_and_a_release_are_one_statement_each():
     credit("alice", 100)
 
     held, statements = _statements(lambda: hold("alice", 40, expires_in=60))
-    assert statements == ["EXECUTE"]  # in autocommit mode the statement is its own transaction
+    assert statements == ["WITH"]  # in autocommit mode the statement is its own transaction
     stored_hold = Hold.objects.get(pk=held.transaction.hold_id)
     assert (stored_hold.status, stored_hold.source, stored_hold.account.user_id) == ("active", SOURCE, "alice")
     assert stored_hold.expires_at == held.transaction.created_at + timedelta(seconds=60)
@@ -79,13 +79,13 @@ def test_a_hold_a_capture_and_a_release_are_one_statement_each():
 
     services.system_account_id(SystemAccount.SPENT)  # looked up once per process
     settled, statements = _statements(lambda: capture(held.transaction.hold_id, amount=25))
-    assert statements == ["EXECUTE"]  # the lots it takes from included
+    assert statements == ["WITH"]  # the lots it takes from included
     assert list(Lot.objects.filter(account__user_id="alice").values_list("remaining", flat=True)) == [75]
     assert (settled.replayed, settled.transaction.amount, settled.transaction.hold.amount) == (False, 25, 40)
     assert totals("alice") == (75, 0, 75)
 
     released, statements = _statements(lambda: release(hold("alice", 15).transaction.hold_id))
-    assert statements == ["EXECUTE", "EXECUTE"]  # the hold, then its release
+    assert statements == ["WITH", "WITH"]  # the hold, then its release
     assert (released.transaction.kind, released.transaction.amount, released.transaction.hold.status) == (
         "release", 15, "released",
     )  # fmt: skip

@@ -49,7 +49,7 @@ def test_a_debit_is_one_statement_soonest_expiry_first():
 
     result, statements = _statements(lambda: debit("alice", 35))
 
-    assert statements == ["EXECUTE"]
+    assert statements == ["WITH"]
     assert remaining("alice") == [5, 20, 0]
     assert uses(result.transaction) == [(5, 10), (30, 30)]
     assert (result.transaction.balance_after, totals("alice")) == (25, (25, 0, 25))
@@ -64,7 +64,7 @@ def test_a_capture_is_one_statement_soonest_expiry_first():
 
     result, statements = _statements(lambda: capture(held.transaction.hold_id, amount=45))
 
-    assert statements == ["EXECUTE"]
+    assert statements == ["WITH"]
     assert remaining("alice") == [0, 15, 0]
     assert uses(result.transaction) == [(10, 10), (5, 20), (30, 30)]
     assert (result.transaction.amount, result.transaction.hold.status) == (45, "captured")
@@ -83,13 +83,14 @@ def test_a_take_beyond_the_first_sixteen_lots_goes_the_stepwise_way(operation):
         held = hold("alice", 18)
         result, statements = _statements(lambda: capture(held.transaction.hold_id))
 
-    assert statements[0] == "EXECUTE" and "BEGIN" in statements  # tried, then in steps
+    assert statements[0] == "WITH" and "BEGIN" in statements  # tried, then in steps
     assert remaining("alice") == [0] * 18 + [1, 1]
     assert len(uses(result.transaction)) == 18
     assert totals("alice") == (2, 0, 2)
     assert_ledger_ok()
 
 
+@pytest.mark.ledger_broken  # lots taken without the balance change that goes with them, to see which
 def test_lots_take_takes_the_given_lot_first_then_soonest_expiry():
     three_lots("alice")
     never = Lot.objects.get(account__user_id="alice", expires_at=None)

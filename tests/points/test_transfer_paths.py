@@ -16,8 +16,7 @@ from .test_concurrency import THREADS, kinds, run_together, unexpected
 
 
 def _statements(work) -> tuple[object, list[str]]:
-    """What ``work`` returned, and the first word of each statement it sent (a one-statement
-    operation is the EXECUTE of its prepared statement: points.prepared)."""
+    """What ``work`` returned, and the first word of each statement it sent."""
     with CaptureQueriesContext(connection) as captured:
         result = work()
     return result, [query["sql"].split()[0].upper() for query in captured.captured_queries]
@@ -29,7 +28,7 @@ def test_a_credit_to_an_existing_account_is_one_statement_and_one_commit():
 
     result, statements = _statements(lambda: credit("alice", 5, external_id="one-trip", metadata={"k": "v"}))
 
-    assert statements == ["EXECUTE"]  # no BEGIN/COMMIT: in autocommit mode the statement is its own transaction
+    assert statements == ["WITH"]  # no BEGIN/COMMIT: in autocommit mode the statement is its own transaction
     assert result.replayed is False
     txn = Transaction.objects.get(external_id="one-trip")
     assert (txn.balance_after, txn.held_after, txn.metadata, txn.account.user_id) == (15, 0, {"k": "v"}, "alice")
@@ -43,7 +42,7 @@ def test_a_credit_to_an_existing_account_is_one_statement_and_one_commit():
 @pytest.mark.django_db(transaction=True)
 def test_the_first_credit_replay_conflict_and_overdraft_take_the_stepwise_path():
     first, statements = _statements(lambda: credit("newcomer", 7, external_id="first"))
-    assert statements.index("EXECUTE") < statements.index("BEGIN") and statements[-1] == "COMMIT"
+    assert statements.index("WITH") < statements.index("BEGIN") and statements[-1] == "COMMIT"
     assert (first.replayed, first.transaction.balance_after) == (False, 7)
 
     replay = credit("newcomer", 7, external_id="first")
