@@ -171,3 +171,30 @@ def test_update_rows_where_changes_each_row_only_while_its_guard_holds():
     assert (untouched.status, untouched.result, untouched.attempts) != ("completed", held.result, 1)
     assert untouched.result == {} and untouched.attempts == 5
     assert update_rows_where([], ["status"], where={}) == set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_with_dependents_writes_empty_texts_and_zeros_into_the_text_and_stores_them_as_given():
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    event = _event("e-lit", error="", context={})
+    actions = [
+        _action(event, rule, amount=5, attempts=0, last_error="", target_user_id="u-0"),
+        _action(event, rule, amount=12, attempts=3, last_error="timeout", target_user_id="u-1"),
+    ]
+    sent = []
+
+    def record(execute, sql, params, many, context):
+        sent.append((sql, list(params)))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        assert insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions) is True
+
+    ((sql, params),) = sent
+    assert "" not in params and 0 not in params  # none of them went as a parameter
+    assert 12 in params and 3 in params and "timeout" in params
+    assert len(params) <= 50  # an event with two actions stays within psycopg's cache of parsed statements
+    stored = {a.target_user_id: a for a in RewardAction.objects.filter(event_id=event.pk)}
+    assert (stored["u-0"].amount, stored["u-0"].attempts, stored["u-0"].last_error) == (5, 0, "")
+    assert (stored["u-1"].amount, stored["u-1"].attempts, stored["u-1"].last_error) == (12, 3, "timeout")
+    assert EconomicEvent.objects.get(pk=event.pk).error == ""
