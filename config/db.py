@@ -9,11 +9,53 @@ the row's current values, without a queryset.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
+import psycopg
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import CharField, Field, Model
+
+# psycopg prepares a statement by itself once it has run this many times on a connection; Django
+# turns that off (None, which also refuses an explicit ``prepare=True``). A count no statement
+# reaches leaves every other statement unprepared, as Django wants, and lets ``prepared_cursor``
+# ask for its own.
+_ONLY_WHEN_ASKED = 2**62
+
+
+class _PreparingCursor(psycopg.Cursor):
+    """psycopg's server-side-binding cursor, preparing every statement it runs (one per text and
+    parameter types, kept by psycopg per connection)."""
+
+    def execute(self, query, params=None, *, prepare=None, binary=None):
+        return super().execute(query, params, prepare=True, binary=binary)
+
+
+@contextlib.contextmanager
+def prepared_cursor() -> Iterator:
+    """A cursor for a hot statement: PostgreSQL parses, analyses and plans it once per connection and
+    each later run sends only its parameters, where Django's cursors send the whole text, with the
+    values in it, to be parsed and planned every time.
+
+    Only public interfaces: psycopg's own ``Cursor`` on the connection Django opened (after
+    Django's connect and health check), wrapped by the connection's ``make_cursor`` as Django wraps
+    its own, so execute wrappers and the translation of errors into ``django.db`` exceptions work as
+    for any cursor. Django's cursor (the same statement, not prepared) on another database, with
+    ``DB_PREPARED_STATEMENTS=0`` (a pooler in transaction mode that does not carry prepared
+    statements between server connections), and while queries are logged (DEBUG, a test capturing
+    them): the query log reads the text a cursor sent, and a prepared run sends none.
+    """
+    with connection.cursor() as cursor:
+        if connection.vendor != "postgresql" or not settings.DB_PREPARED_STATEMENTS or connection.queries_logged:
+            yield cursor
+            return
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        raw.prepare_threshold = _ONLY_WHEN_ASKED
+    with connection.make_cursor(_PreparingCursor(raw)) as wrapped:
+        yield wrapped
 
 
 def column_values(instance: Model, *, exclude: Sequence[str] = ()) -> tuple[list[str], list]:
@@ -78,7 +120,8 @@ def insert_with_dependents_unless_conflict(
 
     A NULL, an empty text and an integer zero (most of a new row's unset columns) go into the text
     rather than as parameters: the statement has fewer parameters, so psycopg keeps its parsed form
-    (at most 50 parameters) and PostgreSQL has fewer values to read.
+    (at most 50 parameters) and there are fewer values to send. It runs through ``prepared_cursor``:
+    parsed and planned once per connection and statement text.
     """
     quote = connection.ops.quote_name
     columns, values = column_values(instance)
@@ -107,7 +150,7 @@ def insert_with_dependents_unless_conflict(
         sql += " SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM dependents)"
     else:
         sql += " SELECT (SELECT count(*) FROM parent), 0"
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         inserted, dependents_inserted = cursor.fetchone()
     if not inserted:

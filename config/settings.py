@@ -99,6 +99,9 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The event insert is prepared once per connection (config.db.prepared_cursor); 0 for a pooler in
+# transaction mode that does not carry prepared statements (PgBouncer before 1.21).
+DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default serves one process; waiting on the file lock beats "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20

@@ -198,3 +198,27 @@ def test_insert_with_dependents_writes_empty_texts_and_zeros_into_the_text_and_s
     assert (stored["u-0"].amount, stored["u-0"].attempts, stored["u-0"].last_error) == (5, 0, "")
     assert (stored["u-1"].amount, stored["u-1"].attempts, stored["u-1"].last_error) == (12, 3, "timeout")
     assert EconomicEvent.objects.get(pk=event.pk).error == ""
+
+
+def _prepared_texts() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prepared", [True, False])
+def test_insert_with_dependents_is_prepared_once_per_connection_unless_turned_off(settings, prepared):
+    settings.DB_PREPARED_STATEMENTS = prepared
+    connection.close()  # a connection of its own: nothing prepared on it yet
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    for n in range(3):
+        event = _event(f"e-prep-{n}", context={"n": n})
+        actions = [_action(event, rule, amount=n + 1, target_user_id=f"u-{n}")]
+        assert insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions) is True
+
+    inserts = [text for text in _prepared_texts() if "connect_economicevent" in text]
+    assert len(inserts) == (1 if prepared else 0)  # one prepared form for the three runs
+    stored = sorted(RewardAction.objects.values_list("event__external_id", "target_user_id", "amount"))
+    assert stored == [("e-prep-0", "u-0", 1), ("e-prep-1", "u-1", 2), ("e-prep-2", "u-2", 3)]
+    assert [e.context for e in EconomicEvent.objects.order_by("external_id")] == [{"n": 0}, {"n": 1}, {"n": 2}]
