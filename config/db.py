@@ -39,18 +39,23 @@ def prepared_cursor() -> Iterator:
     each later run sends only its parameters, where Django's cursors send the whole text, with the
     values in it, to be parsed and planned every time.
 
-    Only public interfaces: psycopg's own ``Cursor`` on the connection Django opened (after
-    Django's connect and health check), wrapped by the connection's ``make_cursor`` as Django wraps
-    its own, so execute wrappers and the translation of errors into ``django.db`` exceptions work as
-    for any cursor. Django's cursor (the same statement, not prepared) on another database, with
-    ``DB_PREPARED_STATEMENTS=0`` (a pooler in transaction mode that does not carry prepared
-    statements between server connections), and while queries are logged (DEBUG, a test capturing
-    them): the query log reads the text a cursor sent, and a prepared run sends none.
+    Only public interfaces: psycopg's own ``Cursor`` on the connection Django opened (with the
+    same thread check, health check and connect as Django's ``cursor()``), wrapped by the
+    connection's ``make_cursor`` as Django wraps its own, so execute wrappers and the translation
+    of errors into ``django.db`` exceptions work as for any cursor. It reads results with the
+    connection's own loaders (Django's cursors may set a time zone per cursor): for statements
+    that return no timestamps. Django's cursor (the same statement, not prepared) on another
+    database, with ``DB_PREPARED_STATEMENTS=0`` (a pooler in transaction mode that does not carry
+    prepared statements between server connections), and while queries are logged (DEBUG, a test
+    capturing them): the query log reads the text a cursor sent, and a prepared run sends none.
     """
-    with connection.cursor() as cursor:
-        if connection.vendor != "postgresql" or not settings.DB_PREPARED_STATEMENTS or connection.queries_logged:
+    if connection.vendor != "postgresql" or not settings.DB_PREPARED_STATEMENTS or connection.queries_logged:
+        with connection.cursor() as cursor:
             yield cursor
-            return
+        return
+    connection.validate_thread_sharing()
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
     raw = connection.connection
     if raw.prepare_threshold is None:
         raw.prepare_threshold = _ONLY_WHEN_ASKED
