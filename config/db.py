@@ -76,24 +76,27 @@ def insert_with_dependents_unless_conflict(
     default such as a UUID): nothing is read back. True when this call inserted them all (the
     instances are then saved); False when the parent's key already exists, and nothing was written.
 
-    A NULL goes into the text rather than as a parameter, so the statement has fewer parameters.
+    A NULL, an empty text and an integer zero (most of a new row's unset columns) go into the text
+    rather than as parameters: the statement has fewer parameters, so psycopg keeps its parsed form
+    (at most 50 parameters) and there are fewer values to send; a connection that runs the same text
+    again prepares it (``DB_PREPARED_STATEMENTS``).
     """
     quote = connection.ops.quote_name
     columns, values = column_values(instance)
-    placeholders = ["NULL" if value is None else "%s" for value in values]
+    placeholders = [_literal_or_placeholder(value) for value in values]
     sql = "WITH parent AS ({})".format(
         _insert_unless_conflict_sql(type(instance)._meta, columns, conflict_fields, "1", placeholders)
     )
-    params = [value for value in values if value is not None]
+    params = [value for value in values if _literal(value) is None]
     if dependents:
         child_meta = type(dependents[0])._meta
         rows = [column_values(child) for child in dependents]
         child_columns = rows[0][0]
         # A VALUES list in a subquery does not take the target columns' types, so each value is cast
         # to its column's type (a NULL or a text literal would otherwise not go into uuid, jsonb ...).
-        casts, null_casts = _cast_placeholders(type(dependents[0]), tuple(child_columns))
+        casts = _casts(type(dependents[0]), tuple(child_columns))
         row_texts = [
-            "(" + ", ".join(n if v is None else c for v, c, n in zip(row, casts, null_casts, strict=True)) + ")"
+            "(" + ", ".join(cast.format(_literal_or_placeholder(v)) for v, cast in zip(row, casts, strict=True)) + ")"
             for _, row in rows
         ]
         sql += (
@@ -101,7 +104,7 @@ def insert_with_dependents_unless_conflict(
             f"SELECT * FROM (VALUES {', '.join(row_texts)}) AS row_values "
             f"WHERE EXISTS (SELECT 1 FROM parent) RETURNING 1)"
         )
-        params += [value for _, row in rows for value in row if value is not None]
+        params += [value for _, row in rows for value in row if _literal(value) is None]
         sql += " SELECT (SELECT count(*) FROM parent), (SELECT count(*) FROM dependents)"
     else:
         sql += " SELECT (SELECT count(*) FROM parent), 0"
@@ -117,6 +120,26 @@ def insert_with_dependents_unless_conflict(
     return True
 
 
+def _literal(value) -> str | None:
+    """The SQL text of a value written into a statement instead of sent as a parameter, or None.
+
+    Only values whose text never varies: NULL, the empty text and the integer zero (not False, an
+    int too, which a boolean column would not take as 0).
+    """
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "''" if value == "" else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "0" if value == 0 else None
+    return None
+
+
+def _literal_or_placeholder(value) -> str:
+    literal = _literal(value)
+    return "%s" if literal is None else literal
+
+
 def _insert_unless_conflict_sql(
     meta, columns: Sequence[str], conflict_fields: Sequence[str], returning: str, placeholders: Sequence[str] = ()
 ) -> str:
@@ -130,16 +153,15 @@ def _insert_unless_conflict_sql(
 
 
 @functools.cache
-def _cast_placeholders(model: type[Model], quoted_columns: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """``CAST(%s AS uuid)``, ``CAST(%s AS text)`` ... for these columns of ``model``, and the same
-    with NULL in place of the placeholder.
+def _casts(model: type[Model], quoted_columns: tuple[str, ...]) -> list[str]:
+    """``CAST({} AS uuid)``, ``CAST({} AS text)`` ... for these columns of ``model``, to be formatted
+    with a placeholder or a literal.
 
     Text goes in as ``text``, not as the column's ``varchar(n)``: an explicit cast to ``varchar(n)``
     silently cuts a longer value, where the INSERT's own conversion refuses it, as a plain INSERT does.
     """
     by_column = {connection.ops.quote_name(field.column): field for field in model._meta.concrete_fields}
-    types = [_cast_type(by_column[column]) for column in quoted_columns]
-    return [f"CAST(%s AS {type_})" for type_ in types], [f"CAST(NULL AS {type_})" for type_ in types]
+    return [f"CAST({{}} AS {_cast_type(by_column[column])})" for column in quoted_columns]
 
 
 def _cast_type(field: Field) -> str:

@@ -1,3 +1,4 @@
+import copy
 import re
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
@@ -110,6 +111,17 @@ class EventIn(serializers.Serializer):
         "reverses_external_id (given without it: 400). Each action loses floor(amount × f), never more in total "
         "than its amount.",
     )
+
+    def get_fields(self):
+        """Shallow copies of fields built once per class, instead of DRF's deep copy of every declared
+        field for each serializer (half the cost of validating an event body). A field keeps no state
+        of its own while it validates; binding sets the copy's name and parent, never the original's."""
+        cls = type(self)
+        fields = cls.__dict__.get("unbound_fields")
+        if fields is None:
+            fields = super().get_fields()  # DRF's: a deep copy of the declared fields
+            cls.unbound_fields = fields
+        return {name: copy.copy(field) for name, field in fields.items()}
 
     def validate(self, attrs):
         if attrs.get("reversal_fraction") is not None and attrs.get("reverses_external_id") is None:

@@ -1,5 +1,10 @@
 """The single-statement helpers the ledger, the event inbox and dispatch share (config/db.py)."""
 
+import ast
+import os
+import subprocess
+import sys
+
 import pytest
 from django.db import DataError, connection
 from django.test.utils import CaptureQueriesContext
@@ -172,3 +177,73 @@ def test_update_rows_where_changes_each_row_only_while_its_guard_holds():
     assert (untouched.status, untouched.result, untouched.attempts) != ("completed", held.result, 1)
     assert untouched.result == {} and untouched.attempts == 5
     assert update_rows_where([], ["status"], where={}) == set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_with_dependents_writes_empty_texts_and_zeros_into_the_text_and_stores_them_as_given():
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    event = _event("e-lit", error="", context={})
+    actions = [
+        _action(event, rule, amount=5, attempts=0, last_error="", target_user_id="u-0"),
+        _action(event, rule, amount=12, attempts=3, last_error="timeout", target_user_id="u-1"),
+    ]
+    sent = []
+
+    def record(execute, sql, params, many, context):
+        sent.append((sql, list(params)))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        assert insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions) is True
+
+    ((sql, params),) = sent
+    assert "" not in params and 0 not in params  # none of them went as a parameter
+    assert 12 in params and 3 in params and "timeout" in params
+    assert len(params) <= 50  # an event with two actions stays within psycopg's cache of parsed statements
+    stored = {a.target_user_id: a for a in RewardAction.objects.filter(event_id=event.pk)}
+    assert (stored["u-0"].amount, stored["u-0"].attempts, stored["u-0"].last_error) == (5, 0, "")
+    assert (stored["u-1"].amount, stored["u-1"].attempts, stored["u-1"].last_error) == (12, 3, "timeout")
+    assert EconomicEvent.objects.get(pk=event.pk).error == ""
+
+
+def _prepared_texts() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_prepares_the_event_insert_once_it_has_run_it_a_few_times(settings):
+    """DB_PREPARED_STATEMENTS (Django's server_side_binding and prepare_threshold): after
+    DB_PREPARE_THRESHOLD runs of one text, PostgreSQL parses and plans it once for the rest."""
+    connection.close()  # a connection of its own: nothing prepared on it yet
+    threshold = connection.settings_dict["OPTIONS"]["prepare_threshold"]
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    for n in range(threshold + 2):
+        event = _event(f"e-prep-{n}", context={"n": n})
+        actions = [_action(event, rule, amount=n + 1, target_user_id=f"u-{n}")]
+        assert insert_with_dependents_unless_conflict(event, ("source_service", "external_id"), actions) is True
+
+    inserts = [text for text in _prepared_texts() if "connect_economicevent" in text]
+    assert len(inserts) == 1  # one prepared form for every later run
+    stored = sorted(RewardAction.objects.values_list("event__external_id", "amount"))
+    assert stored == [(f"e-prep-{n}", n + 1) for n in range(threshold + 2)]
+
+
+def test_prepared_statements_can_be_turned_off_for_a_pooler_in_transaction_mode():
+    options = _database_options(DB_PREPARED_STATEMENTS="0")
+    assert "server_side_binding" not in options and "prepare_threshold" not in options
+    on = _database_options()
+    assert (on["server_side_binding"], on["prepare_threshold"]) == (True, 5)
+
+
+def _database_options(**env) -> dict:
+    script = "import django; django.setup(); from django.conf import settings; print(repr(settings.DATABASES['default'].get('OPTIONS', {})))"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "SECRET_KEY": "x",
+             "DATABASE_URL": "postgres://root@127.0.0.1:5432/postgres", **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-1000:]
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
-"""The per-process cache of rules_for_event_type: hits run no SQL, edits clear it, entries expire."""
+"""The per-process cache of rules_for_event_type: hits run no SQL, edits clear it, entries expire and
+are then checked against their stamp (one query) before being read again."""
 
 import pytest
 from django.db import connection
@@ -151,19 +152,81 @@ def test_an_edit_without_signals_is_seen_only_after_the_ttl(clock):
 
     clock[0] += 0.1
     rules, queries = load()
-    assert queries == 1
+    assert queries == 2  # the stamp differs, so the rules are read again (none are active)
     assert rules == []
 
 
 @pytest.mark.django_db
-def test_a_reload_after_the_ttl_is_cached_again(clock):
-    save_rule()
-    load()
+def test_an_expired_entry_whose_rules_did_not_change_is_kept_with_one_query(clock):
+    save_rule("a_rule", lines=2)
+    save_rule("b_rule", priority=200)
+    first, _ = load()
 
     clock[0] += 5
-    assert load()[1] == 2
+    with CaptureQueriesContext(connection) as captured:
+        again = rules_for_event_type(EVENT_TYPE)
+    assert len(captured.captured_queries) == 1
+    assert [a is b for a, b in zip(again, first, strict=True)] == [True, True]  # not read again
     clock[0] += 4.9
-    assert load()[1] == 0
+    assert load()[1] == 0  # and cached for another period
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda rule: Rule.objects.filter(pk=rule.pk).update(priority=50),
+        lambda rule: Rule.objects.filter(pk=rule.pk).update(condition="context.points > 1"),
+        lambda rule: Rule.objects.filter(pk=rule.pk).update(is_active=False),
+        lambda rule: Rule.objects.filter(pk=rule.pk).update(event_type="other.type"),
+        lambda rule: RewardLine.objects.filter(rule=rule).update(amount="99"),
+        lambda rule: RewardLine.objects.filter(rule=rule).update(params={"badge": "x"}),
+        lambda rule: RewardLine.objects.filter(rule=rule).delete(),
+        lambda rule: RewardLine.objects.create(rule=rule, position=5, target="actor", reward_type="points", amount="1"),
+        lambda rule: Rule.objects.filter(code="idle_rule").update(is_active=True),
+        lambda rule: Rule.objects.filter(code="elsewhere_rule").update(event_type=EVENT_TYPE),
+    ],
+    ids=[
+        "priority",
+        "condition",
+        "deactivated",
+        "event_type",
+        "line_amount",
+        "line_params",
+        "lines_deleted",
+        "line_added",
+        "other_rule_activated",
+        "rule_moved_in",
+    ],
+)
+def test_an_expired_entry_sees_any_edit_even_without_signals(clock, edit):
+    rule = save_rule(lines=2)
+    idle = save_rule("idle_rule", priority=300)
+    Rule.objects.filter(pk=idle.pk).update(is_active=False)
+    save_rule("elsewhere_rule", priority=400)
+    Rule.objects.filter(code="elsewhere_rule").update(event_type="elsewhere.type")
+    selectors.rules_cache_clear()
+    before = _described(load()[0])
+
+    # As if another process made the edit: nothing clears this process's cache.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(selectors, "rules_cache_clear", lambda: None)
+        edit(rule)
+    clock[0] += 4.9
+    assert [r.code for r in load()[0]] == [code for code, *_ in before]  # still the cached rules
+    clock[0] += 0.1
+
+    after = _described(load()[0])
+    selectors.rules_cache_clear()
+    assert after == _described(rules_for_event_type(EVENT_TYPE))  # what a fresh read gives
+    assert after != before
+
+
+def _described(rules) -> list[tuple]:
+    return [
+        (rule.code, rule.priority, rule.condition, [(line.amount, line.params) for line in rule.rewards.all()])
+        for rule in rules
+    ]
 
 
 @pytest.mark.django_db
