@@ -10,7 +10,11 @@ the row's current values, without a queryset.
 from __future__ import annotations
 
 import functools
+import json
+import uuid
 from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import CharField, Field, Model
@@ -229,8 +233,8 @@ def _update_where_sql(model: type[Model], set_names: tuple[str, ...], where_name
 def update_rows_where(instances: Sequence[Model], fields: Sequence[str], *, where: Mapping[str, object]) -> set:
     """UPDATE the named fields of several saved instances of one model, each row only if its fields
     equal ``where[name](instance)`` (a function of the instance, e.g. the attempt a run claimed);
-    returns the pks of the rows changed. On PostgreSQL one ``UPDATE ... FROM unnest(...)`` for all
-    of them, one array per column, so the statement's text is the same whatever the number of rows;
+    returns the pks of the rows changed. On PostgreSQL one ``UPDATE ... FROM jsonb_to_recordset(...)``
+    for all of them, so the statement's text is the same whatever the number of rows;
     elsewhere one guarded UPDATE per row."""
     if not instances:
         return set()
@@ -245,28 +249,31 @@ def update_rows_where(instances: Sequence[Model], fields: Sequence[str], *, wher
                 changed.add(instance.pk)
         return changed
     sql, set_fields, where_fields, pk_field = _update_rows_where_sql(model, tuple(fields), tuple(where))
-    params = [[pk_field.get_db_prep_value(instance.pk, db) for instance in instances]]
-    params += [
-        [field.get_db_prep_save(getattr(instance, field.attname), db) for instance in instances] for field in set_fields
-    ]
-    params += [
-        [field.get_db_prep_value(value_of(instance), db) for instance in instances]
-        for field, value_of in zip(where_fields, where.values(), strict=True)
-    ]
+    rows = []
+    for instance in instances:
+        values = [pk_field.get_prep_value(instance.pk)]
+        values += [field.get_prep_value(getattr(instance, field.attname)) for field in set_fields]
+        values += [
+            field.get_prep_value(value_of(instance))
+            for field, value_of in zip(where_fields, where.values(), strict=True)
+        ]
+        rows.append({f"c{index}": value for index, value in enumerate(values)})
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, [json.dumps(rows, default=_json_value, allow_nan=False)])
         return {pk for (pk,) in cursor.fetchall()}
 
 
 @functools.cache
 def _update_rows_where_sql(model: type[Model], set_names: tuple[str, ...], where_names: tuple[str, ...]):
+    """The rows go in as one JSON document read by ``jsonb_to_recordset``: one parameter, encoded by
+    the json module, where an array per column makes the driver quote and escape every element
+    (every quote of a JSON column's value among them)."""
     meta = model._meta
     quote = connection.ops.quote_name
     set_fields = [meta.get_field(name) for name in set_names]
     where_fields = [meta.get_field(name) for name in where_names]
     columns = [meta.pk, *set_fields, *where_fields]
-    arrays = ", ".join(f"CAST(%s AS {_cast_type(field)}[])" for field in columns)
-    names = ", ".join(f"c{index}" for index in range(len(columns)))
+    record = ", ".join(f"c{index} {_cast_type(field)}" for index, field in enumerate(columns))
     table = quote(meta.db_table)
     assignments = ", ".join(f"{quote(field.column)} = v.c{index + 1}" for index, field in enumerate(set_fields))
     conditions = "".join(
@@ -274,7 +281,14 @@ def _update_rows_where_sql(model: type[Model], set_names: tuple[str, ...], where
         for index, field in enumerate(where_fields)
     )
     sql = (
-        f"UPDATE {table} SET {assignments} FROM unnest({arrays}) AS v({names}) "
+        f"UPDATE {table} SET {assignments} FROM jsonb_to_recordset(CAST(%s AS jsonb)) AS v({record}) "
         f"WHERE {table}.{quote(meta.pk.column)} = v.c0{conditions} RETURNING {table}.{quote(meta.pk.column)}"
     )
     return sql, set_fields, where_fields, meta.pk
+
+
+def _json_value(value):
+    """A column value the json module does not write itself, as PostgreSQL reads it back from text."""
+    if isinstance(value, datetime | date | time | uuid.UUID | Decimal):
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    raise TypeError(f"{type(value).__name__} is not a column value update_rows_where can send")

@@ -725,19 +725,18 @@ _LOCK_ACCOUNTS_SQL = """
      WHERE user_id = ANY(%s) ORDER BY user_id FOR UPDATE
 """
 
-# The rows of a run of credits, one statement per table: each column is one array parameter, so
-# the statement text is the same whatever the number of credits. Columns not named take their
-# defaults (no hold, no creator, nothing reversed).
+# The rows of a run of credits, one statement per table: the rows are one JSON document read by
+# ``jsonb_to_recordset``, so the statement text is the same whatever the number of credits, and the
+# json module encodes them (an array per column makes the driver quote and escape every element).
+# Columns not named take their defaults (no hold, no creator, nothing reversed).
 _BULK_TRANSACTIONS_SQL = """
     INSERT INTO {transactions} (kind, source, id, external_id, request_hash, {account_column}, amount, reason,
                                 metadata, balance_after, held_after, created_at)
-    SELECT %s, %s, id, external_id, request_hash, account_id, amount, reason, CAST(metadata AS jsonb),
+    SELECT %s, %s, id, external_id, request_hash, account_id, amount, reason, metadata,
            balance_after, held_after, created_at
-      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS bigint[]),
-                  CAST(%s AS bigint[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS bigint[]),
-                  CAST(%s AS bigint[]), CAST(%s AS timestamptz[]))
-           AS credit (id, external_id, request_hash, account_id, amount, reason, metadata, balance_after,
-                      held_after, created_at)
+      FROM jsonb_to_recordset(CAST(%s AS jsonb))
+           AS credit (id uuid, external_id text, request_hash text, account_id bigint, amount bigint, reason text,
+                      metadata jsonb, balance_after bigint, held_after bigint, created_at timestamptz)
     ON CONFLICT (source, external_id) DO NOTHING
     RETURNING id
 """
@@ -745,16 +744,15 @@ _BULK_TRANSACTIONS_SQL = """
 _BULK_ENTRIES_SQL = """
     INSERT INTO {entries} (transaction_id, account_id, part, amount)
     SELECT transaction_id, account_id, %s, amount
-      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS bigint[]), CAST(%s AS bigint[]))
-           AS leg (transaction_id, account_id, amount)
+      FROM jsonb_to_recordset(CAST(%s AS jsonb)) AS leg (transaction_id uuid, account_id bigint, amount bigint)
 """
 
 _BULK_LOTS_SQL = """
     INSERT INTO {lots} (id, account_id, transaction_id, amount, remaining, expired_amount, expires_at, created_at)
     SELECT id, account_id, transaction_id, amount, amount, 0, expires_at, created_at
-      FROM unnest(CAST(%s AS uuid[]), CAST(%s AS bigint[]), CAST(%s AS uuid[]), CAST(%s AS bigint[]),
-                  CAST(%s AS timestamptz[]), CAST(%s AS timestamptz[]))
-           AS lot (id, account_id, transaction_id, amount, expires_at, created_at)
+      FROM jsonb_to_recordset(CAST(%s AS jsonb))
+           AS lot (id uuid, account_id bigint, transaction_id uuid, amount bigint, expires_at timestamptz,
+                   created_at timestamptz)
 """
 
 _ADD_TO_BALANCES_SQL = """
@@ -794,33 +792,46 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
         txn.balance_after, txn.held_after = balance, held
         rows.append((txn, account_id, expires_at))
     transactions = [txn for txn, _, _ in rows]
-    ids = [txn.pk for txn in transactions]
     amounts = [txn.amount for txn in transactions]
     account_ids = [account_id for _, account_id, _ in rows]
     counterpart_id = system_account_id(SystemAccount.ISSUED)
     try:
         with transaction.atomic(), connection.cursor() as cursor:
+            # The rows as one JSON document: the metadata goes in as JSON, not as text the driver would
+            # quote and escape element by element in an array.
             cursor.execute(_ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
                 [
-                    Kind.CREDIT, transactions[0].source, ids, [txn.external_id for txn in transactions],
-                    [txn.request_hash for txn in transactions], account_ids, amounts,
-                    [txn.reason for txn in transactions], [json.dumps(txn.metadata) for txn in transactions],
-                    [txn.balance_after for txn in transactions], [txn.held_after for txn in transactions],
-                    [txn.created_at for txn in transactions],
+                    Kind.CREDIT, transactions[0].source,
+                    json.dumps([
+                        {
+                            "id": str(txn.pk), "external_id": txn.external_id, "request_hash": txn.request_hash,
+                            "account_id": account_id, "amount": txn.amount, "reason": txn.reason,
+                            "metadata": txn.metadata, "balance_after": txn.balance_after,
+                            "held_after": txn.held_after, "created_at": txn.created_at.isoformat(),
+                        }
+                        for txn, account_id in zip(transactions, account_ids, strict=True)
+                    ]),
                 ],
             )  # fmt: skip
             if len(cursor.fetchall()) < len(transactions):
                 raise _KeyTaken
-            cursor.execute(
-                _ledger_sql(_BULK_ENTRIES_SQL, ()),
-                [Part.AVAILABLE, ids + ids, account_ids + [counterpart_id] * len(ids), amounts + [-a for a in amounts]],
-            )
-            cursor.execute(_ledger_sql(_BULK_LOTS_SQL, ()),
-                [
-                    [uuid.uuid4() for _ in ids], account_ids, ids, amounts, [expires_at for _, _, expires_at in rows],
-                    [txn.created_at for txn in transactions],
-                ],
-            )  # fmt: skip
+            legs = [
+                {"transaction_id": str(txn.pk), "account_id": account_id, "amount": amount}
+                for txn, account_id, amount in (
+                    *zip(transactions, account_ids, amounts, strict=True),
+                    *((txn, counterpart_id, -txn.amount) for txn in transactions),
+                )
+            ]
+            cursor.execute(_ledger_sql(_BULK_ENTRIES_SQL, ()), [Part.AVAILABLE, json.dumps(legs)])
+            lots = [
+                {
+                    "id": str(uuid.uuid4()), "account_id": account_id, "transaction_id": str(txn.pk),
+                    "amount": txn.amount, "expires_at": expires_at.isoformat() if expires_at else None,
+                    "created_at": txn.created_at.isoformat(),
+                }
+                for txn, account_id, expires_at in rows
+            ]  # fmt: skip
+            cursor.execute(_ledger_sql(_BULK_LOTS_SQL, ()), [json.dumps(lots)])
             cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
     except (_KeyTaken, IntegrityError):
         return False
