@@ -8,7 +8,6 @@ account busy leaves its lots to the next run. A lot is never expired twice: its 
 names the expiry transaction's idempotency key, and the remainders are re-read under the locks.
 """
 
-import functools
 import json
 import logging
 import uuid
@@ -30,6 +29,7 @@ from .services import (
     _apply_or_refuse,
     _claim,
     _counted,
+    _ledger_sql,
     _post,
     request_hash,
     system_account_id,
@@ -185,18 +185,6 @@ _EXPIRY_BALANCES_SQL = """
 """
 
 
-@functools.cache
-def _sql(template: str) -> str:
-    quote = connection.ops.quote_name
-    return template.format(
-        accounts=quote(Account._meta.db_table),
-        lots=quote(Lot._meta.db_table),
-        transactions=quote(Transaction._meta.db_table),
-        entries=quote(Entry._meta.db_table),
-        account_column=quote(Transaction._meta.get_field("account").column),
-    )
-
-
 @transaction.atomic
 def _lots_expire_run(lots: list[tuple], now: datetime) -> list[int] | None:
     """Expire a run of due lots, given as (lot id, account id), in one transaction: the rows
@@ -208,11 +196,11 @@ def _lots_expire_run(lots: list[tuple], now: datetime) -> list[int] | None:
         return None
     account_ids = sorted({account_id for _, account_id in lots})
     with connection.cursor() as cursor:
-        cursor.execute(_sql(_LOCK_ACCOUNTS_SQL), [account_ids])
+        cursor.execute(_ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [account_ids])
         accounts = {account_id: [balance, held] for account_id, balance, held in cursor.fetchall()}
         if not accounts:
             return []
-        cursor.execute(_sql(_DUE_LOTS_SQL), [[lot_id for lot_id, _ in lots], list(accounts), now])
+        cursor.execute(_ledger_sql(_DUE_LOTS_SQL, ()), [[lot_id for lot_id, _ in lots], list(accounts), now])
         rows = cursor.fetchall()
     expiries = []  # (lot id, account id, amount, key, fingerprint, metadata, balance after, held after)
     moved: dict[int, int] = {}
@@ -240,7 +228,7 @@ def _lots_expire_run(lots: list[tuple], now: datetime) -> list[int] | None:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
-                _sql(_EXPIRY_TRANSACTIONS_SQL),
+                _ledger_sql(_EXPIRY_TRANSACTIONS_SQL, ()),
                 [
                     Transaction.Kind.POINTS_EXPIRY, SYSTEM_SOURCE, "points expired", timezone.now(),
                     ids, [row[3] for row in expiries], [row[4] for row in expiries], owners, amounts,
@@ -250,13 +238,13 @@ def _lots_expire_run(lots: list[tuple], now: datetime) -> list[int] | None:
             if len(cursor.fetchall()) < len(expiries):
                 raise _BulkRefused
             cursor.execute(
-                _sql(_EXPIRY_ENTRIES_SQL),
+                _ledger_sql(_EXPIRY_ENTRIES_SQL, ()),
                 [Part.AVAILABLE, ids + ids, owners + [expired_id] * len(ids), [-a for a in amounts] + amounts],
             )
-            cursor.execute(_sql(_EXPIRY_LOTS_SQL), [[row[0] for row in expiries], amounts])
+            cursor.execute(_ledger_sql(_EXPIRY_LOTS_SQL, ()), [[row[0] for row in expiries], amounts])
             if cursor.rowcount != len(expiries):
                 raise _BulkRefused
-            cursor.execute(_sql(_EXPIRY_BALANCES_SQL), [list(moved), list(moved.values())])
+            cursor.execute(_ledger_sql(_EXPIRY_BALANCES_SQL, ()), [list(moved), list(moved.values())])
             if cursor.rowcount != len(moved):
                 raise _BulkRefused
     except IntegrityError:

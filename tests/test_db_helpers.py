@@ -4,6 +4,7 @@ import ast
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 from django.db import DataError, connection
@@ -177,6 +178,27 @@ def test_update_rows_where_changes_each_row_only_while_its_guard_holds():
     assert (untouched.status, untouched.result, untouched.attempts) != ("completed", held.result, 1)
     assert untouched.result == {} and untouched.attempts == 5
     assert update_rows_where([], ["status"], where={}) == set()
+
+
+def test_update_rows_where_stores_every_kind_of_value_exactly_as_given():
+    """The rows travel as one JSON document: moments keep their microseconds, texts their quotes and
+    backslashes, JSON values their nesting, NULLs stay NULL."""
+    rule = Rule.objects.create(code="r", name="r", event_type="t")
+    event = _event("e-kinds")
+    event.save()
+    action = _action(event, rule, attempts=1)
+    action.save()
+    moment = datetime(2026, 12, 7, 5, 1, 2, 345678, tzinfo=UTC)
+    action.status, action.completed_at, action.next_attempt_at = "failed", moment, None
+    action.last_error = "said \"no\" \\ twice\n{['x']}"
+    action.result = {"quote": 'a "b"', "nested": {"list": [1, None, True, "\\"]}}
+    action.shortfall = 7
+
+    fields = ["status", "completed_at", "next_attempt_at", "last_error", "result", "shortfall"]
+    assert update_rows_where([action], fields, where={"attempts": lambda a: 1}) == {action.pk}
+
+    stored = RewardAction.objects.get(pk=action.pk)
+    assert [getattr(stored, name) for name in fields] == [getattr(action, name) for name in fields]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -16,11 +16,16 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The test run's own environment carries test-only values (plain HTTP, a test secret): a process
+# started as the project runs for real drops them.
+TEST_ONLY_ENV = frozenset({
+    "DEBUG", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS", "DATABASE_URL", "API_THROTTLE_RATE",
+    "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS",
+})  # fmt: skip
+
+
 def _manage(*args, python=None, **env):
-    # The test run's own environment carries test-only values (plain HTTP, a test secret): drop them.
-    dropped = {"DEBUG", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS", "DATABASE_URL", "API_THROTTLE_RATE",
-               "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS"}  # fmt: skip
-    clean = {k: v for k, v in os.environ.items() if k not in dropped}
+    clean = {k: v for k, v in os.environ.items() if k not in TEST_ONLY_ENV}
     clean.update(DJANGO_SETTINGS_MODULE="config.settings", **env)
     return subprocess.run(
         [sys.executable, "-c", python] if python else [sys.executable, "manage.py", *args],

@@ -11,15 +11,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .test_deploy import _free_port
+from .test_deploy import TEST_ONLY_ENV, _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-# The test run's own environment carries test-only values (a PostgreSQL URL, plain-HTTP settings).
-DROPPED = {
-    "DEBUG", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "ALLOWED_HOSTS", "DATABASE_URL", "API_THROTTLE_RATE",
-    "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_HSTS_SECONDS",
-    "CELERY_BROKER_URL", "REDIS_URL", "CACHE_URL",
-}  # fmt: skip
+# Beside the test-only values, the broker and cache of the test run: `make run` has none.
+DROPPED = TEST_ONLY_ENV | {"CELERY_BROKER_URL", "REDIS_URL", "CACHE_URL"}
 
 
 def _readme_block() -> str:
