@@ -203,3 +203,38 @@ def test_a_run_of_credits_opens_never_expiring_lots_when_points_do_not_expire(se
         list(Lot.objects.filter(account__user_id="forever").values_list("expires_at", "remaining")) == [(None, 3)] * 3
     )
     assert_ledger_ok()
+
+
+def test_stored_keys_are_looked_up_one_index_probe_each_however_stale_the_statistics():
+    """A batch looks up its keys with one probe of the idempotency index per key. Thousands of rows of
+    the source that the statistics do not know about yet (no ANALYZE since) must not turn the lookup
+    into a scan of all of them."""
+    from points.services import transactions_by_key
+
+    for index in range(3):
+        account_credit(source="svc", external_id=f"old-{index}", user_id=f"u-{index}", amount=5)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE points_transaction")
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # Rows added after the ANALYZE, rolled back below: never committed, so the ledger's checks
+            # at commit do not see these entry-less rows.
+            cursor.execute(
+                """
+                INSERT INTO points_transaction (id, kind, source, external_id, request_hash, account_id, amount,
+                                                reason, metadata, balance_after, held_after, created_at,
+                                                reversed_amount, shortfall)
+                SELECT gen_random_uuid(), 'credit', 'svc', 'bulk-' || n, '', account.id, 1, '', '{}', 1, 0, now(), 0, 0
+                  FROM generate_series(1, 20000) AS n, (SELECT id FROM points_account WHERE user_id = 'u-0') AS account
+                """
+            )
+        keys = ["old-1", "bulk-7", "bulk-19999", "missing", "old-2"]
+        found = transactions_by_key("svc", keys)
+        assert sorted(txn.external_id for txn in found) == ["bulk-19999", "bulk-7", "old-1", "old-2"]
+        assert {txn.account.user_id for txn in found if txn.external_id.startswith("old-")} == {"u-1", "u-2"}
+        assert list(transactions_by_key("other", keys)) == []
+        plan = found.explain()
+        transaction.set_rollback(True)
+    assert "points_txn_idempotency" in plan, plan
+    assert "external_id = key.external_id" in plan.replace("(", "").replace(")", "").replace("::text", ""), plan
+    assert Transaction.objects.count() == 3
