@@ -74,6 +74,27 @@ def test_the_embedded_default_keeps_a_key_of_its_own_so_commands_run_with_no_env
             key_file.unlink(missing_ok=True)
 
 
+def test_dispatch_knobs_have_their_documented_defaults_and_read_the_environment(monkeypatch):
+    """SPEC §8's batch size and channel concurrency, and the doorbell window (README): a process that
+    rang a doorbell rings no other at once for a second, so load coalesces into far fewer messages."""
+    names = ("DISPATCH_BATCH_SIZE", "CHANNEL_CONCURRENCY", "DISPATCH_DOORBELL_SECONDS", "DISPATCH_DRAIN_SECONDS")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        f"print(*(repr(getattr(s, name)) for name in {names!r}))"
+    )
+    defaults = _manage(python=code)
+    assert defaults.returncode == 0, defaults.stderr
+    assert [float(value) for value in defaults.stdout.split()] == [200, 8, 1.0, 20]
+    chosen = _manage(
+        python=code, DISPATCH_BATCH_SIZE="50", CHANNEL_CONCURRENCY="2", DISPATCH_DOORBELL_SECONDS="0.25",
+        DISPATCH_DRAIN_SECONDS="5",
+    )  # fmt: skip
+    assert chosen.returncode == 0, chosen.stderr
+    assert [float(value) for value in chosen.stdout.split()] == [50, 2, 0.25, 5]
+
+
 def test_https_settings_are_on_by_default_and_switchable():
     code = (
         "import django; django.setup(); from django.conf import settings as s;"

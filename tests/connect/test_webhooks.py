@@ -425,3 +425,39 @@ def test_reward_action_outcomes_are_reported_as_the_api_shows_them(
         "reward_action.failed": api.get(f"/api/v1/reward-actions/{failed.pk}").json(),
     }
     assert sent["reward_action.completed"]["result"] == {"balance": 5}
+
+
+def test_an_outcome_is_serialized_only_when_some_subscription_wants_its_kind(
+    receiver, api, make_rule, post_event, monkeypatch
+):
+    """Dispatch reports every batch's outcomes; with no subscription for a kind, building its payloads
+    (the API's serializer, per action) is work for nobody and is skipped."""
+    from connect.models import RewardAction
+    from connect.webhooks import emitters
+
+    serialized = []
+
+    class CountingOut(emitters.RewardActionOut):
+        def __init__(self, instance, *args, **kwargs):
+            serialized.append(instance.pk)
+            super().__init__(instance, *args, **kwargs)
+
+    monkeypatch.setattr(emitters, "RewardActionOut", CountingOut)
+    make_rule("two", "quest.completed", [{"target": "actor", "reward_type": "points", "amount": "5"}] * 2)
+    response = post_event(
+        api, external_id="q-10", event_type="quest.completed", source_service="quest_service", actor_user_id="u10"
+    )
+    done, failed = RewardAction.objects.filter(event_id=response.json()["id"]).order_by("pk")
+    RewardAction.objects.filter(pk=done.pk).update(status="completed", completed_at=timezone.now())
+    RewardAction.objects.filter(pk=failed.pk).update(status="failed", last_error="gave up")
+    actions = list(RewardAction.objects.filter(event_id=done.event_id).order_by("pk"))
+
+    with transaction.atomic():
+        assert emitters.reward_actions_outcome_notify(actions=actions) == 0
+    assert serialized == []
+
+    webhook_subscription_create(url=receiver.url, kinds=["reward_action.completed"], secret=SECRET)
+    with transaction.atomic():
+        assert emitters.reward_actions_outcome_notify(actions=actions) == 1
+    assert serialized == [done.pk]
+    assert WebhookDelivery.objects.get().payload["id"] == str(done.pk)
