@@ -271,6 +271,29 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def processes_cpu_seconds(command: str) -> float:
+    """User + system CPU time used so far by the processes whose command is ``command`` (/proc), such
+    as PostgreSQL's: the live ones, plus what the exited ones left in their parent's account (the
+    postmaster's reaped children: backends of closed connections, autovacuum workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (head.split("(", 1)[1], tail.split())
+    total = 0
+    for name, fields in stats.values():
+        if name != command:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        parent = stats.get(int(fields[1]))
+        if parent is None or parent[0] != command:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime: its children that exited
+    return total / ticks
+
+
 def _status_kib(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

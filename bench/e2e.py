@@ -20,6 +20,7 @@ from .common import (
     app_environment,
     log,
     machine_cpu_seconds,
+    processes_cpu_seconds,
     redis_flush,
     start,
 )
@@ -83,6 +84,7 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
     worker = celery_start(concurrency=workers)
     try:
         worker_cpu_before, host_before = worker.cpu_seconds(), machine_cpu_seconds()
+        web_before, postgres_before = server.process.cpu_seconds(), processes_cpu_seconds("postgres")
         since = datetime.now(UTC)
         began = time.time()
         posted = wrk_run(
@@ -101,6 +103,8 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
                 break
             time.sleep(0.25)
         worker_cpu, host_cpu = worker.cpu_seconds() - worker_cpu_before, machine_cpu_seconds() - host_before
+        web_cpu = server.process.cpu_seconds() - web_before
+        postgres_cpu = processes_cpu_seconds("postgres") - postgres_before
         memory = worker.memory_summary()
     finally:
         worker.stop(timeout=30)
@@ -128,6 +132,10 @@ def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, wor
         "worker_cpu_ms_per_action": round(1000 * worker_cpu / completed, 2) if completed else None,
         # Everything on the machine from the first POST until every action was done (or the wait gave up).
         "host_cpu_ms_per_event": round(1000 * host_cpu / events, 2) if events else None,
+        # Where it went: the web workers, every PostgreSQL process, and the Celery processes (per event).
+        "web_cpu_ms_per_event": round(1000 * web_cpu / events, 2) if events else None,
+        "postgres_cpu_ms_per_event": round(1000 * postgres_cpu / events, 2) if events else None,
+        "worker_cpu_ms_per_event": round(1000 * worker_cpu / events, 2) if events else None,
     }
     log(f"e2e: {result}")
     return result, memory

@@ -24,6 +24,7 @@ from .common import (
     free_port,
     log,
     machine_cpu_seconds,
+    processes_cpu_seconds,
     profiler_start,
     program,
     start,
@@ -212,8 +213,10 @@ def wrk_run(
         web_workers = server.process.tree()[1:]
         profiler = profiler_start(web_workers[0], seconds, profile) if profile and web_workers else None
         cpu_before, host_before = server.process.cpu_seconds(), machine_cpu_seconds()
+        postgres_before = processes_cpu_seconds("postgres")
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
         cpu_used, host_used = server.process.cpu_seconds() - cpu_before, machine_cpu_seconds() - host_before
+        postgres_used = processes_cpu_seconds("postgres") - postgres_before
         if profiler is not None:
             profiler.wait(timeout=60)
     finally:
@@ -236,6 +239,7 @@ def wrk_run(
         "errors": errors,
         "web_cpu_ms_per_request": round(1000 * cpu_used / raw["requests"], 2) if raw["requests"] else None,
         "host_cpu_ms_per_request": round(1000 * host_used / raw["requests"], 2) if raw["requests"] else None,
+        "postgres_cpu_ms_per_request": round(1000 * postgres_used / raw["requests"], 2) if raw["requests"] else None,
         "last_bad_status": raw["last_bad_status"] or None,
         "connections": connections,
         "target_rate": rate or None,
