@@ -192,7 +192,7 @@ def _claim(*, first_ids: list, limit: int, others: bool) -> list[RewardAction]:
 
 
 def _claim_in_one_statement(*, first_ids: list, limit: int, others: bool) -> list[RewardAction]:
-    """PostgreSQL: ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING``, its own
+    """PostgreSQL: ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) RETURNING``, in its own
     transaction, joined to the few event columns the channels read."""
     now = timezone.now()
     table = RewardAction._meta.db_table
@@ -223,7 +223,13 @@ def _claim_in_one_statement(*, first_ids: list, limit: int, others: bool) -> lis
         "dispatched": Status.DISPATCHED, "pending": Status.PENDING, "now": now, "due": now + EARLY_RUN_TOLERANCE,
         "first": list(first_ids), "others": others, "limit": limit,
     }  # fmt: skip
-    actions = list(RewardAction.objects.raw(sql, params))
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Rows that left ``pending`` keep their entries in the due indexes until VACUUM. A bitmap scan
+        # reads all of them and their heap pages on every claim (the planner picks one whenever its
+        # statistics think few rows are pending, as they do for a queue); an index scan marks the dead
+        # entries it passes, so the next claims skip them.
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        actions = list(RewardAction.objects.raw(sql, params))
     for action in actions:
         # What the points channel's metadata reads of the event; the rest of the event is not loaded.
         action.event = EconomicEvent.from_db(

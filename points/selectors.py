@@ -1,7 +1,9 @@
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import F, Sum, Value
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -9,6 +11,25 @@ from .models import Account, Lot, Transaction
 
 # Sorts never-expiring lots after every dated one in the lots list's cursor order.
 NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+# One probe of the idempotency index per key, whatever the statistics say: the subquery is kept apart
+# (OFFSET 0) so the planner cannot turn it into a scan of every row of ``source`` it underestimated,
+# as it does while a source's rows grow faster than autovacuum analyzes them.
+_TRANSACTIONS_BY_KEY_SQL = """
+    SELECT stored.id FROM unnest(CAST(%s AS text[])) AS key (external_id)
+      CROSS JOIN LATERAL (SELECT id FROM {transactions}
+                           WHERE source = %s AND external_id = key.external_id OFFSET 0) AS stored
+"""
+
+
+def transactions_by_key(source: str, external_ids: list[str]):
+    """The stored Transactions of ``source`` among ``external_ids``, with their account and hold."""
+    stored = Transaction.objects.select_related("account", "hold")
+    if connection.vendor != "postgresql":
+        return stored.filter(source=source, external_id__in=external_ids)
+    sql = _TRANSACTIONS_BY_KEY_SQL.format(transactions=connection.ops.quote_name(Transaction._meta.db_table))
+    return stored.filter(pk__in=RawSQL(sql, [external_ids, source]))
 
 
 def account_totals(*, user_id: str) -> dict:

@@ -37,7 +37,6 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models.expressions import RawSQL
 from django.db.models.signals import post_migrate
 from django.dispatch import receiver
 from django.utils import timezone
@@ -65,6 +64,7 @@ from .errors import (
 from .lots import lot_expiry, lot_open, lots_take
 from .models import Account, Entry, Hold, Lot, LotUse, SystemAccount, Transaction
 from .namespaces import STAFF_SOURCE, SYSTEM_SOURCE
+from .selectors import transactions_by_key
 
 MAX_AMOUNT = 10**12
 MAX_HOLD_SECONDS = 30 * 24 * 3600
@@ -690,24 +690,6 @@ def account_credits_post(
         except refusals as exc:
             outcomes[index] = exc
     return outcomes
-
-
-# One probe of the idempotency index per key, whatever the statistics say: the subquery is kept apart
-# (OFFSET 0) so the planner cannot turn it into a scan of every row of ``source`` it underestimated,
-# as it does while a source's rows grow faster than autovacuum analyzes them.
-_TRANSACTIONS_BY_KEY_SQL = """
-    SELECT stored.id FROM unnest(CAST(%s AS text[])) AS key (external_id)
-      CROSS JOIN LATERAL (SELECT id FROM {transactions}
-                           WHERE source = %s AND external_id = key.external_id OFFSET 0) AS stored
-"""
-
-
-def transactions_by_key(source: str, external_ids: list[str]):
-    """The stored Transactions of ``source`` among ``external_ids``, with their account and hold."""
-    stored = Transaction.objects.select_related("account", "hold")
-    if connection.vendor != "postgresql":
-        return stored.filter(source=source, external_id__in=external_ids)
-    return stored.filter(pk__in=RawSQL(_ledger_sql(_TRANSACTIONS_BY_KEY_SQL, ()), [external_ids, source]))
 
 
 def _credit_counted(outcome):

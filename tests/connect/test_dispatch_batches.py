@@ -13,6 +13,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from werkzeug import Response
 
 from config.celery import _database_connections_check, app
@@ -59,6 +60,56 @@ def test_a_batch_claims_the_ringing_events_actions_first_and_then_the_longest_du
     outcomes = reward_actions_dispatch(first_ids=[ringing.pk], limit=2)
 
     assert [o.action_id for o in outcomes] == [ringing.pk, older[0].pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_walks_the_due_actions_by_index_however_many_rows_left_the_queue():
+    """Actions that left ``pending`` keep their entries in the due indexes until VACUUM. A bitmap scan
+    reads every such entry and its heap page on every claim and never marks them dead; the planner
+    picks one when a queue's statistics say few rows are pending (seen on the benchmark's database:
+    60,000 entries read to claim 20). So the claim runs with bitmap scans off and walks an index,
+    which marks the dead entries it passes. Which plan statistics lead to is not reproducible at a
+    test's scale, so this pins the setting the claim runs under, and its plan over such a queue."""
+    rule = rule_create()
+    event = event_create(actor="q")
+    RewardAction.objects.bulk_create(
+        [
+            RewardAction(
+                event=event, rule=rule, rule_code=rule.code, rule_version=rule.version, target_user_id=f"q-{n}",
+                reward_type="points", amount=1, status=Status.COMPLETED,
+            )
+            for n in range(5000)
+        ]
+    )  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE connect_rewardaction")  # a queue's statistics: hardly anything pending
+    # The rows go through the queue, as dispatch moves them: each change leaves index entries behind.
+    RewardAction.objects.update(status=Status.PENDING, next_attempt_at=timezone.now())
+    RewardAction.objects.exclude(pk__in=RewardAction.objects.order_by("pk").values("pk")[:100]).update(
+        status=Status.COMPLETED, next_attempt_at=None
+    )
+
+    seen = {}
+
+    def record(execute, sql, params, many, context):
+        if "WITH claimed" in sql and "plan" not in seen:
+            seen["plan"] = ""  # the statements below pass through here too
+            cursor = context["cursor"]
+            cursor.execute("SELECT current_setting('enable_bitmapscan')")
+            seen["bitmap"] = cursor.fetchone()[0]
+            cursor.execute("EXPLAIN " + sql, params)
+            seen["plan"] = "\n".join(row[0] for row in cursor.fetchall())
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        outcomes = reward_actions_dispatch(limit=20)
+    assert seen["bitmap"] == "off"
+    assert "Bitmap" not in seen["plan"] and "Index Scan" in seen["plan"], seen["plan"]
+    assert [outcome.status for outcome in outcomes] == [Status.COMPLETED] * 20
+    assert RewardAction.objects.filter(status=Status.PENDING).count() == 80
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('enable_bitmapscan')")
+        assert cursor.fetchone()[0] == "on"  # only the claim's transaction
 
 
 @pytest.mark.django_db(transaction=True)

@@ -209,7 +209,7 @@ def test_stored_keys_are_looked_up_one_index_probe_each_however_stale_the_statis
     """A batch looks up its keys with one probe of the idempotency index per key. Thousands of rows of
     the source that the statistics do not know about yet (no ANALYZE since) must not turn the lookup
     into a scan of all of them."""
-    from points.services import transactions_by_key
+    from points.selectors import transactions_by_key
 
     for index in range(3):
         account_credit(source="svc", external_id=f"old-{index}", user_id=f"u-{index}", amount=5)
