@@ -66,10 +66,10 @@ def test_a_batch_claims_the_ringing_events_actions_first_and_then_the_longest_du
 def test_a_claim_walks_the_due_actions_by_index_however_many_rows_left_the_queue():
     """Actions that left ``pending`` keep their entries in the due indexes until VACUUM. A bitmap scan
     reads every such entry and its heap page on every claim and never marks them dead; the planner
-    picks one when a queue's statistics say few rows are pending (seen on the benchmark's database:
-    60,000 entries read to claim 20). So the claim runs with bitmap scans off and walks an index,
-    which marks the dead entries it passes. Which plan statistics lead to is not reproducible at a
-    test's scale, so this pins the setting the claim runs under, and its plan over such a queue."""
+    picks one when a queue's statistics say few rows are pending (docs/performance.md). So the claim
+    runs with bitmap scans off and walks an index, which marks the dead entries it passes. Which plan
+    statistics lead to is not reproducible at a test's scale, so this pins the setting the claim runs
+    under, and its plan over such a queue."""
     rule = rule_create()
     event = event_create(actor="q")
     RewardAction.objects.bulk_create(
