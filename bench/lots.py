@@ -227,6 +227,7 @@ def lot_cost_measure(*, credits: int = 1000, rounds: int = 6) -> dict:
     from config.db import column_values
     from points import services
     from points.models import SystemAccount, Transaction
+    from points.statements import ledger_sql
 
     run_id = uuid.uuid4().hex[:10]
     users = {
@@ -250,7 +251,7 @@ def lot_cost_measure(*, credits: int = 1000, rounds: int = 6) -> dict:
             reason="bench", metadata={}, request_hash="0" * 64,
         )  # fmt: skip
         columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
-        sql = services._ledger_sql(services._CREDIT_SQL, tuple(columns))
+        sql = ledger_sql(services._CREDIT_SQL, tuple(columns))
         params = [
             1, users[variant][state["n"] % USERS_PER_PROCESS], txn.source, txn.external_id, *values,
             services.Part.AVAILABLE, 1, counterpart, services.Part.AVAILABLE, -1,

@@ -259,7 +259,7 @@ def update_rows_where(instances: Sequence[Model], fields: Sequence[str], *, wher
         ]
         rows.append({f"c{index}": value for index, value in enumerate(values)})
     with connection.cursor() as cursor:
-        cursor.execute(sql, [json.dumps(rows, default=_json_value, allow_nan=False)])
+        cursor.execute(sql, [json_rows(rows)])
         return {pk for (pk,) in cursor.fetchall()}
 
 
@@ -285,6 +285,12 @@ def _update_rows_where_sql(model: type[Model], set_names: tuple[str, ...], where
         f"WHERE {table}.{quote(meta.pk.column)} = v.c0{conditions} RETURNING {table}.{quote(meta.pk.column)}"
     )
     return sql, set_fields, where_fields, meta.pk
+
+
+def json_rows(rows: list[dict]) -> str:
+    """Rows as one JSON document for ``jsonb_to_recordset``: moments, UUIDs and decimals as PostgreSQL
+    reads them back from text, anything else the json module does not write refused."""
+    return json.dumps(rows, default=_json_value, allow_nan=False)
 
 
 def _json_value(value):

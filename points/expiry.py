@@ -29,11 +29,11 @@ from .services import (
     _apply_or_refuse,
     _claim,
     _counted,
-    _ledger_sql,
     _post,
     request_hash,
     system_account_id,
 )
+from .statements import ledger_sql
 
 logger = logging.getLogger(__name__)
 
@@ -196,11 +196,11 @@ def _lots_expire_run(lots: list[tuple], now: datetime) -> list[int] | None:
         return None
     account_ids = sorted({account_id for _, account_id in lots})
     with connection.cursor() as cursor:
-        cursor.execute(_ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [account_ids])
+        cursor.execute(ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [account_ids])
         accounts = {account_id: [balance, held] for account_id, balance, held in cursor.fetchall()}
         if not accounts:
             return []
-        cursor.execute(_ledger_sql(_DUE_LOTS_SQL, ()), [[lot_id for lot_id, _ in lots], list(accounts), now])
+        cursor.execute(ledger_sql(_DUE_LOTS_SQL, ()), [[lot_id for lot_id, _ in lots], list(accounts), now])
         rows = cursor.fetchall()
     expiries = []  # (lot id, account id, amount, key, fingerprint, metadata, balance after, held after)
     moved: dict[int, int] = {}
@@ -228,7 +228,7 @@ def _lots_expire_run(lots: list[tuple], now: datetime) -> list[int] | None:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
-                _ledger_sql(_EXPIRY_TRANSACTIONS_SQL, ()),
+                ledger_sql(_EXPIRY_TRANSACTIONS_SQL, ()),
                 [
                     Transaction.Kind.POINTS_EXPIRY, SYSTEM_SOURCE, "points expired", timezone.now(),
                     ids, [row[3] for row in expiries], [row[4] for row in expiries], owners, amounts,
@@ -238,13 +238,13 @@ def _lots_expire_run(lots: list[tuple], now: datetime) -> list[int] | None:
             if len(cursor.fetchall()) < len(expiries):
                 raise _BulkRefused
             cursor.execute(
-                _ledger_sql(_EXPIRY_ENTRIES_SQL, ()),
+                ledger_sql(_EXPIRY_ENTRIES_SQL, ()),
                 [Part.AVAILABLE, ids + ids, owners + [expired_id] * len(ids), [-a for a in amounts] + amounts],
             )
-            cursor.execute(_ledger_sql(_EXPIRY_LOTS_SQL, ()), [[row[0] for row in expiries], amounts])
+            cursor.execute(ledger_sql(_EXPIRY_LOTS_SQL, ()), [[row[0] for row in expiries], amounts])
             if cursor.rowcount != len(expiries):
                 raise _BulkRefused
-            cursor.execute(_ledger_sql(_EXPIRY_BALANCES_SQL, ()), [list(moved), list(moved.values())])
+            cursor.execute(ledger_sql(_EXPIRY_BALANCES_SQL, ()), [list(moved), list(moved.values())])
             if cursor.rowcount != len(moved):
                 raise _BulkRefused
     except IntegrityError:

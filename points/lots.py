@@ -5,7 +5,6 @@ guarded UPDATE earlier in the same database transaction, or it was locked explic
 account's lots never change concurrently and the consumption order is the same for everyone.
 """
 
-import functools
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -13,6 +12,7 @@ from django.db import connection
 from django.db.models import F
 
 from .models import Lot, LotUse, Transaction
+from .statements import ledger_sql
 
 # Soonest expiry first, never-expiring last, oldest first among equals.
 OPEN_LOT_ORDER = (F("expires_at").asc(nulls_last=True), "created_at", "id")
@@ -81,12 +81,6 @@ _TAKE_SQL = """
 """
 
 
-@functools.cache
-def _take_sql() -> str:
-    quote = connection.ops.quote_name
-    return _TAKE_SQL.format(lots=quote(Lot._meta.db_table), uses=quote(LotUse._meta.db_table))
-
-
 def lots_take(
     *, account_id: int, amount: int, txn: Transaction, record: bool, first_lot_id=None, expiring: bool = False
 ) -> list[tuple]:
@@ -103,7 +97,7 @@ def lots_take(
         )
     with connection.cursor() as cursor:
         cursor.execute(
-            _take_sql(),
+            ledger_sql(_TAKE_SQL),
             {
                 "first": first_lot_id, "account": account_id, "amount": amount, "expiring": expiring,
                 "txn": txn.pk, "record": record,

@@ -47,6 +47,7 @@ from config.db import (
     column_values,
     insert_rows,
     insert_unless_conflict,
+    json_rows,
     mark_saved,
     update_columns,
 )
@@ -62,9 +63,10 @@ from .errors import (
     NotFound,
 )
 from .lots import lot_expiry, lot_open, lots_take
-from .models import Account, Entry, Hold, Lot, LotUse, SystemAccount, Transaction
+from .models import Account, Entry, Hold, SystemAccount, Transaction
 from .namespaces import STAFF_SOURCE, SYSTEM_SOURCE
 from .selectors import transactions_by_key
+from .statements import ledger_sql
 
 MAX_AMOUNT = 10**12
 MAX_HOLD_SECONDS = 30 * 24 * 3600
@@ -255,26 +257,6 @@ _TRANSFER_CLAIM_SQL = """
 """
 
 
-@functools.cache
-def _ledger_sql(template: str, columns: tuple[str, ...], hold_columns: tuple[str, ...] = ()) -> str:
-    """A statement template with the ledger's table names and the given Transaction (and Hold) columns filled in."""
-    quote = connection.ops.quote_name
-    return template.format(
-        accounts=quote(Account._meta.db_table),
-        transactions=quote(Transaction._meta.db_table),
-        entries=quote(Entry._meta.db_table),
-        holds=quote(Hold._meta.db_table),
-        lots=quote(Lot._meta.db_table),
-        uses=quote(LotUse._meta.db_table),
-        account_column=quote(Transaction._meta.get_field("account").column),
-        hold_account_column=quote(Hold._meta.get_field("account").column),
-        columns=", ".join(columns),
-        placeholders=", ".join(["%s"] * len(columns)),
-        hold_columns=", ".join(hold_columns),
-        hold_placeholders=", ".join(["%s"] * len(hold_columns)),
-    )
-
-
 def _transfer_claim(txn: Transaction, user_id: str) -> int | None:
     """Claim ``txn``'s key on the user's account in one statement (the account lookup included).
 
@@ -283,7 +265,7 @@ def _transfer_claim(txn: Transaction, user_id: str) -> int | None:
     """
     columns, values = column_values(txn, exclude=("account",))
     with connection.cursor() as cursor:
-        cursor.execute(_ledger_sql(_TRANSFER_CLAIM_SQL, tuple(columns)), [*values, user_id])
+        cursor.execute(ledger_sql(_TRANSFER_CLAIM_SQL, tuple(columns)), [*values, user_id])
         row = cursor.fetchone()
     return row[0] if row else None
 
@@ -300,7 +282,7 @@ def _account_apply(account_id: int, *, balance_delta: int, held_delta: int) -> t
     """Atomically move the cached totals; None when that would leave available or held below zero."""
     with connection.cursor() as cursor:
         cursor.execute(
-            _ledger_sql(_APPLY_SQL, ()), [balance_delta, held_delta, account_id, held_delta, balance_delta, held_delta]
+            ledger_sql(_APPLY_SQL, ()), [balance_delta, held_delta, account_id, held_delta, balance_delta, held_delta]
         )
         row = cursor.fetchone()
     return (row[0], row[1]) if row else None
@@ -343,13 +325,9 @@ def _apply_or_refuse(account_id: int, *, balance_delta: int, held_delta: int) ->
 # --- operations ------------------------------------------------------------------------------
 
 
-_CREDIT_SQL = """
-    WITH acct AS (
-        UPDATE {accounts} SET balance = balance + %s
-         WHERE user_id = %s
-           AND NOT EXISTS (SELECT 1 FROM {transactions} WHERE source = %s AND external_id = %s)
-     RETURNING id, balance, held
-    ), txn AS (
+# The Transaction and its two entries of a one-statement credit or debit: the account's leg and the
+# counterpart's (``acct`` is the account as updated).
+_TRANSFER_CTES = """    ), txn AS (
         INSERT INTO {transactions} ({columns}, {account_column}, balance_after, held_after)
         SELECT {placeholders}, id, balance, held FROM acct
         RETURNING id, {account_column}
@@ -358,12 +336,36 @@ _CREDIT_SQL = """
         SELECT id, {account_column}, %s, CAST(%s AS bigint) FROM txn
          UNION ALL
         SELECT id, CAST(%s AS bigint), %s, CAST(%s AS bigint) FROM txn
-    ), lot AS (
+"""
+
+# The entries of a one-statement capture or release (``_settle_legs``), none of zero.
+_SETTLE_LEGS_CTE = """    ), legs AS (
+        INSERT INTO {entries} (transaction_id, account_id, part, amount)
+        SELECT txn.id, leg.account_id, leg.part, leg.amount
+          FROM txn, acct,
+               LATERAL (VALUES (acct.id, %s, -acct.hold_amount),
+                               (CAST(%s AS bigint), %s, acct.captured),
+                               (acct.id, %s, acct.released)) AS leg (account_id, part, amount)
+         WHERE leg.amount <> 0
+"""
+
+
+_CREDIT_SQL = (
+    """
+    WITH acct AS (
+        UPDATE {accounts} SET balance = balance + %s
+         WHERE user_id = %s
+           AND NOT EXISTS (SELECT 1 FROM {transactions} WHERE source = %s AND external_id = %s)
+     RETURNING id, balance, held
+"""
+    + _TRANSFER_CTES
+    + """    ), lot AS (
         INSERT INTO {lots} (id, account_id, transaction_id, amount, remaining, expired_amount, expires_at, created_at)
         SELECT %s, {account_column}, id, CAST(%s AS bigint), CAST(%s AS bigint), 0, %s, %s FROM txn
     )
     SELECT id, balance, held FROM acct
 """
+)
 
 
 def _credit_in_one_statement(txn: Transaction, user_id: str, counterpart_id: int, expires_at) -> bool:
@@ -377,7 +379,7 @@ def _credit_in_one_statement(txn: Transaction, user_id: str, counterpart_id: int
     INSERT hits the unique key, which aborts its whole statement.
     """
     columns, values = column_values(txn, exclude=("account", "balance_after", "held_after"))
-    sql = _ledger_sql(_CREDIT_SQL, tuple(columns))
+    sql = ledger_sql(_CREDIT_SQL, tuple(columns))
     amount = txn.amount
     params = [
         amount, user_id, txn.source, txn.external_id,
@@ -435,16 +437,9 @@ _DEBIT_SQL = (
           FROM takes
          WHERE lot.id = takes.id
      RETURNING lot.id, takes.take
-    ), txn AS (
-        INSERT INTO {transactions} ({columns}, {account_column}, balance_after, held_after)
-        SELECT {placeholders}, id, balance, held FROM acct
-        RETURNING id, {account_column}
-    ), legs AS (
-        INSERT INTO {entries} (transaction_id, account_id, part, amount)
-        SELECT id, {account_column}, %s, CAST(%s AS bigint) FROM txn
-         UNION ALL
-        SELECT id, CAST(%s AS bigint), %s, CAST(%s AS bigint) FROM txn
-    ), used AS (
+"""
+    + _TRANSFER_CTES
+    + """    ), used AS (
         INSERT INTO {uses} (transaction_id, lot_id, amount, returned)
         SELECT txn.id, taken.id, taken.take, 0 FROM txn, taken
     )
@@ -470,7 +465,7 @@ def _debit_in_one_statement(txn: Transaction, user_id: str, counterpart_id: int)
         Part.AVAILABLE, -amount,
         counterpart_id, Part.AVAILABLE, amount,
     ]  # fmt: skip
-    row = _one_statement_row(_ledger_sql(_DEBIT_SQL, tuple(columns)), params)
+    row = _one_statement_row(ledger_sql(_DEBIT_SQL, tuple(columns)), params)
     if row is None:
         return False
     account_id, balance, held = row
@@ -799,15 +794,15 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
         with transaction.atomic(), connection.cursor() as cursor:
             # The rows as one JSON document: the metadata goes in as JSON, not as text the driver would
             # quote and escape element by element in an array.
-            cursor.execute(_ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
+            cursor.execute(ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
                 [
                     Kind.CREDIT, transactions[0].source,
-                    json.dumps([
+                    json_rows([
                         {
-                            "id": str(txn.pk), "external_id": txn.external_id, "request_hash": txn.request_hash,
+                            "id": txn.pk, "external_id": txn.external_id, "request_hash": txn.request_hash,
                             "account_id": account_id, "amount": txn.amount, "reason": txn.reason,
                             "metadata": txn.metadata, "balance_after": txn.balance_after,
-                            "held_after": txn.held_after, "created_at": txn.created_at.isoformat(),
+                            "held_after": txn.held_after, "created_at": txn.created_at,
                         }
                         for txn, account_id in zip(transactions, account_ids, strict=True)
                     ]),
@@ -816,23 +811,23 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
             if len(cursor.fetchall()) < len(transactions):
                 raise _KeyTaken
             legs = [
-                {"transaction_id": str(txn.pk), "account_id": account_id, "amount": amount}
+                {"transaction_id": txn.pk, "account_id": account_id, "amount": amount}
                 for txn, account_id, amount in (
                     *zip(transactions, account_ids, amounts, strict=True),
                     *((txn, counterpart_id, -txn.amount) for txn in transactions),
                 )
             ]
-            cursor.execute(_ledger_sql(_BULK_ENTRIES_SQL, ()), [Part.AVAILABLE, json.dumps(legs)])
+            cursor.execute(ledger_sql(_BULK_ENTRIES_SQL, ()), [Part.AVAILABLE, json_rows(legs)])
             lots = [
                 {
-                    "id": str(uuid.uuid4()), "account_id": account_id, "transaction_id": str(txn.pk),
-                    "amount": txn.amount, "expires_at": expires_at.isoformat() if expires_at else None,
-                    "created_at": txn.created_at.isoformat(),
+                    "id": uuid.uuid4(), "account_id": account_id, "transaction_id": txn.pk,
+                    "amount": txn.amount, "expires_at": expires_at,
+                    "created_at": txn.created_at,
                 }
                 for txn, account_id, expires_at in rows
             ]  # fmt: skip
-            cursor.execute(_ledger_sql(_BULK_LOTS_SQL, ()), [json.dumps(lots)])
-            cursor.execute(_ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
+            cursor.execute(ledger_sql(_BULK_LOTS_SQL, ()), [json_rows(lots)])
+            cursor.execute(ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
     except (_KeyTaken, IntegrityError):
         return False
     for txn in transactions:
@@ -847,7 +842,7 @@ class _KeyTaken(Exception):
 def _accounts_locked(user_ids: list[str]) -> dict[str, tuple[int, int, int]]:
     """Lock the users' accounts in user id order; (id, balance, held) by user id of those that exist."""
     with connection.cursor() as cursor:
-        cursor.execute(_ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
+        cursor.execute(ledger_sql(_LOCK_ACCOUNTS_SQL, ()), [user_ids])
         return {user_id: (account_id, balance, held) for account_id, user_id, balance, held in cursor.fetchall()}
 
 
@@ -932,7 +927,7 @@ def _hold_in_one_statement(txn: Transaction, hold: Hold, user_id: str) -> bool:
         Part.AVAILABLE, -amount,
         Part.HELD, amount,
     ]  # fmt: skip
-    row = _one_statement_row(_ledger_sql(_HOLD_SQL, tuple(columns), tuple(hold_columns)), params)
+    row = _one_statement_row(ledger_sql(_HOLD_SQL, tuple(columns), tuple(hold_columns)), params)
     if row is None:
         return False
     account_id, balance, held = row
@@ -1034,7 +1029,8 @@ def _settle_fingerprint(kind: str, hold_id: uuid.UUID, amount: int | None) -> st
     return request_hash("release", hold_id=str(hold_id))
 
 
-_SETTLE_SQL = """
+_SETTLE_SQL = (
+    """
     WITH closed AS (
         UPDATE {holds}
            SET status = %s, captured_amount = COALESCE(%s, amount),
@@ -1053,17 +1049,12 @@ _SETTLE_SQL = """
         INSERT INTO {transactions} ({columns}, {account_column}, amount, balance_after, held_after)
         SELECT {placeholders}, id, CASE WHEN %s THEN released ELSE captured END, balance, held FROM acct
         RETURNING id
-    ), legs AS (
-        INSERT INTO {entries} (transaction_id, account_id, part, amount)
-        SELECT txn.id, leg.account_id, leg.part, leg.amount
-          FROM txn, acct,
-               LATERAL (VALUES (acct.id, %s, -acct.hold_amount),
-                               (CAST(%s AS bigint), %s, acct.captured),
-                               (acct.id, %s, acct.released)) AS leg (account_id, part, amount)
-         WHERE leg.amount <> 0
-    )
+"""
+    + _SETTLE_LEGS_CTE
+    + """    )
     SELECT id, user_id, balance, held, hold_amount, captured, released FROM acct
 """
+)
 
 
 # A capture in one statement: ``_SETTLE_SQL`` taking the captured points from the lots (see
@@ -1108,15 +1099,9 @@ _CAPTURE_SQL = (
         SELECT {placeholders}, acct.id, closed.captured_amount, acct.balance, acct.held
           FROM closed LEFT JOIN acct ON true
         RETURNING id
-    ), legs AS (
-        INSERT INTO {entries} (transaction_id, account_id, part, amount)
-        SELECT txn.id, leg.account_id, leg.part, leg.amount
-          FROM txn, acct,
-               LATERAL (VALUES (acct.id, %s, -acct.hold_amount),
-                               (CAST(%s AS bigint), %s, acct.captured),
-                               (acct.id, %s, acct.released)) AS leg (account_id, part, amount)
-         WHERE leg.amount <> 0
-    ), used AS (
+"""
+    + _SETTLE_LEGS_CTE
+    + """    ), used AS (
         INSERT INTO {uses} (transaction_id, lot_id, amount, returned)
         SELECT txn.id, taken.id, taken.take, 0 FROM txn, taken
     )
@@ -1147,7 +1132,7 @@ def _settle_in_one_statement(txn: Transaction, *, captured: int | None) -> bool:
             system_account_id(SystemAccount.SPENT), Part.AVAILABLE,
             Part.AVAILABLE,
         ]  # fmt: skip
-        sql = _ledger_sql(_SETTLE_SQL, tuple(columns))
+        sql = ledger_sql(_SETTLE_SQL, tuple(columns))
     else:
         params = [
             txn.hold_id,
@@ -1158,7 +1143,7 @@ def _settle_in_one_statement(txn: Transaction, *, captured: int | None) -> bool:
             system_account_id(SystemAccount.SPENT), Part.AVAILABLE,
             Part.AVAILABLE,
         ]  # fmt: skip
-        sql = _ledger_sql(_CAPTURE_SQL, tuple(columns))
+        sql = ledger_sql(_CAPTURE_SQL, tuple(columns))
     row = _one_statement_row(sql, params)
     if row is None:
         return False

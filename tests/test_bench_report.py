@@ -232,6 +232,25 @@ def test_the_machines_busy_cpu_time_counts_what_a_process_spends():
     assert machine_cpu_seconds() - before >= 0.3 - 0.02
 
 
+def test_cpu_of_processes_by_command_counts_the_live_ones_and_those_that_exited():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.common import processes_cpu_seconds
+
+    command = Path("/proc/self/comm").read_text().strip()  # this process's, as /proc names it
+    before, own_before = processes_cpu_seconds(command), time.process_time()
+    while time.process_time() - own_before < 0.3:
+        sum(range(1000))
+    assert processes_cpu_seconds(command) - before >= 0.3 - 0.02
+    # A child that burns CPU and exits: its time goes to this process's account of reaped children.
+    child = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.3: pass"
+    before = processes_cpu_seconds(Path(sys.executable).name[:15])
+    subprocess.run([sys.executable, "-c", child], check=True)
+    assert processes_cpu_seconds(Path(sys.executable).name[:15]) - before >= 0.3 - 0.02
+
+
 def test_doorbells_are_counted_from_the_workers_log():
     from bench.e2e import doorbells_received
 

@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from points import services
@@ -14,6 +14,7 @@ from points.lots import lots_take
 from points.models import Account, Lot, LotUse, SystemAccount, Transaction
 
 from .conftest import assert_ledger_ok, capture, credit, debit, hold, totals
+from .test_concurrency import run_together
 from .test_transfer_paths import _statements
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -103,40 +104,32 @@ def test_lots_take_takes_the_given_lot_first_then_soonest_expiry():
     assert remaining("alice") == [10, 0, 24]
 
 
+def _while_a_credit_of_the_soonest_lot_holds_the_row(operation):
+    """Run ``operation`` in one thread while another holds alice's account row and, a moment after
+    the operation has started waiting for it, credits a lot expiring soonest (key ``soonest``) and
+    commits; the operation's result, or the exception it raised."""
+    locked = threading.Event()
+
+    def work(index):
+        if index == 1:
+            locked.wait(timeout=10)
+            return operation()
+        with transaction.atomic():
+            Account.objects.select_for_update().get(user_id="alice")
+            locked.set()
+            threading.Event().wait(timeout=1)  # the operation starts meanwhile and waits for the row
+            credit("alice", 5, external_id="soonest", expires_at=timezone.now() + timedelta(days=1))
+
+    return run_together(work, count=2)[1]
+
+
 def test_a_debit_whose_account_changes_while_it_waits_takes_from_the_lots_as_they_are_then():
     """A concurrent credit of a lot expiring soonest commits while the debit's statement waits for
     the account's row: the debit must see that lot (its snapshot predates it), so it goes in steps."""
     credit("alice", 100)
     services.system_account_id(SystemAccount.SPENT)
-    locked, done = threading.Event(), threading.Event()
-    outcome = {}
+    result = _while_a_credit_of_the_soonest_lot_holds_the_row(lambda: debit("alice", 3, external_id="waiting"))
 
-    def concurrent_credit():
-        try:
-            with transaction.atomic():
-                Account.objects.select_for_update().get(user_id="alice")
-                locked.set()
-                done.wait(timeout=1)  # the debit starts meanwhile and waits for the row
-                credit("alice", 5, external_id="soonest", expires_at=timezone.now() + timedelta(days=1))
-        finally:
-            connection.close()
-
-    def concurrent_debit():
-        try:
-            locked.wait(timeout=10)
-            outcome["result"] = debit("alice", 3, external_id="waiting")
-        except Exception as exc:  # noqa: BLE001 - the outcome under test
-            outcome["result"] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=concurrent_credit), threading.Thread(target=concurrent_debit)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
-
-    result = outcome["result"]
     assert not isinstance(result, Exception), result
     assert result.transaction.balance_after == 102
     soonest = Lot.objects.get(transaction__external_id="soonest")
@@ -153,35 +146,10 @@ def test_a_capture_whose_account_changes_while_it_waits_is_written_whole_in_step
     credit("alice", 100)
     held = hold("alice", 30)
     services.system_account_id(SystemAccount.SPENT)
-    locked = threading.Event()
-    outcome = {}
+    result = _while_a_credit_of_the_soonest_lot_holds_the_row(
+        lambda: capture(held.transaction.hold_id, external_id="waiting", amount=7)
+    )
 
-    def concurrent_credit():
-        try:
-            with transaction.atomic():
-                Account.objects.select_for_update().get(user_id="alice")
-                locked.set()
-                threading.Event().wait(timeout=1)  # the capture starts meanwhile and waits for the row
-                credit("alice", 5, external_id="soonest", expires_at=timezone.now() + timedelta(days=1))
-        finally:
-            connection.close()
-
-    def concurrent_capture():
-        try:
-            locked.wait(timeout=10)
-            outcome["result"] = capture(held.transaction.hold_id, external_id="waiting", amount=7)
-        except Exception as exc:  # noqa: BLE001 - the outcome under test
-            outcome["result"] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=concurrent_credit), threading.Thread(target=concurrent_capture)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
-
-    result = outcome["result"]
     assert not isinstance(result, Exception), result
     assert (result.transaction.amount, result.transaction.hold.status) == (7, "captured")
     assert Lot.objects.get(transaction__external_id="soonest").remaining == 0  # the lot expiring first
