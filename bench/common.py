@@ -86,6 +86,14 @@ def pg_admin(sql: str, dbname: str = "postgres") -> None:
         conn.execute(sql)
 
 
+def database_settle(dbname: str) -> None:
+    """Start a measured run from a settled database: dead rows an earlier phase left vacuumed away,
+    planner statistics fresh, dirty pages flushed. Without it a run pays for the previous phase's
+    garbage (a cluster may run with autovacuum off) and for a checkpoint that falls inside it."""
+    pg_admin("VACUUM ANALYZE", dbname=dbname)
+    pg_admin("CHECKPOINT", dbname=dbname)
+
+
 def pg_scalar(sql: str, dbname: str = "postgres"):
     import psycopg
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from .common import APP_DB, balanced_order, log, pg_admin, runs_combined
+from .common import APP_DB, balanced_order, database_settle, log, runs_combined
 from .http import Server, wrk_run
 
 EVENT_TYPES = 50
@@ -83,8 +83,7 @@ def rules_scaling_measure(
         # Every run starts alike, whether or not the rules changed: the tables settled (fresh planner
         # statistics, no autovacuum starting mid-run), the writes that settling made flushed, and
         # the web workers' rule caches expired, so the run sees exactly this configuration.
-        pg_admin("VACUUM ANALYZE", dbname=APP_DB)
-        pg_admin("CHECKPOINT", dbname=APP_DB)
+        database_settle(APP_DB)
         time.sleep(settings.RULES_CACHE_SECONDS + 0.5)
         result = wrk_run(
             server=server,

@@ -168,17 +168,20 @@ class Transaction(models.Model):
     source = models.CharField(max_length=100)
     external_id = models.CharField(max_length=200)
     request_hash = models.CharField(max_length=64)
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="transactions")
+    # Indexed by points_txn_account_recent, which leads with it.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="transactions", db_index=False)
     amount = models.BigIntegerField()
     reason = models.CharField(max_length=200, blank=True, default="")
     metadata = models.JSONField(default=dict, blank=True)
-    hold = models.ForeignKey(Hold, on_delete=models.PROTECT, null=True, blank=True, related_name="transactions")
+    hold = models.ForeignKey(
+        Hold, on_delete=models.PROTECT, null=True, blank=True, related_name="transactions", db_index=False
+    )
     # The user's account right after this transaction: the original result of a replay, and the
     # running balance of a statement.
     balance_after = models.BigIntegerField(null=True)
     held_after = models.BigIntegerField(null=True)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     # A reversal's original (a credit, debit or capture), and on an original the points reversed so
@@ -206,6 +209,10 @@ class Transaction(models.Model):
             models.Index(fields=["external_id"], name="points_txn_external_id"),
             models.Index(fields=["reason"], opclasses=["varchar_pattern_ops"], name="points_txn_reason_prefix"),
             models.Index(fields=["reverses"], condition=Q(reverses__isnull=False), name="points_txn_reverses"),
+            # Rarely set (holds and their settlements; staff adjustments): only the rows that have them
+            # are indexed, so the credits and debits that make up most of the ledger write no entry.
+            models.Index(fields=["hold"], condition=Q(hold__isnull=False), name="points_txn_hold"),
+            models.Index(fields=["created_by"], condition=Q(created_by__isnull=False), name="points_txn_created_by"),
         ]
 
     def __str__(self) -> str:
@@ -226,7 +233,8 @@ class Entry(models.Model):
         HELD = "held", "Held"
 
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    # Indexed by points_entry_account_part, which leads with it.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries", db_index=False)
     part = models.CharField(max_length=10, choices=Part.choices, default=Part.AVAILABLE)
     amount = models.BigIntegerField()
 

@@ -21,8 +21,7 @@ account exists and the key is new (``_credit_in_one_statement``); so do a hold
 take from the account's first open lots in the same statement, guarded by the account row's
 version so that the lots they read are those under its lock (``_OPEN_LOTS_CTE``). Every other
 case takes the same steps one by one, and so gives every replay and refusal. A batch of credits
-(``account_credits_post``) writes the same rows for all of its new keys with one statement per
-table. A connection prepares them once it has run them a few times (``DB_PREPARED_STATEMENTS``).
+(``account_credits_post``) writes the same rows for all of its new keys with one statement. A connection prepares them once it has run them a few times (``DB_PREPARED_STATEMENTS``).
 """
 
 import contextlib
@@ -612,20 +611,11 @@ def account_credit_many(
 
     Each credit is exactly ``account_credit`` (``account_credits_post``), so it is idempotent on
     ``(source, external_id)``: a refused credit (its DomainError, or the IntegrityError of a
-    constraint, is its outcome) leaves the others posted. The users' accounts are created first
-    (empty, committed on their own) so the ledger transaction only waits on existing rows. A
-    database error of the transaction itself (an outage) propagates and posts nothing. Must not be
-    called inside a caller's transaction.
+    constraint, is its outcome) leaves the others posted. A database error of the transaction
+    itself (an outage) propagates and posts nothing. Must not be called inside a caller's transaction.
     """
-    user_ids = sorted({credit.user_id for credit in credits if isinstance(credit.user_id, str)})
-    opened = set(Account.objects.filter(user_id__in=user_ids).values_list("user_id", flat=True))
-    if len(opened) < len(user_ids):
-        Account.objects.bulk_create(
-            [Account(user_id=user_id, kind=Account.Kind.USER) for user_id in user_ids if user_id not in opened],
-            ignore_conflicts=True,
-        )
     with transaction.atomic():
-        posted = account_credits_post(source=source, credits=credits, refusals=(DomainError, IntegrityError))
+        posted = _credits_post(source=source, credits=credits, refusals=(DomainError, IntegrityError))
     return {credit.external_id: outcome for credit, outcome in zip(credits, posted, strict=True)}
 
 
@@ -638,13 +628,20 @@ def account_credits_post(
 
     The batch ledger service of dispatch and of ``POST /internal/batch``. Credits whose keys are
     new are posted together (``_credits_in_bulk``): their accounts locked in the order of their
-    user ids, then one INSERT each for their Transactions, entries and lots and one UPDATE of the
+    user ids, then one statement that inserts their Transactions, entries and lots and moves the
     balances, so a batch costs a few statements rather than a few per credit, and two batches
     over the same accounts wait for each other instead of deadlocking. A key already stored
     replays or conflicts as alone; a repeated key in the batch is, after its first valid use, a
     replay or conflict of it. A refusal changes nothing, and the others stay posted (atomic
     inside the caller's transaction). Any other error propagates.
     """
+    return _credits_post(source=source, credits=credits, refusals=refusals)
+
+
+def _credits_post(
+    *, source: str, credits: Sequence[CreditIn], refusals: tuple[type[Exception], ...]
+) -> list[CreditOutcome]:
+    """``account_credits_post`` inside a transaction the caller holds (no savepoint of its own)."""
     outcomes: list[CreditOutcome | None] = [None] * len(credits)
     fresh: dict[str, tuple[int, Transaction, str, datetime | None]] = {}  # by key: the first valid use
     repeats: list[int] = []
@@ -720,40 +717,41 @@ _LOCK_ACCOUNTS_SQL = """
      WHERE user_id = ANY(%s) ORDER BY user_id FOR UPDATE
 """
 
-# The rows of a run of credits, one statement per table: the rows are one JSON document read by
-# ``jsonb_to_recordset``, so the statement text is the same whatever the number of credits, and the
-# json module encodes them (an array per column makes the driver quote and escape every element).
-# Columns not named take their defaults (no hold, no creator, nothing reversed).
-_BULK_TRANSACTIONS_SQL = """
-    INSERT INTO {transactions} (kind, source, id, external_id, request_hash, {account_column}, amount, reason,
-                                metadata, balance_after, held_after, created_at)
-    SELECT %s, %s, id, external_id, request_hash, account_id, amount, reason, metadata,
-           balance_after, held_after, created_at
-      FROM jsonb_to_recordset(CAST(%s AS jsonb))
-           AS credit (id uuid, external_id text, request_hash text, account_id bigint, amount bigint, reason text,
-                      metadata jsonb, balance_after bigint, held_after bigint, created_at timestamptz)
-    ON CONFLICT (source, external_id) DO NOTHING
-    RETURNING id
-"""
-
-_BULK_ENTRIES_SQL = """
-    INSERT INTO {entries} (transaction_id, account_id, part, amount)
-    SELECT transaction_id, account_id, %s, amount
-      FROM jsonb_to_recordset(CAST(%s AS jsonb)) AS leg (transaction_id uuid, account_id bigint, amount bigint)
-"""
-
-_BULK_LOTS_SQL = """
-    INSERT INTO {lots} (id, account_id, transaction_id, amount, remaining, expired_amount, expires_at, created_at)
-    SELECT id, account_id, transaction_id, amount, amount, 0, expires_at, created_at
-      FROM jsonb_to_recordset(CAST(%s AS jsonb))
-           AS lot (id uuid, account_id bigint, transaction_id uuid, amount bigint, expires_at timestamptz,
-                   created_at timestamptz)
-"""
-
-_ADD_TO_BALANCES_SQL = """
-    UPDATE {accounts} AS account SET balance = account.balance + moved.amount
-      FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS moved (id, amount)
-     WHERE account.id = moved.id
+# A run of credits in one statement: the rows are one JSON document read by ``jsonb_to_recordset`` (so
+# the text is the same whatever the number of credits, and the json module encodes them where an array
+# per column makes the driver quote and escape every element); each Transaction inserted brings its two
+# entries and its lot, and the accounts' balances move by what was inserted. Columns not named take their
+# defaults (no hold, no creator, nothing reversed). It returns how many Transactions it inserted: fewer
+# than the credits when a key was taken meanwhile.
+_BULK_CREDITS_SQL = """
+    WITH credit AS (
+        SELECT * FROM jsonb_to_recordset(CAST(%s AS jsonb))
+            AS credit (id uuid, external_id text, request_hash text, account_id bigint, amount bigint,
+                       reason text, metadata jsonb, balance_after bigint, held_after bigint,
+                       created_at timestamptz, expires_at timestamptz)
+    ), txn AS (
+        INSERT INTO {transactions} (kind, source, id, external_id, request_hash, {account_column}, amount, reason,
+                                    metadata, balance_after, held_after, created_at)
+        SELECT %s, %s, id, external_id, request_hash, account_id, amount, reason, metadata,
+               balance_after, held_after, created_at
+          FROM credit
+        ON CONFLICT (source, external_id) DO NOTHING
+        RETURNING id, {account_column} AS account_id, amount, created_at
+    ), legs AS (
+        INSERT INTO {entries} (transaction_id, account_id, part, amount)
+        SELECT id, account_id, %s, amount FROM txn
+         UNION ALL
+        SELECT id, CAST(%s AS bigint), %s, -amount FROM txn
+    ), lots AS (
+        INSERT INTO {lots} (id, account_id, transaction_id, amount, remaining, expired_amount, expires_at, created_at)
+        SELECT gen_random_uuid(), txn.account_id, txn.id, txn.amount, txn.amount, 0, credit.expires_at, txn.created_at
+          FROM txn JOIN credit ON credit.id = txn.id
+    ), balances AS (
+        UPDATE {accounts} AS account SET balance = account.balance + moved.amount
+          FROM (SELECT account_id, CAST(SUM(amount) AS bigint) AS amount FROM txn GROUP BY account_id) AS moved
+         WHERE account.id = moved.account_id
+    )
+    SELECT COUNT(*) FROM txn
 """
 
 
@@ -763,7 +761,7 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
     Creates the accounts that do not exist, locks all of them in user id order (the lock also keeps
     the balances read here current), works out each credit's balance after it in order, then
     inserts the Transactions, their entries and their lots, and moves the balances: the rows
-    ``account_credit`` would write, one statement per table (``_BULK_*_SQL``). True when all were posted. False with
+    ``account_credit`` would write, in one statement (``_BULK_CREDITS_SQL``). True when all were posted. False with
     nothing posted (the accounts stay created and locked) when a key was taken meanwhile or a
     constraint refused a row; the caller then posts them one by one.
     """
@@ -776,58 +774,35 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
         )
         accounts = _accounts_locked(user_ids)
     totals = {user_id: [account_id, balance, held] for user_id, (account_id, balance, held) in accounts.items()}
-    moved: dict[int, int] = {}
     rows = []  # (transaction, account id, lot expiry), in order
     for _, txn, user_id, expires_at in credits:
         account_id, balance, held = totals[user_id]
         balance += txn.amount
         totals[user_id][1] = balance
-        moved[account_id] = moved.get(account_id, 0) + txn.amount
         txn.account = _account_as_left(account_id, user_id, balance, held)
         txn.balance_after, txn.held_after = balance, held
         rows.append((txn, account_id, expires_at))
     transactions = [txn for txn, _, _ in rows]
-    amounts = [txn.amount for txn in transactions]
-    account_ids = [account_id for _, account_id, _ in rows]
-    counterpart_id = system_account_id(SystemAccount.ISSUED)
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            # The rows as one JSON document: the metadata goes in as JSON, not as text the driver would
-            # quote and escape element by element in an array.
-            cursor.execute(ledger_sql(_BULK_TRANSACTIONS_SQL, ()),
+            cursor.execute(
+                ledger_sql(_BULK_CREDITS_SQL, ()),
                 [
-                    Kind.CREDIT, transactions[0].source,
                     json_rows([
                         {
                             "id": txn.pk, "external_id": txn.external_id, "request_hash": txn.request_hash,
                             "account_id": account_id, "amount": txn.amount, "reason": txn.reason,
                             "metadata": txn.metadata, "balance_after": txn.balance_after,
-                            "held_after": txn.held_after, "created_at": txn.created_at,
+                            "held_after": txn.held_after, "created_at": txn.created_at, "expires_at": expires_at,
                         }
-                        for txn, account_id in zip(transactions, account_ids, strict=True)
+                        for txn, account_id, expires_at in rows
                     ]),
+                    Kind.CREDIT, transactions[0].source,
+                    Part.AVAILABLE, system_account_id(SystemAccount.ISSUED), Part.AVAILABLE,
                 ],
             )  # fmt: skip
-            if len(cursor.fetchall()) < len(transactions):
+            if cursor.fetchone()[0] < len(transactions):
                 raise _KeyTaken
-            legs = [
-                {"transaction_id": txn.pk, "account_id": account_id, "amount": amount}
-                for txn, account_id, amount in (
-                    *zip(transactions, account_ids, amounts, strict=True),
-                    *((txn, counterpart_id, -txn.amount) for txn in transactions),
-                )
-            ]
-            cursor.execute(ledger_sql(_BULK_ENTRIES_SQL, ()), [Part.AVAILABLE, json_rows(legs)])
-            lots = [
-                {
-                    "id": uuid.uuid4(), "account_id": account_id, "transaction_id": txn.pk,
-                    "amount": txn.amount, "expires_at": expires_at,
-                    "created_at": txn.created_at,
-                }
-                for txn, account_id, expires_at in rows
-            ]  # fmt: skip
-            cursor.execute(ledger_sql(_BULK_LOTS_SQL, ()), [json_rows(lots)])
-            cursor.execute(ledger_sql(_ADD_TO_BALANCES_SQL, ()), [list(moved), list(moved.values())])
     except (_KeyTaken, IntegrityError):
         return False
     for txn in transactions:

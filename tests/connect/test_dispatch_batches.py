@@ -41,10 +41,14 @@ def test_a_batch_of_points_actions_costs_the_same_statements_whatever_its_size()
         with CaptureQueriesContext(connection) as captured:
             outcomes = reward_actions_dispatch(limit=100)
         assert [o.status for o in outcomes] == [Status.COMPLETED] * count
+        writes = [query["sql"] for query in captured.captured_queries if "INSERT INTO" in query["sql"]]
+        # The credits of a batch are posted together: one statement writes all of their rows.
+        assert len(writes) == 1 and all(
+            table in writes[0] for table in ("points_transaction", "points_entry", "points_lot")
+        )
         return len(captured.captured_queries), count
 
     small, large = statements(3), statements(30)
-    # The credits of a batch are posted together: one statement per ledger table for all of them.
     assert large[0] == small[0]
     assert RewardAction.objects.filter(status=Status.COMPLETED).count() == 33
     assert sum(account_totals(user_id=f"user-{i}")["balance"] for i in range(3)) == 3 + 33 * 5
