@@ -2,7 +2,9 @@
 
 The clock starts with the first POST and stops at the ``completed_at`` of the last RewardAction the run
 made, read from the database, which is what a user would wait for. The doorbells the workers received
-(broker messages) are counted from their log, per event posted.
+(broker messages) are counted from their log, per event posted. The end-to-end run sits between two
+runs of the same events with no worker (``events_beside_measure``), so its ratio to HTTP events compares
+runs made minutes apart on a machine whose speed drifts by tens of percent in minutes.
 
 Beside it, dispatch alone: one worker process draining a backlog of points actions stored beforehand.
 """
@@ -57,6 +59,21 @@ def _earlier_actions_set_aside() -> None:
 
     RewardAction.objects.filter(status=RewardAction.Status.PENDING).update(
         status=RewardAction.Status.CANCELLED, cancel_reason="bench: left by an earlier phase"
+    )
+
+
+def events_beside_measure(*, server: Server, key: str, seconds: int, connections: int) -> dict:
+    """Events posted at full rate with no worker running, from the state the end-to-end run starts
+    from (earlier actions set aside, the database settled): the rate it is compared with."""
+    _earlier_actions_set_aside()
+    database_settle(APP_DB)
+    return wrk_run(
+        server=server,
+        mode="events",
+        key=key,
+        prefix=f"beside{time.time_ns()}",
+        seconds=seconds,
+        connections=connections,
     )
 
 

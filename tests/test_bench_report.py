@@ -141,6 +141,25 @@ def test_a_target_below_its_bound_is_not_met_and_p99_counts_errors():
     assert p99["measured"] == 30.0 and p99["met"] is False  # under 50 ms, but with errors
 
 
+def test_end_to_end_is_compared_with_the_events_runs_before_and_after_it_when_there_are_some():
+    results = _results(events_rps=300.0, e2e_rate=250.0)
+    # The machine slowed down after the HTTP phase: the runs beside end to end made 260 events/s.
+    results["e2e"]["events_beside"] = _http(260.0, host_cpu_ms_per_request=2.0)
+
+    target = _by_name(_targets(results))["end-to-end events/s / HTTP events/s"]
+
+    assert (target["measured"], target["met"]) == (0.96, True)  # 250 / 260
+    assert target["phase_ratio"] == 0.83  # 250 / 300, the HTTP phase's rate
+    assert target["cores_allow"] == 1.54  # 400 events/s the cores carry / 260
+    results["targets"] = _targets(results)
+    printed = table(results)
+    assert "HTTP events before and after end to end                 4     260.0" in printed
+    assert "end to end, events/s to last credit (÷ events beside)    2     250.0" in printed
+    assert "0.96" in printed.split("end to end, events/s to last credit")[1].splitlines()[0]
+    results.pop("http")  # end to end alone (``--only e2e``) still has its ratio
+    assert _by_name(_targets(results))["end-to-end events/s / HTTP events/s"]["phase_ratio"] is None
+
+
 def test_targets_of_phases_not_run_are_left_out():
     results = _results()
     for phase in ("e2e", "rules", "pgbench"):
@@ -173,8 +192,8 @@ def test_the_table_states_the_machine_and_every_measured_row():
     assert "(>= 0.6); per round 0.68, 0.83; by host ms per request 0.60" in printed
     assert "(>= 0.8); per round 0.80, 0.70; by host ms per request 0.80" in printed
     assert (
-        "end-to-end events/s / HTTP events/s: 0.83 (>= 0.8); the cores allow at most 1.33 "
-        "(2 cores ÷ 5.00 host ms per event end to end)"
+        "end-to-end events/s / HTTP events/s (the runs before and after it): 0.83 (>= 0.8); against the HTTP "
+        "phase's events 0.83; the cores allow at most 1.33 (2 cores ÷ 5.00 host ms per event end to end)"
     ) in printed
     assert "[met] broker messages per event, end to end: 0.40 (<= 1.00)" in printed
     assert "end to end, broker messages per event                   2      0.40" in printed
