@@ -1,9 +1,9 @@
+import functools
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
 from django.db.models import F, Sum, Value
-from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -23,13 +23,29 @@ _TRANSACTIONS_BY_KEY_SQL = """
 """
 
 
-def transactions_by_key(source: str, external_ids: list[str]):
-    """The stored Transactions of ``source`` among ``external_ids``, with their account and hold."""
-    stored = Transaction.objects.select_related("account", "hold")
+def transactions_by_key(source: str, external_ids: list[str]) -> list[Transaction]:
+    """The stored Transactions of ``source`` among ``external_ids``, with their account and hold. The
+    keys are looked up first (one statement of fixed text); the Transactions are loaded only when some
+    are stored, which for a batch of new credits they are not."""
+    ids = transaction_ids_by_key(source, external_ids)
+    if not ids:
+        return []
+    return list(Transaction.objects.select_related("account", "hold").filter(pk__in=ids))
+
+
+def transaction_ids_by_key(source: str, external_ids: list[str]) -> list:
+    """The ids of the stored Transactions of ``source`` among ``external_ids``."""
     if connection.vendor != "postgresql":
-        return stored.filter(source=source, external_id__in=external_ids)
-    sql = _TRANSACTIONS_BY_KEY_SQL.format(transactions=connection.ops.quote_name(Transaction._meta.db_table))
-    return stored.filter(pk__in=RawSQL(sql, [external_ids, source]))
+        stored = Transaction.objects.filter(source=source, external_id__in=external_ids)
+        return list(stored.values_list("pk", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute(transactions_by_key_sql(), [external_ids, source])
+        return [row[0] for row in cursor.fetchall()]
+
+
+@functools.cache
+def transactions_by_key_sql() -> str:
+    return _TRANSACTIONS_BY_KEY_SQL.format(transactions=connection.ops.quote_name(Transaction._meta.db_table))
 
 
 def account_totals(*, user_id: str) -> dict:

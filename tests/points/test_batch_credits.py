@@ -209,7 +209,7 @@ def test_stored_keys_are_looked_up_one_index_probe_each_however_stale_the_statis
     """A batch looks up its keys with one probe of the idempotency index per key. Thousands of rows of
     the source that the statistics do not know about yet (no ANALYZE since) must not turn the lookup
     into a scan of all of them."""
-    from points.selectors import transactions_by_key
+    from points.selectors import transactions_by_key, transactions_by_key_sql
 
     for index in range(3):
         account_credit(source="svc", external_id=f"old-{index}", user_id=f"u-{index}", amount=5)
@@ -232,9 +232,25 @@ def test_stored_keys_are_looked_up_one_index_probe_each_however_stale_the_statis
         found = transactions_by_key("svc", keys)
         assert sorted(txn.external_id for txn in found) == ["bulk-19999", "bulk-7", "old-1", "old-2"]
         assert {txn.account.user_id for txn in found if txn.external_id.startswith("old-")} == {"u-1", "u-2"}
-        assert list(transactions_by_key("other", keys)) == []
-        plan = found.explain()
+        assert transactions_by_key("other", keys) == []
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + transactions_by_key_sql(), [keys, "svc"])
+            plan = "\n".join(row[0] for row in cursor.fetchall())
         transaction.set_rollback(True)
     assert "points_txn_idempotency" in plan, plan
     assert "external_id = key.external_id" in plan.replace("(", "").replace(")", "").replace("::text", ""), plan
     assert Transaction.objects.count() == 3
+
+
+def test_keys_none_of_which_is_stored_cost_one_statement_and_stored_ones_come_with_their_account():
+    from points.selectors import transactions_by_key
+
+    account_credit(source="svc", external_id="kept", user_id="u-1", amount=5)
+    with CaptureQueriesContext(connection) as queries:
+        assert transactions_by_key("svc", ["new-1", "new-2"]) == []
+    assert len(queries) == 1  # the common case of a batch: nothing to load
+
+    with CaptureQueriesContext(connection) as queries:
+        (found,) = transactions_by_key("svc", ["new-1", "kept"])
+        assert (found.external_id, found.account.user_id, found.hold) == ("kept", "u-1", None)
+    assert len(queries) == 2  # the keys, then the Transactions with their account and hold
