@@ -21,7 +21,8 @@ account exists and the key is new (``_credit_in_one_statement``); so do a hold
 take from the account's first open lots in the same statement, guarded by the account row's
 version so that the lots they read are those under its lock (``_OPEN_LOTS_CTE``). Every other
 case takes the same steps one by one, and so gives every replay and refusal. A batch of credits
-(``account_credits_post``) writes the same rows for all of its new keys with one statement. A connection prepares them once it has run them a few times (``DB_PREPARED_STATEMENTS``).
+(``account_credits_post``) writes the same rows for all of its new keys with one statement. A
+connection prepares them once it has run them a few times (``DB_PREPARED_STATEMENTS``).
 """
 
 import contextlib
@@ -761,9 +762,9 @@ def _credits_in_bulk(credits: list[tuple[int, Transaction, str, datetime | None]
     Creates the accounts that do not exist, locks all of them in user id order (the lock also keeps
     the balances read here current), works out each credit's balance after it in order, then
     inserts the Transactions, their entries and their lots, and moves the balances: the rows
-    ``account_credit`` would write, in one statement (``_BULK_CREDITS_SQL``). True when all were posted. False with
-    nothing posted (the accounts stay created and locked) when a key was taken meanwhile or a
-    constraint refused a row; the caller then posts them one by one.
+    ``account_credit`` would write, in one statement (``_BULK_CREDITS_SQL``). True when all were
+    posted. False with nothing posted (the accounts stay created and locked) when a key was taken
+    meanwhile or a constraint refused a row; the caller then posts them one by one.
     """
     user_ids = sorted({user_id for _, _, user_id, _ in credits})
     accounts = _accounts_locked(user_ids)
