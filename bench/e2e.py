@@ -62,11 +62,17 @@ def _earlier_actions_set_aside() -> None:
     )
 
 
-def events_beside_measure(*, server: Server, key: str, seconds: int, connections: int) -> dict:
-    """Events posted at full rate with no worker running, from the state the end-to-end run starts
-    from (earlier actions set aside, the database settled): the rate it is compared with."""
+def _settled_start() -> None:
+    """The state every run of this phase starts from: earlier actions set aside, the database settled
+    (so no run pays for the dead rows of the one before it)."""
     _earlier_actions_set_aside()
     database_settle(APP_DB)
+
+
+def events_beside_measure(*, server: Server, key: str, seconds: int, connections: int) -> dict:
+    """Events posted at full rate with no worker running, from the state the end-to-end run starts
+    from: the rate it is compared with."""
+    _settled_start()
     return wrk_run(
         server=server,
         mode="events",
@@ -99,8 +105,7 @@ def _progress(actions) -> tuple[int, int, int, datetime | None]:
 def e2e_measure(*, server: Server, key: str, seconds: int, connections: int, workers: int) -> tuple[dict, dict]:
     """Events/s from the first post to the last completed credit, and the workers' memory."""
     redis_flush()  # earlier phases ran without workers: their queued doorbells are not this run's
-    _earlier_actions_set_aside()
-    database_settle(APP_DB)  # as every measured phase starts: not paying for the backlog drain's dead rows
+    _settled_start()
     worker = celery_start(concurrency=workers)
     try:
         worker_cpu_before, host_before = worker.cpu_seconds(), machine_cpu_seconds()

@@ -1,4 +1,3 @@
-import functools
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -8,6 +7,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .models import Account, Lot, Transaction
+from .statements import ledger_sql
 
 # Sorts never-expiring lots after every dated one in the lots list's cursor order.
 NEVER = datetime(9999, 12, 31, tzinfo=UTC)
@@ -16,7 +16,7 @@ NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 # One probe of the idempotency index per key, whatever the statistics say: the subquery is kept apart
 # (OFFSET 0) so the planner cannot turn it into a scan of every row of ``source`` it underestimated,
 # as it does while a source's rows grow faster than autovacuum analyzes them.
-_TRANSACTIONS_BY_KEY_SQL = """
+TRANSACTIONS_BY_KEY_SQL = """
     SELECT stored.id FROM unnest(CAST(%s AS text[])) AS key (external_id)
       CROSS JOIN LATERAL (SELECT id FROM {transactions}
                            WHERE source = %s AND external_id = key.external_id OFFSET 0) AS stored
@@ -39,13 +39,8 @@ def transaction_ids_by_key(source: str, external_ids: list[str]) -> list:
         stored = Transaction.objects.filter(source=source, external_id__in=external_ids)
         return list(stored.values_list("pk", flat=True))
     with connection.cursor() as cursor:
-        cursor.execute(transactions_by_key_sql(), [external_ids, source])
+        cursor.execute(ledger_sql(TRANSACTIONS_BY_KEY_SQL), [external_ids, source])
         return [row[0] for row in cursor.fetchall()]
-
-
-@functools.cache
-def transactions_by_key_sql() -> str:
-    return _TRANSACTIONS_BY_KEY_SQL.format(transactions=connection.ops.quote_name(Transaction._meta.db_table))
 
 
 def account_totals(*, user_id: str) -> dict:

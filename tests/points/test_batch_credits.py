@@ -209,7 +209,8 @@ def test_stored_keys_are_looked_up_one_index_probe_each_however_stale_the_statis
     """A batch looks up its keys with one probe of the idempotency index per key. Thousands of rows of
     the source that the statistics do not know about yet (no ANALYZE since) must not turn the lookup
     into a scan of all of them."""
-    from points.selectors import transactions_by_key, transactions_by_key_sql
+    from points.selectors import TRANSACTIONS_BY_KEY_SQL, transactions_by_key
+    from points.statements import ledger_sql
 
     for index in range(3):
         account_credit(source="svc", external_id=f"old-{index}", user_id=f"u-{index}", amount=5)
@@ -234,7 +235,7 @@ def test_stored_keys_are_looked_up_one_index_probe_each_however_stale_the_statis
         assert {txn.account.user_id for txn in found if txn.external_id.startswith("old-")} == {"u-1", "u-2"}
         assert transactions_by_key("other", keys) == []
         with connection.cursor() as cursor:
-            cursor.execute("EXPLAIN " + transactions_by_key_sql(), [keys, "svc"])
+            cursor.execute("EXPLAIN " + ledger_sql(TRANSACTIONS_BY_KEY_SQL), [keys, "svc"])
             plan = "\n".join(row[0] for row in cursor.fetchall())
         transaction.set_rollback(True)
     assert "points_txn_idempotency" in plan, plan
@@ -254,3 +255,21 @@ def test_keys_none_of_which_is_stored_cost_one_statement_and_stored_ones_come_wi
         (found,) = transactions_by_key("svc", ["new-1", "kept"])
         assert (found.external_id, found.account.user_id, found.hold) == ("kept", "u-1", None)
     assert len(queries) == 2  # the keys, then the Transactions with their account and hold
+
+
+def test_a_credit_writes_no_index_entry_that_another_index_or_a_null_makes_useless():
+    """The account columns are indexed only as the lead of their composite indexes, and the hold and
+    creator columns, null on nearly every row, only where they are set (migration points 0008)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('points_transaction', 'points_entry')"
+        )
+        indexes = dict(cursor.fetchall())
+    single_column = {
+        definition.split("(", 1)[1].rstrip(")") for name, definition in indexes.items() if "WHERE" not in definition
+    }
+    assert not {"account_id", "hold_id", "created_by_id"} & single_column, indexes
+    assert indexes["points_txn_account_recent"].endswith("(account_id, created_at DESC)")
+    assert indexes["points_entry_account_part"].endswith("(account_id, part)")
+    assert indexes["points_txn_hold"].endswith("(hold_id) WHERE (hold_id IS NOT NULL)")
+    assert indexes["points_txn_created_by"].endswith("(created_by_id) WHERE (created_by_id IS NOT NULL)")
