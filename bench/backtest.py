@@ -45,12 +45,13 @@ def backtest_events_store(*, count: int, start: datetime) -> datetime:
 
     The rows go in with one COPY per table and batch, so that preparing 100,000 events costs little
     beside the backtest it prepares."""
-    from connect.backtest import _Counters, _Profiles
+    from connect.backtest import _Profiles
+    from connect.backtest_counters import Counters
     from connect.models import EconomicEvent, RewardAction
     from rules import engine
     from rules.selectors import rules_for_event_type
 
-    profiles, counters = _Profiles(), _Counters()
+    profiles, counters = _Profiles(), Counters()
     rules_by_type: dict = {}
     events, actions = [], []
     for n in range(count):

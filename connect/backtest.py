@@ -8,20 +8,22 @@ So the current rules over a period reproduce production's actions, event for eve
 production's events did not race each other. The report compares with what production stored for
 the same events.
 
-Refunds (SPEC §12) are not replayed: a reversal event's rules run like any event's, but what it took
-back is not. So the comparison leaves reversal actions out and counts each original action at its gross
-amount (before a refund reduced it in place), and the report says how many reversal actions it left
-out: a backtest of unchanged rules still equals production when refunds exist.
+Refunds (SPEC §12) count back: each reversal event gives its share back to the counters before its own
+rules run, as at ingest (``connect.backtest_counters``), so a reward a refund made available again is
+paid again in the replay. What a refund took back is not compared: the comparison leaves reversal
+actions out and counts each original action at its gross amount (before a refund reduced it in place),
+and the report says how many reversal actions it left out. A backtest of unchanged rules still equals
+production when refunds exist.
 """
 
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import BooleanField, Case, Count, ExpressionWrapper, F, OuterRef, Q, Subquery, Sum, When
+from django.db.models import BooleanField, Count, ExpressionWrapper, Q, Sum
 from django.db.models.functions import Coalesce
 
 from rules import engine
@@ -31,8 +33,10 @@ from rules.models import RewardLine, Rule
 from rules.selectors import rules_with_lines
 from rules.services import rule_from_dict
 
+from .backtest_counters import Counters, Refunds
 from .models import EconomicEvent, RewardAction
 from .profiles import MAX_UPLINE_DEPTH
+from .reversals import gross_amount_expression
 
 TOP_TARGETS = 10
 DIFFERENCE_EXAMPLES = 20
@@ -156,31 +160,6 @@ class _Profiles:
         return current
 
 
-@dataclass
-class _Counters:
-    granted: Counter = field(default_factory=Counter)  # (line id, target)
-    periods: Counter = field(default_factory=Counter)  # (line id, target, period key)
-    budgets: Counter = field(default_factory=Counter)  # (rule id, period key)
-
-    def granted_count(self, line_id, target):
-        return self.granted[(line_id, target)]
-
-    def period_count(self, line_id, target, key):
-        return self.periods[(line_id, target, key)]
-
-    def budget_used(self, rule_id, key):
-        return self.budgets[(rule_id, key)]
-
-    def record(self, actions) -> None:
-        for action in actions:
-            if action.max_per_target is not None:
-                self.granted[(action.line_id, action.target_user_id)] += 1
-            if action.cap_period_key:
-                self.periods[(action.line_id, action.target_user_id, action.cap_period_key)] += 1
-            if action.budget_key:
-                self.budgets[(action.rule_id, action.budget_key)] += action.budget_charge
-
-
 _PROFILE_FIELDS = ("event_type", "actor_user_id", "primary_subject_user_id", "context")
 
 
@@ -204,9 +183,9 @@ def _profiles_seed(since: datetime) -> _Profiles:
     return profiles
 
 
-def _counters_seed(replayed: _Replayed, since: datetime) -> _Counters:
+def _counters_seed(replayed: _Replayed, since: datetime) -> Counters:
     """Production's counts before ``since`` of the caps and budgets the replayed rules have."""
-    counters = _Counters()
+    counters = Counters()
     before = RewardAction.objects.filter(event__received_at__lt=since, reverses__isnull=True)
     moment = Coalesce("event__occurred_at", "event__received_at")
     life_lines, period_lines, budget_rules = [], [], []
@@ -238,7 +217,7 @@ def _counters_seed(replayed: _Replayed, since: datetime) -> _Counters:
         spent = before.filter(rule_id=rule.pk, reward_type=RewardLine.RewardType.POINTS)
         if rule.budget_period:
             spent = spent.annotate(moment=moment).filter(moment__gte=period_start(rule.budget_period, since))
-        used = spent.aggregate(total=Sum("amount"))["total"] or 0
+        used = spent.annotate(gross=gross_amount_expression()).aggregate(total=Sum("gross"))["total"] or 0
         counters.budgets[(rule.pk, period_key(rule.budget_period, since))] = used
     return counters
 
@@ -253,18 +232,7 @@ class _Production:
     ``reverses_id IS NULL`` in it, a planner on stale statistics scanned that index once per event."""
 
     def __init__(self, since: datetime, until: datetime, types: set[str]):
-        carried = (
-            RewardAction.objects.filter(reverses=OuterRef("pk"))
-            .exclude(status=RewardAction.Status.CANCELLED)
-            .order_by()
-            .values("reverses")
-            .annotate(total=Sum("amount"))
-            .values("total")
-        )
-        gross = Case(
-            When(reversed_amount=0, then=F("amount")),
-            default=F("amount") + F("reversed_amount") - Coalesce(Subquery(carried), 0),
-        )
+        gross = gross_amount_expression()
         reversal = ExpressionWrapper(Q(reverses__isnull=False), output_field=BooleanField())
         rows = (
             _period_actions(since, until)
@@ -318,9 +286,13 @@ def backtest_run(
     replayed = _rules_prepare(payload, only=only)
     profiles = _profiles_seed(since)
     counters = _counters_seed(replayed, since)
+    refunds = Refunds(counters, since=since, until=until)
 
     types = set(replayed.rules_by_type) | _profile_types()
-    events = EconomicEvent.objects.filter(received_at__gte=since, received_at__lt=until, event_type__in=types)
+    # A reversal event is replayed whatever its type: what it counts back changes later events.
+    events = EconomicEvent.objects.filter(
+        Q(event_type__in=types) | Q(reverses__isnull=False), received_at__gte=since, received_at__lt=until
+    )
     total = events.count()
     production = _Production(since, until, types)
     if progress:
@@ -340,12 +312,16 @@ def backtest_run(
     profile_types = _profile_types()
 
     rows = events.order_by("received_at", "id").values_list(
-        "id", "event_type", "actor_user_id", "primary_subject_user_id", "context", "occurred_at", "received_at"
-    )
-    for event_id, event_type, actor, subject, context, occurred_at, received_at in rows.iterator(chunk_size=CHUNK):
+        "id", "event_type", "actor_user_id", "primary_subject_user_id", "context", "occurred_at", "received_at",
+        "reverses_id", "reversal_fraction",
+    )  # fmt: skip
+    for row in rows.iterator(chunk_size=CHUNK):
+        event_id, event_type, actor, subject, context, occurred_at, received_at, reverses_id, fraction = row
         done += 1
         if event_type in profile_types:
             profiles.apply(event_type, actor, subject, context)
+        # As at ingest: the refund first, then the reversal event's own rules (with what it counted back).
+        undo_refund = refunds.replay(reverses_id, fraction) if reverses_id is not None else None
         rules = replayed.rules_by_type.get(event_type)
         planned: list = []
         if rules:
@@ -362,8 +338,11 @@ def backtest_run(
                 )
             except engine.RuleEvaluationFailed:
                 failed_events += 1
+                if undo_refund is not None:
+                    undo_refund()  # a failed event has no actions: its refund is not applied either
             else:
                 counters.record(plan.actions)
+                refunds.remember(event_id, plan.actions)
                 planned = [(a.rule_code, a.target_user_id, a.reward_type, a.amount) for a in plan.actions]
                 for rule_trace in plan.trace:
                     if rule_trace.code != "matched":
@@ -436,6 +415,7 @@ def backtest_run(
         "budgets": _budgets_report(replayed, counters, budgets_hit),
         "events_differing": differing,
         "differences": examples,
+        "reversals_replayed": refunds.replays,
         "reversal_actions_left_out": _period_actions(since, until).filter(reverses__isnull=False).count(),
         "seconds": round(elapsed, 3),
         "events_per_second": round(done / elapsed, 1) if elapsed > 0 else None,
@@ -464,7 +444,7 @@ def _rule_row(code: str, ours: dict, theirs: dict) -> dict:
     }
 
 
-def _budgets_report(replayed: _Replayed, counters: _Counters, hit: Counter) -> list[dict]:
+def _budgets_report(replayed: _Replayed, counters: Counters, hit: Counter) -> list[dict]:
     report = []
     for rules in replayed.rules_by_type.values():
         for rule in rules:
@@ -502,10 +482,11 @@ def report_lines(report: dict) -> list[str]:
     out += [f"  {name:<14} {v['backtest']:>12} / {v['production']}" for name, v in report["by_reward_type"].items()]
     out += ["", "Top targets (points)"]
     out += [f"  {row['user_id']:<40} {row['points']:>12}" for row in report["top_targets"]]
-    left_out = report.get("reversal_actions_left_out")
-    if left_out:
-        out += ["", f"Refunds are not replayed: {left_out} reversal action(s) left out of the comparison, "
-                    "refunded actions compared at their amount before the refund"]  # fmt: skip
+    left_out, refunds = report.get("reversal_actions_left_out"), report.get("reversals_replayed")
+    if left_out or refunds:
+        out += ["", f"Refunds: {refunds or 0} reversal event(s) counted back in the replay; {left_out or 0} "
+                    "reversal action(s) left out of the comparison, refunded actions compared at their "
+                    "amount before the refund"]  # fmt: skip
     if report["caps_hit"]:
         out += ["", "Caps hit"]
         out += [f"  {c['rule']} line {c['line']}: {c['reason']} × {c['times']}" for c in report["caps_hit"]]

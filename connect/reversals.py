@@ -18,7 +18,8 @@ alike, so a later partial refund is measured against what is left.
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 
-from django.db.models import Sum
+from django.db.models import Case, F, OuterRef, Subquery, Sum, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from config.api.errors import DomainError
@@ -80,6 +81,22 @@ def gross_amount(action: RewardAction) -> int:
         or 0
     )
     return action.amount + action.reversed_amount - carried
+
+
+def gross_amount_expression():
+    """``gross_amount`` of each row of a RewardAction queryset, as an expression (``.annotate(gross=…)``)."""
+    carried = (
+        RewardAction.objects.filter(reverses=OuterRef("pk"))
+        .exclude(status=RewardAction.Status.CANCELLED)
+        .order_by()
+        .values("reverses")
+        .annotate(total=Sum("amount"))
+        .values("total")
+    )
+    return Case(
+        When(reversed_amount=0, then=F("amount")),
+        default=F("amount") + F("reversed_amount") - Coalesce(Subquery(carried), 0),
+    )
 
 
 def _reducible(action: RewardAction) -> bool:
