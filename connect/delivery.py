@@ -36,6 +36,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from config.api.jsonbody import storable_text
 from config.db import update_rows_where
 from config.metrics import DISPATCH_SECONDS
 
@@ -426,7 +427,7 @@ def _apply(action: RewardAction, result, now) -> DispatchOutcome:
         return DispatchOutcome(action_id=action.pk, status=Status.CANCELLED)
     if not isinstance(result, ChannelError):
         result = TransientChannelError(f"The channel gave no outcome for this action: {result!r}"[:MAX_ERROR_CHARS])
-    message = result.message[:MAX_ERROR_CHARS]
+    message = storable_text(result.message[:MAX_ERROR_CHARS])  # it may quote another service's answer
     if isinstance(result, ChannelNotConfigured):
         # Not a try: nothing was sent. The attempt is given back; the sweeper comes back later.
         action.status, action.attempts, action.last_error = Status.PENDING, attempt - 1, message

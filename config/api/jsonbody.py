@@ -7,6 +7,7 @@ malformed input (SPEC §4), and text PostgreSQL cannot store (NUL, lone surrogat
 """
 
 import json
+import re
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -30,7 +31,7 @@ def _no_duplicate_keys(pairs):
     return seen
 
 
-def _nesting_exceeds(text: str, limit: int) -> bool:
+def text_nesting_exceeds(text: str, limit: int) -> bool:
     """Whether brackets outside strings nest deeper than ``limit``: a scan, no recursion."""
     if text.count("[") + text.count("{") <= limit:  # C-speed: most bodies cannot nest that deep at all
         return False
@@ -78,6 +79,32 @@ def storable_text_problem(value) -> str | None:
     return None
 
 
+# NUL, and a surrogate code point (only a lone one can be in a ``str``): text and jsonb refuse both.
+_UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """``text`` with each character PostgreSQL cannot store (NUL, a lone surrogate) replaced by U+FFFD.
+
+    For text from elsewhere that is kept as it came (another service's answer), where refusing it,
+    as input is refused, is not an option.
+    """
+    return _UNSTORABLE_CHARACTERS.sub("\ufffd", text)
+
+
+def storable_json(value):
+    """A decoded JSON value with ``storable_text`` applied to every string in it, keys included.
+
+    Recursive: call it only on a value no deeper than ``MAX_JSON_DEPTH`` (``json_depth_problem``)."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(key): storable_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable_json(item) for item in value]
+    return value
+
+
 def json_depth_problem(value, limit: int = MAX_JSON_DEPTH) -> str | None:
     """Why an already decoded value is nested too deeply, or None (iterative, never recursion)."""
     stack = [(value, 1)]
@@ -105,7 +132,7 @@ def strict_json_loads(text: str | bytes):
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise JSONInputError(f"Not UTF-8 text: {exc}") from None
-    if _nesting_exceeds(text, MAX_JSON_DEPTH):
+    if text_nesting_exceeds(text, MAX_JSON_DEPTH):
         raise JSONInputError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels.")
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant)
@@ -137,7 +164,7 @@ def stored_json_value(text: str | None):
     recurse once per level, deep in an admin page's stack)."""
     if text is None:
         return None
-    if _nesting_exceeds(text, MAX_RENDERED_DEPTH):
+    if text_nesting_exceeds(text, MAX_RENDERED_DEPTH):
         return TOO_DEEP_NOTICE
     return json.loads(text)
 

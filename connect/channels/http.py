@@ -1,6 +1,8 @@
 """One JSON POST to an external reward service, with the failure classes dispatch relies on.
 
-- 2xx with a JSON object body → that object (kept as the action's result);
+- 2xx with a JSON object body → that object (kept as the action's result, with any character the
+  database cannot store replaced; an object nested deeper than ``MAX_JSON_DEPTH`` is kept as a notice
+  with an excerpt of the answer);
 - 2xx with anything else, 5xx, 408, 429, a timeout or a connection error → TransientChannelError;
 - 3xx (redirects are never followed: the key and the payload stay with the configured host) and any
   other 4xx → PermanentChannelError.
@@ -16,6 +18,8 @@ from email.utils import parsedate_to_datetime
 
 import requests
 from django.conf import settings
+
+from config.api.jsonbody import MAX_JSON_DEPTH, json_depth_problem, storable_json, storable_text
 
 from .base import ChannelError, ChannelNotConfigured, PermanentChannelError, TransientChannelError
 
@@ -78,11 +82,8 @@ def json_post(*, service: str, base_url: str, path: str, token: str, idempotency
 def _checked(service: str, response: requests.Response) -> dict:
     status = response.status_code
     if 200 <= status < 300:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
+        body = _answer_object(response)
+        if body is None:
             raise TransientChannelError(
                 f"{service} answered {status} without a JSON object body: {_short(response.text) or '(empty)'}"
             )
@@ -114,8 +115,29 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
+def _answer_object(response: requests.Response) -> dict | None:
+    """The JSON object a 2xx answer holds, as it can be kept on the action; None when it holds none."""
+    try:
+        body = response.json()
+    except RecursionError:  # nested deeper than the decoder goes
+        return _too_deep(response) if response.text.lstrip().startswith("{") else None
+    except ValueError:  # not JSON, or a number too long to convert
+        return None
+    if not isinstance(body, dict):
+        return None
+    if json_depth_problem(body):
+        return _too_deep(response)
+    return storable_json(body)
+
+
+def _too_deep(response: requests.Response) -> dict:
+    """What is kept of an answer object too deep to keep: a notice and an excerpt."""
+    return {"not_kept": f"The answer was nested deeper than {MAX_JSON_DEPTH} levels.", "excerpt": _short(response.text)}
+
+
 def _short(text: str) -> str:
-    text = " ".join((text or "").split())
+    """An excerpt of another service's text for a message: one line, storable, at most EXCERPT_CHARS."""
+    text = storable_text(" ".join((text or "").split()))
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 

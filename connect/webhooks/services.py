@@ -28,6 +28,8 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from config.api.jsonbody import storable_text
+
 from .addresses import webhook_url_problem
 from .models import Kind, WebhookAttempt, WebhookDelivery, WebhookSubscription
 from .signing import DELIVERY_HEADER, SIGNATURE_HEADER, signature_header
@@ -237,9 +239,10 @@ def _send(delivery: WebhookDelivery, url_problem: str | None) -> SendOutcome:
             stream=True,
         )
     except requests.RequestException as exc:
-        return SendOutcome(delivered=False, error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+        return SendOutcome(delivered=False, error=storable_text(f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]))
     try:
-        excerpt = response.raw.read(MAX_EXCERPT_CHARS, decode_content=True).decode("utf-8", "replace")
+        # The receiver's text is kept as it came, less what the database cannot store (NUL).
+        excerpt = storable_text(response.raw.read(MAX_EXCERPT_CHARS, decode_content=True).decode("utf-8", "replace"))
     except Exception:  # the status is what counts; a body that cannot be read is not kept
         excerpt = ""
     finally:

@@ -212,6 +212,45 @@ def test_gateway_malformed_success_is_transient(gateway):
         CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
 
 
+# --- answers the database could not keep as they came ----------------------------------------
+
+
+def test_an_answer_with_characters_the_database_cannot_store_is_kept_with_them_replaced(gateway):
+    """A NUL or a lone surrogate in a JSON string (keys too): jsonb refuses both, so the payout that
+    happened would otherwise leave no storable outcome."""
+    body = '{"payout_id": "p\\u0000x", "note\\ud800": ["a\\udfffb", {"n": 1}]}'
+    gateway.expect_request("/g2a/payouts").respond_with_data(body, status=201, content_type="application/json")
+
+    result = CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
+
+    assert result == {"payout_id": "p\ufffdx", "note\ufffd": ["a\ufffdb", {"n": 1}]}
+
+
+@pytest.mark.parametrize("depth", [40, 5000])
+def test_an_answer_object_nested_too_deep_is_kept_as_a_notice_with_an_excerpt(gateway, depth):
+    body = '{"a": ' * depth + "1" + "}" * depth
+    gateway.expect_request("/g2a/payouts").respond_with_data(body, status=201, content_type="application/json")
+
+    result = CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
+
+    assert result["not_kept"] == "The answer was nested deeper than 32 levels."
+    assert result["excerpt"].startswith('{"a": {"a":') and len(result["excerpt"]) <= 300
+
+
+def test_an_answer_array_nested_too_deep_is_no_json_object(gateway):
+    gateway.expect_request("/g2a/payouts").respond_with_data("[" * 5000 + "]" * 5000, status=201)
+    with pytest.raises(TransientChannelError, match="without a JSON object"):
+        CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
+
+
+def test_an_error_answer_is_quoted_with_what_the_database_cannot_store_replaced(gateway):
+    gateway.expect_request("/g2a/payouts").respond_with_data(b"down\x00for \xed\xa0\x80 maintenance", status=503)
+    with pytest.raises(TransientChannelError) as raised:
+        CHANNELS["g2a_offchain"].deliver(_action("g2a_offchain", amount=5))
+    assert "\x00" not in raised.value.message and "down\ufffdfor" in raised.value.message
+    assert raised.value.message.encode("utf-8")
+
+
 # --- configuration -----------------------------------------------------------------------------
 
 

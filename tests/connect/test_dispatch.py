@@ -200,6 +200,32 @@ def test_http_channel_result_is_the_receivers_answer(rule, httpserver, settings)
     assert action.status == Status.COMPLETED and action.result == {"payout_id": "p-9"}
 
 
+def test_a_payout_whose_answer_holds_a_nul_is_completed_with_its_answer_kept(rule, httpserver, settings):
+    """The payout happened: the outcome is stored (the NUL replaced), not recorded as a failure."""
+    settings.G2A_GATEWAY_URL = httpserver.url_for("/gw")
+    httpserver.expect_request("/gw/payouts").respond_with_data(
+        '{"payout_id": "p\\u0000x"}', status=201, content_type="application/json"
+    )
+    action = action_create(rule=rule, reward_type="g2a_offchain", amount=12)
+
+    reward_action_dispatch(action_id=action.pk)
+
+    action = _reload(action)
+    assert action.status == Status.COMPLETED and action.result == {"payout_id": "p\ufffdx"}
+
+
+def test_a_transient_error_whose_text_holds_a_nul_is_retried_not_failed(rule, httpserver, settings):
+    settings.G2A_GATEWAY_URL = httpserver.url_for("/gw")
+    httpserver.expect_request("/gw/payouts").respond_with_data(b"down\x00here", status=503)
+    action = action_create(rule=rule, reward_type="g2a_offchain", amount=12)
+
+    reward_action_dispatch(action_id=action.pk)
+
+    action = _reload(action)
+    assert action.status == Status.PENDING and action.attempts == 1
+    assert action.last_error == "Token gateway answered 503: down\ufffdhere"
+
+
 def test_unexpected_exception_in_a_channel_is_retried_not_stuck(rule, settings, monkeypatch):
     settings.NFT_SERVICE_URL = "http://127.0.0.1:9"
 
@@ -477,13 +503,14 @@ def test_staff_services_report_an_unknown_action(db, staff):
 
 
 def test_the_sweep_skips_and_logs_an_action_it_cannot_record_and_completes_the_others(
-    rule, settings, httpserver, django_capture_on_commit_callbacks, caplog
+    rule, settings, django_capture_on_commit_callbacks, caplog, monkeypatch
 ):
-    """A receiver's answer the database refuses (a NUL character in jsonb) fails that one action,
-    logged, instead of stopping the sweep's drain and leaving every action of it dispatched."""
+    """A result the database refuses (a NUL character in jsonb, from a channel that does not replace
+    it as the HTTP channels do) fails that one action, logged, instead of stopping the sweep's drain
+    and leaving every action of it dispatched."""
     settings.SWEEPER_STALE_SECONDS = 1
-    settings.NFT_SERVICE_URL = httpserver.url_for("")
-    httpserver.expect_request("/badges").respond_with_data('{"note": "\\u0000"}', content_type="application/json")
+    settings.NFT_SERVICE_URL = "http://127.0.0.1:9"
+    monkeypatch.setattr(nft_module.NftChannel, "deliver", lambda self, action: {"note": "\x00"})
     poison = action_create(
         rule=rule, target="bad", reward_type="nft", amount=1, params={"badge_type": "b"}, age_seconds=10
     )

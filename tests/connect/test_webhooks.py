@@ -278,6 +278,20 @@ def test_a_failing_receiver_is_retried_with_backoff_and_every_attempt_is_logged(
     assert {headers["X-Rewards-Delivery"] for headers, _ in receiver.requests} == {str(delivery.pk)}
 
 
+@pytest.mark.parametrize("status, outcome", [(200, "delivered"), (500, "pending")])
+def test_a_receiver_s_answer_holding_a_nul_is_kept_with_it_replaced(db, httpserver, settings, status, outcome):
+    settings.WEBHOOKS_ALLOW_PRIVATE = True
+    httpserver.expect_request("/hook").respond_with_handler(lambda request: Response(b"ok\x00then", status=status))
+    webhook_subscription_create(url=httpserver.url_for("/hook"), kinds=["reward_action.completed"], secret=SECRET)
+    enqueue()
+
+    webhook_deliveries_send_due()
+
+    delivery = WebhookDelivery.objects.get()
+    assert (delivery.status, delivery.attempts) == (outcome, 1)
+    assert list(WebhookAttempt.objects.values_list("response_excerpt", flat=True)) == ["ok\ufffdthen"]
+
+
 def test_redirects_are_not_followed(subscription, receiver):
     receiver.status = 302
     enqueue()
