@@ -346,6 +346,7 @@ class RewardActionAdmin(ReadOnlyAdmin):
             "last_error",
             "result_pretty",
             "created_at",
+            "released_at",
             "updated_at",
             "completed_at",
             "cancel_reason",

@@ -115,6 +115,9 @@ class RewardAction(models.Model):
     # When the next dispatch attempt is due; the sweeper re-enqueues rows whose time has come.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # When a ``locked`` action's condition was met and it became ``pending`` (null: never locked): a
+    # points credit is posted from then on, so its lot's ``params.expires_in_days`` counts from here.
+    released_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.TextField(blank=True, default="")

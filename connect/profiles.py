@@ -157,6 +157,6 @@ def locked_release(*, user_id: str) -> list[str]:
     if released:
         now = timezone.now()
         RewardAction.objects.filter(pk__in=released, status=RewardAction.Status.LOCKED).update(
-            status=RewardAction.Status.PENDING, updated_at=now, next_attempt_at=now
+            status=RewardAction.Status.PENDING, released_at=now, updated_at=now, next_attempt_at=now
         )
     return [str(pk) for pk in released]

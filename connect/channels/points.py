@@ -4,8 +4,9 @@ of its original's credit (with ``allow_partial``: what the user no longer has is
 The ledger's idempotency key is ``(CONNECT_LEDGER_SOURCE, action id)``: a re-run after a crash gets
 the original credit (or reversal) back instead of paying twice. Everything sent is derived from the
 action row, so a re-run sends the same request (a changed request would be an idempotency conflict).
-That is why a line's ``params.expires_in_days`` counts from the action's ``created_at`` (when the
-reward was earned, normally the moment it is posted) and not from the clock of the attempt.
+That is why a line's ``params.expires_in_days`` counts from the moment the action became deliverable,
+stored on it (``created_at``, or ``released_at`` for an action that waited ``locked``), and not from
+the clock of the attempt: the credit is posted right after that moment, its retries soon after.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def lot_expires_at(action: RewardAction) -> datetime | None:
         return None
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 36500:
         raise PermanentChannelError("params.expires_in_days must be a whole number of days from 1 to 36500.")
-    return action.created_at + timedelta(days=days)
+    return (action.released_at or action.created_at) + timedelta(days=days)
 
 
 def _outcome(posted) -> dict | ChannelError:

@@ -9,7 +9,8 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from connect.delivery import reward_action_dispatch
-from connect.models import RewardAction
+from connect.models import RewardAction, UserProfile
+from connect.profiles import locked_release
 from connect.tasks import notify_points_expiring
 from connect.webhooks.models import WebhookDelivery
 from connect.webhooks.services import webhook_subscription_create
@@ -40,6 +41,33 @@ def test_expires_in_days_makes_the_credits_lot_expire_that_many_days_after_posti
     assert abs(lot.expires_at - (txn.created_at + timedelta(days=30))) < timedelta(seconds=5)
     assert account_totals(user_id="alice")["next_expiry"] == {"amount": 25, "expires_at": lot.expires_at}
     # a re-run of the same action replays the credit (the same expiry is the same request)
+    RewardAction.objects.filter(pk=action.pk).update(status=Status.PENDING, next_attempt_at=None)
+    assert reward_action_dispatch(action_id=action.pk).status == Status.COMPLETED
+    action.refresh_from_db()
+    assert action.result["replayed"] is True
+    assert_ledger_ok()
+
+
+def test_a_locked_reward_released_later_than_its_expiry_window_is_paid_and_expires_from_its_release(db):
+    """Earned 31 days ago under a lock condition, released now: the credit is posted now, so its lot
+    expires 30 days from now (counted from created_at it would already have expired, and the ledger
+    would refuse the credit for good)."""
+    rule = rule_create("locked_expiring", params={"expires_in_days": 30})
+    action = action_create(
+        rule=rule, target="vicky", amount=50, params={"expires_in_days": 30}, status=Status.LOCKED,
+        locked_until_condition="vip_or_pro", age_seconds=31 * 86400,
+    )  # fmt: skip
+    UserProfile.objects.create(user_id="vicky", is_vip=True)
+    assert locked_release(user_id="vicky") == [str(action.pk)]
+
+    assert reward_action_dispatch(action_id=action.pk).status == Status.COMPLETED
+
+    action.refresh_from_db()
+    lot = Lot.objects.get(transaction__external_id=str(action.pk))
+    assert lot.expires_at == action.released_at + timedelta(days=30)
+    assert abs(action.released_at - timezone.now()) < timedelta(seconds=5)
+    assert account_totals(user_id="vicky")["balance"] == 50
+    # a re-run sends the same expiry: the credit is replayed, not refused as a conflict
     RewardAction.objects.filter(pk=action.pk).update(status=Status.PENDING, next_attempt_at=None)
     assert reward_action_dispatch(action_id=action.pk).status == Status.COMPLETED
     action.refresh_from_db()
