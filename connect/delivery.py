@@ -63,7 +63,13 @@ RECORDED_FIELDS = (
     "cancel_reason",
 )  # fmt: skip
 # The event's columns a claim loads with each action (the points channel's metadata).
-CLAIM_EVENT_COLUMNS = ("id", "event_type", "source_service", "external_id")
+# The event columns the claim reads with each action, in the model's field order: ``Model.from_db``
+# takes a subset of the fields' values in that order, whatever order the names are given in.
+CLAIM_EVENT_COLUMNS = tuple(
+    field.attname
+    for field in EconomicEvent._meta.concrete_fields
+    if field.attname in {"id", "event_type", "source_service", "external_id"}
+)
 # Originals whose delivery has not ended yet: their reversal actions wait.
 IN_DELIVERY = (Status.LOCKED, Status.PENDING, Status.DISPATCHED)
 # Originals nothing was delivered for: their reversal actions reduce them in place instead.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from config.api.errors import DomainError, NotFound
+from points.selectors import transaction_ids_by_key
 
 from .doorbell import doorbell_ring_on_commit
 from .models import RewardAction
@@ -76,9 +78,32 @@ def reward_action_cancel(*, action_id, reason: str, user) -> RewardAction:
             f"Only a locked, pending or failed reward action can be cancelled; this one is {action.status}.",
             details={"action_id": str(action.pk), "status": action.status},
         )
+    posted = _ledger_posting(action)
+    if posted is not None:
+        raise RewardActionStateError(
+            f"An earlier attempt of this reward action posted ledger transaction {posted} (its worker "
+            "stopped before recording it), so it cannot be cancelled: dispatched again it is recorded "
+            "as completed (the credit is replayed, not paid twice), and a refund of its event takes it back.",
+            details={"action_id": str(action.pk), "transaction_id": str(posted)},
+        )
     _update(action, status=Status.CANCELLED, cancel_reason=reason, cancelled_by=user, next_attempt_at=None)
     logger.info(
         "reward action cancelled by staff",
         extra={"action_id": str(action.pk), "user": getattr(user, "username", None)},
     )
     return action
+
+
+def _ledger_posting(action: RewardAction):
+    """The id of the ledger transaction an earlier attempt of this points action posted, or None.
+
+    A ``pending`` or ``failed`` action that was attempted may have been paid: a worker that stopped
+    after the ledger committed and before the outcome was recorded leaves it ``dispatched``, which
+    the sweeper puts back to ``pending``. Cancelled, it would stay paid for good (a refund skips
+    cancelled actions). Other channels' services are not asked: their own idempotency keeps a retry
+    from paying twice, and nothing here can tell whether they paid.
+    """
+    if action.reward_type != RewardAction.RewardType.POINTS or action.attempts == 0:
+        return None
+    ids = transaction_ids_by_key(settings.CONNECT_LEDGER_SOURCE, [str(action.pk)])
+    return ids[0] if ids else None

@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.utils import timezone
 
+from connect.channels import CHANNELS
 from connect.channels import nft as nft_module
 from connect.delivery import backoff_with_jitter, reward_action_dispatch
 from connect.doorbell import reward_actions_sweep
@@ -63,6 +64,11 @@ def test_points_action_is_credited_and_completed(rule):
         "transaction_id": str(txn.pk), "balance": 25, "held": 0, "available": 25, "replayed": False,
     }  # fmt: skip
     assert account_totals(user_id="alice")["balance"] == 25
+    assert txn.metadata == {
+        "reward_action_id": str(action.pk), "event_id": str(action.event_id), "event_type": "quest.completed",
+        "source_service": "quest_service", "event_external_id": action.event.external_id, "rule": rule.code,
+        "rule_version": rule.version,
+    }  # fmt: skip
     assert_ledger_ok()
 
 
@@ -474,6 +480,32 @@ def test_staff_cancel_records_who_and_why_and_nothing_is_sent(rule, staff, statu
     assert action.cancel_reason == "duplicate booking" and action.cancelled_by == staff
     assert not reward_action_dispatch(action_id=action.pk).ran
     assert not Transaction.objects.exists()
+
+
+@pytest.mark.parametrize("status", [Status.PENDING, Status.FAILED])
+def test_cancel_refuses_a_points_action_an_earlier_attempt_already_paid(rule, staff, status):
+    """A worker that stopped after the ledger committed leaves the action to the sweeper, which puts it
+    back to pending: cancelled, it would stay paid for good. Dispatched again, it is completed once."""
+    action = action_create(rule=rule, status=status, attempts=1, amount=7)
+    CHANNELS["points"].deliver_many([action])  # the credit of the attempt whose outcome was never recorded
+    posted = Transaction.objects.get(external_id=str(action.pk))
+
+    with pytest.raises(RewardActionStateError, match="posted ledger transaction") as refused:
+        reward_action_cancel(action_id=action.pk, reason="duplicate", user=staff)
+
+    assert refused.value.details["transaction_id"] == str(posted.pk)
+    assert _reload(action).status == status
+    RewardAction.objects.filter(pk=action.pk).update(status=Status.PENDING, next_attempt_at=None)
+    assert reward_action_dispatch(action_id=action.pk).status == Status.COMPLETED
+    assert account_totals(user_id="alice")["balance"] == 7
+
+
+def test_cancel_of_an_attempted_points_action_nothing_was_posted_for_goes_ahead(rule, staff):
+    action = action_create(rule=rule, status=Status.PENDING, attempts=2)
+
+    reward_action_cancel(action_id=action.pk, reason="duplicate", user=staff)
+
+    assert _reload(action).status == Status.CANCELLED
 
 
 @pytest.mark.parametrize("status", [Status.DISPATCHED, Status.COMPLETED, Status.CANCELLED])
