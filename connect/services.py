@@ -42,15 +42,23 @@ class IngestResult:
     actions: list[RewardAction] | None = None
 
 
-def payload_hash(data: dict) -> str:
+def payload_hash(data: dict, *, default_fraction_written: bool = False) -> str:
+    """The fingerprint a replay is told by. A ``reversal_fraction`` of 1 is the default (SPEC §5), so
+    it is left out as if it had not been sent; ``default_fraction_written`` gives the fingerprint it
+    had when an explicit 1 was kept in it, as events stored before were."""
+
     def normal(value):
         return value.isoformat() if isinstance(value, datetime) else value
 
     canonical = {field: normal(data.get(field)) for field in PAYLOAD_FIELDS}
     # Only a reversal carries these: the fingerprints of every other event stay as they were stored.
     for field in REVERSAL_FIELDS:
-        if data.get(field) is not None:
-            canonical[field] = str(data[field])
+        value = data.get(field)
+        if value is None:
+            continue
+        if field == "reversal_fraction" and not default_fraction_written and Decimal(value) == 1:
+            continue
+        canonical[field] = str(value)
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(encoded.encode()).hexdigest()
 
@@ -84,15 +92,18 @@ def _event_insert_or_get(
     event = _event_new(source_service=source_service, data=data, reverses=reverses)
     if insert_unless_conflict(event, ("source_service", "external_id")):
         return event, True
-    return _event_stored(event), False
+    fraction = data.get("reversal_fraction")
+    written = payload_hash(data, default_fraction_written=True) if fraction is not None and fraction == 1 else None
+    return _event_stored(event, also=written), False
 
 
-def _event_stored(event: EconomicEvent) -> EconomicEvent:
-    """The stored event whose (source_service, external_id) ``event`` repeats, if the payload is the same."""
+def _event_stored(event: EconomicEvent, *, also: str | None = None) -> EconomicEvent:
+    """The stored event whose (source_service, external_id) ``event`` repeats, if the payload is the
+    same (its fingerprint is ``event``'s, or ``also``: the one the same payload was stored with before)."""
     existing = EconomicEvent.objects.filter(source_service=event.source_service, external_id=event.external_id).first()
     if existing is None:
         raise RuntimeError(f"event ({event.source_service}, {event.external_id}) conflicted but is not stored")
-    if existing.payload_hash != event.payload_hash:
+    if existing.payload_hash not in (event.payload_hash, also):
         raise IdempotencyConflict(
             "This external_id was already used with a different payload.",
             details={"external_id": event.external_id},

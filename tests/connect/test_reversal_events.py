@@ -213,6 +213,30 @@ class TestRefusals:
         assert replay.json()["id"] == first.json()["id"]
         assert refund(services, post_event, reversal_fraction=0.25).status_code == 409
 
+    @pytest.mark.parametrize("first, again", [({}, {"reversal_fraction": 1}), ({"reversal_fraction": 1}, {})])
+    def test_the_default_fraction_written_out_or_left_out_is_the_same_refund(self, services, post_event, first, again):
+        voucher(services, post_event)
+        stored = refund(services, post_event, **first)
+        replay = refund(services, post_event, **again)
+        assert (stored.status_code, replay.status_code) == (201, 200), replay.json()
+        assert replay.json()["id"] == stored.json()["id"]
+        assert refund(services, post_event, reversal_fraction=0.5).status_code == 409
+
+    def test_a_refund_stored_with_the_default_fraction_in_its_fingerprint_is_still_replayed(self, services, post_event):
+        """Before the default was left out of the fingerprint, an explicit 1 was kept in it."""
+        from connect.services import payload_hash
+
+        voucher(services, post_event)
+        stored = refund(services, post_event, reversal_fraction=1)
+        event = EconomicEvent.objects.get(pk=stored.json()["id"])
+        data = {**VOUCHER, "event_type": "voucher.refunded", "context": {}, "occurred_at": None,
+                "primary_subject_user_id": None, "reverses_external_id": "purchase-1",
+                "reversal_fraction": Decimal("1.0000000000")}  # fmt: skip
+        assert event.payload_hash == payload_hash(data)
+        EconomicEvent.objects.filter(pk=event.pk).update(payload_hash=payload_hash(data, default_fraction_written=True))
+
+        assert refund(services, post_event, reversal_fraction=1).status_code == 200
+
     def test_events_without_reversal_fields_keep_their_fingerprint(self):
         from connect.services import payload_hash
 
