@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connections
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, close_old_connections, connections
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from rest_framework import exceptions as drf
 from rest_framework.parsers import JSONParser
@@ -247,8 +247,9 @@ class EventConsumer:
         except (DataError, IntegrityError) as exc:  # about this message's data: retrying would not help
             self._internal_error(message, exc)
             return
-        except DatabaseError as exc:
-            # Unreachable, restarting, or not migrated yet: nothing was stored, the message waits.
+        except (DatabaseError, InterfaceError) as exc:
+            # Unreachable, restarting, not migrated yet, or a connection that closed under it (an
+            # InterfaceError is no DatabaseError): nothing was stored, the message waits.
             self._database_unreachable(message, exc)
             return
         except Exception as exc:  # a fault of this message's handling: keep it aside, go on with the others

@@ -244,3 +244,41 @@ def test_a_database_not_migrated_yet_keeps_messages_queued_not_dead_lettered(
     assert early.wait(20) == 0, _log(early)
     assert bus.ready(dead=True) == 0
     wait_for(lambda: bus.ready() == 1, timeout=10, what="the message back in the queue")
+
+
+class _Message:
+    """What the consumer reads of a kombu message, and what it did with it."""
+
+    body = json.dumps(event_body("closed-1")).encode()
+    headers, properties, content_type, content_encoding = {}, {}, "application/json", "utf-8"
+
+    def __init__(self):
+        self.done = []
+
+    def ack(self):
+        self.done.append("ack")
+
+    def requeue(self):
+        self.done.append("requeue")
+
+
+def test_a_connection_closed_under_the_consumer_returns_the_message_to_the_queue(monkeypatch):
+    """Django raises InterfaceError, which is no DatabaseError, for a connection already closed:
+    the message was not stored and must wait in the queue, not go to the dead letters."""
+    from django.db import InterfaceError
+
+    from connect import bus as bus_module
+
+    def closed(body):
+        raise InterfaceError("connection already closed")
+
+    monkeypatch.setattr(bus_module, "event_message_ingest", closed)
+    monkeypatch.setattr(bus_module, "close_old_connections", lambda: None)
+    monkeypatch.setattr(bus_module.connections, "close_all", lambda: None)
+    consumer = EventConsumer(queue_name="unused", retry_base=0.01, retry_max=0.01)
+    message = _Message()
+
+    consumer._on_message(message)
+
+    assert message.done == ["requeue"]
+    assert consumer.counts == {"ingested": 0, "replayed": 0, "dead_lettered": 0, "requeued": 1}
