@@ -62,9 +62,9 @@ RECORDED_FIELDS = (
     "status", "attempts", "result", "last_error", "next_attempt_at", "completed_at", "updated_at", "shortfall",
     "cancel_reason",
 )  # fmt: skip
-# The event's columns a claim loads with each action (the points channel's metadata).
-# The event columns the claim reads with each action, in the model's field order: ``Model.from_db``
-# takes a subset of the fields' values in that order, whatever order the names are given in.
+# The event's columns a claim loads with each action (the points channel's metadata), in the model's
+# field order: ``Model.from_db`` takes a subset of the fields' values in that order, whatever order
+# the names are given in.
 CLAIM_EVENT_COLUMNS = tuple(
     field.attname
     for field in EconomicEvent._meta.concrete_fields
