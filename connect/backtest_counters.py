@@ -16,9 +16,10 @@ before the reversal event's own rules run (and undoes it if they fail, as produc
 
 The counters seeded from production's actions before ``since`` are also counted back by the reversals
 received before ``since``. Shares are production's: ``floor(gross × fraction)`` for each reversal in
-turn, never more in total than the gross. An action a staff member cancelled is never counted back
-(production skips cancelled actions); the replay does not know when that happened, so it treats it as
-cancelled before any reversal.
+turn, never more in total than the gross. Of an original before ``since``, an action a staff member
+cancelled is never counted back (a reversal skips cancelled actions); the replay does not know when
+that happened, so it treats it as cancelled before any reversal. Of an original in the period, the
+replay counts back what it paid itself, which no staff member could cancel.
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ from decimal import Decimal
 from django.db.models import Q
 
 from .models import EconomicEvent, RewardAction
-from .reversals import gross_amount_expression, reversed_share
-
-REVERSAL_CANCEL_PREFIX = "reversed by "
+from .reversals import CANCELLED_BY_REVERSAL, gross_amount_expression, reversed_share
 
 
 @dataclass
@@ -122,7 +121,7 @@ class Refunds:
         reversed_ids = EconomicEvent.objects.filter(reverses__isnull=False, received_at__lt=until).values("reverses_id")
         rows = (
             RewardAction.objects.filter(event__received_at__lt=since, event_id__in=reversed_ids, reverses__isnull=True)
-            .exclude(Q(status=RewardAction.Status.CANCELLED) & ~Q(cancel_reason__startswith=REVERSAL_CANCEL_PREFIX))
+            .exclude(Q(status=RewardAction.Status.CANCELLED) & ~Q(cancel_reason__startswith=CANCELLED_BY_REVERSAL))
             .annotate(gross=gross_amount_expression())
             .order_by("event_id", "pk")
             .values_list(

@@ -48,6 +48,7 @@ from .channels import (
     TransientChannelError,
 )
 from .models import EconomicEvent, RewardAction
+from .reversals import CANCELLED_BY_REVERSAL
 from .webhooks.emitters import reward_actions_outcome_notify
 
 logger = logging.getLogger("connect.dispatch")
@@ -400,7 +401,7 @@ def _original_reduce(original: RewardAction, reversal: RewardAction) -> None:
     fields = ["amount", "updated_at"]
     if original.amount == 0 and original.status != Status.CANCELLED:
         original.status, original.next_attempt_at = Status.CANCELLED, None
-        original.cancel_reason = f"reversed by {reversal.event_id}"
+        original.cancel_reason = f"{CANCELLED_BY_REVERSAL}{reversal.event_id}"
         fields += ["status", "next_attempt_at", "cancel_reason"]
     original.save(update_fields=fields)
 

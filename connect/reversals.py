@@ -27,6 +27,9 @@ from config.api.errors import DomainError
 from .counters import reward_action_counters_refund
 from .models import EconomicEvent, RewardAction
 
+# How an action a reversal reduced to nothing is cancelled: this, then the reversal event's id.
+CANCELLED_BY_REVERSAL = "reversed by "
+
 
 class OriginalEventNotFound(DomainError):
     code = "original_event_not_found"
@@ -68,19 +71,14 @@ def reversed_share(gross: int, fraction: Decimal) -> int:
 
 
 def gross_amount(action: RewardAction) -> int:
-    """What the action was planned for, before any reversal reduced it in place.
+    """What the action was planned for, before any reversal reduced it in place, as stored now.
 
     In-place reductions lower ``amount`` and raise ``reversed_amount``; reversal actions only raise
     ``reversed_amount``. So the gross is ``amount`` plus what was reduced in place, which is
-    ``reversed_amount`` less what the live reversal actions carry.
+    ``reversed_amount`` less what the live reversal actions carry (``gross_amount_expression``).
     """
-    carried = (
-        RewardAction.objects.filter(reverses=action)
-        .exclude(status=RewardAction.Status.CANCELLED)
-        .aggregate(total=Sum("amount"))["total"]
-        or 0
-    )
-    return action.amount + action.reversed_amount - carried
+    rows = RewardAction.objects.filter(pk=action.pk).annotate(gross=gross_amount_expression())
+    return rows.values_list("gross", flat=True).get()
 
 
 def gross_amount_expression():
@@ -133,7 +131,7 @@ def event_reversal_apply(*, event: EconomicEvent, original: EconomicEvent, fract
             fields = ["amount", "reversed_amount", "updated_at"]
             if action.amount == 0:
                 action.status = RewardAction.Status.CANCELLED
-                action.cancel_reason = f"reversed by {event.pk}"
+                action.cancel_reason = f"{CANCELLED_BY_REVERSAL}{event.pk}"
                 action.next_attempt_at = None
                 fields += ["status", "cancel_reason", "next_attempt_at"]
             action.save(update_fields=fields)

@@ -119,6 +119,24 @@ def test_refunds_before_the_period_are_taken_out_of_the_seeded_counters(capped):
     assert report["reversals_replayed"] == 0
 
 
+def test_a_staff_cancelled_action_of_an_earlier_original_is_not_counted_back(capped):
+    """A reversal skips a cancelled action, so production's once-only grant stays counted: ann's next
+    order is capped in production, and must be in the replay too."""
+    _post("o1", "order.paid", "ann")
+    RewardAction.objects.filter(event__external_id="o1").update(
+        status=RewardAction.Status.CANCELLED, cancel_reason="duplicate order"
+    )
+    since = timezone.now()
+    _refund("o1-refund", "o1")
+    _post("o2", "order.paid", "ann")
+    assert _paid("o2") == []
+
+    report = _report(since)
+
+    assert report["events_differing"] == 0, report["differences"]
+    assert report["reversals_replayed"] == 1
+
+
 def test_a_reversal_whose_own_rules_fail_counts_nothing_back(capped, make_rule):
     """Production rolls the refund back with the failed event (SPEC §5: a failed event has no actions)."""
     make_rule("broken", "order.refunded", [{"target": "actor", "reward_type": "points", "amount": "context.nope"}])

@@ -248,6 +248,24 @@ def test_unexpected_exception_in_a_channel_is_retried_not_stuck(rule, settings, 
     assert action.last_error == "Unexpected error: RuntimeError: boom"
 
 
+def test_an_unexpected_error_whose_text_holds_a_nul_is_retried_with_it_replaced(rule, settings, monkeypatch):
+    """Every channel's error message is made storable where dispatch records it, not only the HTTP
+    channels' excerpts of an answer."""
+    settings.NFT_SERVICE_URL = "http://127.0.0.1:9"
+
+    def explode(self, action):
+        raise RuntimeError("bad\x00byte")
+
+    monkeypatch.setattr(nft_module.NftChannel, "deliver", explode)
+    action = action_create(rule=rule, reward_type="nft", amount=1, params={"badge_type": "b"})
+
+    reward_action_dispatch(action_id=action.pk)
+
+    action = _reload(action)
+    assert action.status == Status.PENDING and action.attempts == 1
+    assert action.last_error == "Unexpected error: RuntimeError: bad\ufffdbyte"
+
+
 def test_outcome_of_a_run_that_was_given_up_on_does_not_overwrite_the_next_one(rule, settings, monkeypatch):
     """Run 1 hangs; the sweeper re-queues it and run 2 completes; run 1's late error is dropped."""
     settings.NFT_SERVICE_URL = "http://127.0.0.1:9"
